@@ -1,0 +1,1 @@
+# C-level declarations of the scanner core.

@@ -1,0 +1,79 @@
+"""`xenmux`: the one entry point. Each command lives in the module that owns its job.
+
+A command module provides `configure(parser)` to declare its arguments and `run(args) -> int`
+for its exit status. Modules are imported only when their command runs, so `xenmux wait`
+does not pay for the daemon's or the simulator's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("mux.daemon.main", "run the daemon: one watcher for the host, events to subscribers"),
+    "watch": ("mux.commands.watch", "print events as they happen (JSON lines, or --pretty)"),
+    "wait": ("mux.commands.wait", "wait for a domain to die; exit status tells the reason"),
+    "domains": ("mux.commands.domains", "list the daemon's domain table"),
+    "stats": ("mux.commands.stats", "show the daemon's counters"),
+    "sim": ("mux.sim.cli", "run a simulated Xen host (hypervisor table + xenstored)"),
+    "sim-ctl": ("mux.sim.ctl", "change the simulated host: create, shutdown, destroy..."),
+    "demo": ("mux.demo", "a simulated host of 1000 domains, the daemon and a live view"),
+    "bench": ("mux.bench.cli", "the benchmark harness: mux against per-domain monitors"),
+}
+
+
+def default_socket() -> str:
+    return os.environ.get("XENMUX_SOCKET") or DEFAULT_SOCKET
+
+
+def add_socket_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        default=default_socket(),
+        help="the daemon's socket (default: $XENMUX_SOCKET, else %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xenmux",
+        description="xen-watch-mux: per-domain lifecycle events from one watcher per Xen host",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported; the top-level parser just routes.
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # prints usage and exits 2 on a bad command
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"xenmux {name}", description=COMMANDS[name][1])
+    module.configure(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # A reader such as `head` went away: leave quietly, as Unix tools do.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The subscriber-facing commands: watch, wait, domains, stats."""

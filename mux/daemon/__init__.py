@@ -1,0 +1,1 @@
+"""The asyncio shell: watcher, scanner loop, fan-out, server."""

@@ -1,0 +1,1 @@
+"""Where domain records come from: the real hypercall or the simulated host."""

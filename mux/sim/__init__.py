@@ -1,0 +1,1 @@
+"""The simulated Xen host: hypervisor table, VIRQ, and a xenstored."""

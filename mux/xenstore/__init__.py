@@ -1,0 +1,1 @@
+"""The xenstore wire protocol and an asyncio client."""

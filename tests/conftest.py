@@ -1,0 +1,1 @@
+"""Shared fixtures. Every process a test starts is stopped by its PID in the fixture."""
