@@ -1,0 +1,462 @@
+"""The client library: talk to `xenmux serve` over its Unix socket, sync or async.
+
+    from mux.client import Subscription
+    with Subscription([12]) as sub:          # or: async with AsyncSubscription([12]) as sub
+        for event in sub:                     #     async for event in sub
+            if event["event"] == "death":
+                break
+
+A subscription survives the daemon: on a lost connection (or an `overflow` frame) it
+reconnects with backoff capped at 1 s, resubscribes, and compares the new snapshot with what
+it knew. A domain that died meanwhile (absent now, or carrying another UUID) is reported as
+a `death` with `"missed": true`, so no death is ever lost; none is reported twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import select
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
+MAX_REPLY = 64 * 1024 * 1024  # a `list` or a wildcard snapshot of 32,000 domains is large
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+
+
+def default_socket() -> str:
+    return os.environ.get("XENMUX_SOCKET") or DEFAULT_SOCKET
+
+
+class XenmuxError(Exception):
+    """The daemon answered a request with an error, or cannot be reached."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unreachable(XenmuxError, ConnectionError):
+    pass
+
+
+def _encode(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _check(reply: dict) -> dict:
+    if not reply.get("ok"):
+        err = reply.get("error") or {}
+        raise XenmuxError(err.get("message", "request failed"), err.get("code"))
+    return reply
+
+
+class _Tracker:
+    """What a subscriber knows of each watched domain; turns a fresh snapshot into the events
+    it missed while away. Shared by the sync and async subscriptions."""
+
+    def __init__(self, domids: Iterable[int] | None, events: Iterable[str] | None) -> None:
+        self.domids = None if domids is None else list(dict.fromkeys(domids))
+        self.kinds = None if events is None else set(events)
+        # domid -> (uuid, state, reason) as last known; state in running/shutdown/dead
+        self.known: dict[int, tuple[str, str, str | None]] = {}
+        self.instance: str | None = None
+        self.seq = 0
+
+    def request(self) -> dict:
+        req = {"op": "subscribe", "domids": "*" if self.domids is None else self.domids}
+        if self.kinds is not None:
+            # death and new are always needed to keep `known` right; others are filtered here.
+            req["events"] = sorted(self.kinds | {"new", "death", "released"})
+        return req
+
+    def first_snapshot(self, reply: dict) -> None:
+        for row in reply["snapshot"]:
+            self.known[row["domid"]] = (row["uuid"], row["state"], row.get("reason"))
+        self.seq = reply["seq"]
+
+    def resync(self, reply: dict) -> list[dict]:
+        """Events missed between the old connection and this snapshot."""
+        now = time.time()
+        rows = {row["domid"]: row for row in reply["snapshot"]}
+        missed: list[dict] = []
+
+        def ev(kind: str, domid: int, uuid: str, **extra) -> None:
+            missed.append(
+                {"event": kind, "domid": domid, "uuid": uuid, "time": now, "missed": True, **extra}
+            )
+
+        for domid, (uuid, state, _reason) in sorted(self.known.items()):
+            row = rows.get(domid)
+            if row is not None and row["uuid"] == uuid:
+                if row["state"] == state:
+                    continue
+                if row["state"] == "dead":
+                    ev("death", domid, uuid, **_reason_of(row))
+                elif row["state"] == "shutdown":
+                    ev("shutdown", domid, uuid, **_reason_of(row))
+                elif state == "shutdown":
+                    ev("resumed", domid, uuid)
+                continue
+            # Gone, or another incarnation: this one died while we were away.
+            if state != "dead":
+                ev("death", domid, uuid)
+            ev("released", domid, uuid)
+        for domid, row in sorted(rows.items()):
+            old = self.known.get(domid)
+            if old is not None and old[0] == row["uuid"]:
+                continue
+            ev("new", domid, row["uuid"], **({"name": row["name"]} if row.get("name") else {}))
+            if row["state"] in ("shutdown", "dead") and row.get("reason"):
+                ev("shutdown", domid, row["uuid"], reason=row["reason"])
+            if row["state"] == "dead":
+                ev("death", domid, row["uuid"], **_reason_of(row))
+        self.known = {d: (r["uuid"], r["state"], r.get("reason")) for d, r in rows.items()}
+        self.seq = reply["seq"]
+        return [e for e in missed if self.wanted(e)]
+
+    def track(self, event: dict) -> None:
+        kind = event["event"]
+        domid = event["domid"]
+        if kind == "new":
+            self.known[domid] = (event["uuid"], "running", None)
+        elif kind == "shutdown":
+            self.known[domid] = (event["uuid"], "shutdown", event.get("reason"))
+        elif kind == "resumed":
+            self.known[domid] = (event["uuid"], "running", None)
+        elif kind == "death":
+            self.known[domid] = (event["uuid"], "dead", event.get("reason"))
+        elif kind == "released":
+            self.known.pop(domid, None)
+        self.seq = event.get("seq", self.seq)
+
+    def wanted(self, event: dict) -> bool:
+        return self.kinds is None or event["event"] in self.kinds
+
+
+def _reason_of(row: dict) -> dict:
+    return {"reason": row["reason"]} if row.get("reason") else {}
+
+
+# -- synchronous -------------------------------------------------------------------------
+
+
+class _LineSocket:
+    def __init__(self, path: str, timeout: float | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as exc:
+            self.sock.close()
+            raise Unreachable(
+                f"cannot reach the xenmux daemon at {path} ({exc.strerror or exc}); "
+                "is `xenmux serve` running? (--socket or $XENMUX_SOCKET choose another)"
+            ) from None
+        self.buf = bytearray()
+        self.ids = itertools.count(1)
+        self.backlog: list[dict] = []  # event frames that arrived while awaiting a reply
+
+    def readline(self, deadline: float | None = None) -> dict | None:
+        """The next JSON line; None at the deadline. Raises Unreachable when closed."""
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                return json.loads(line)
+            if len(self.buf) > MAX_REPLY:
+                raise XenmuxError("the daemon sent a line over 64 MiB")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                ready, _, _ = select.select([self.sock], [], [], left)
+                if not ready:
+                    return None
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError as exc:
+                raise Unreachable(f"lost the xenmux daemon: {exc}") from None
+            if not data:
+                raise Unreachable("the xenmux daemon closed the connection")
+            self.buf += data
+
+    def call(self, op: str, **fields) -> dict:
+        req_id = next(self.ids)
+        try:
+            self.sock.sendall(_encode({"op": op, "id": req_id, **fields}))
+        except OSError as exc:
+            raise Unreachable(f"lost the xenmux daemon: {exc}") from None
+        while True:
+            msg = self.readline()
+            if msg.get("id") == req_id and "ok" in msg:
+                return _check(msg)
+            if "event" in msg:
+                self.backlog.append(msg)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Client:
+    """Request/reply calls: `Client().call("list")`, `.list()`, `.stats()`, `.rescan()`."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float | None = 10.0) -> None:
+        self.path = socket_path or default_socket()
+        self.conn = _LineSocket(self.path, timeout)
+
+    def call(self, op: str, **fields) -> dict:
+        return self.conn.call(op, **fields)
+
+    def hello(self) -> dict:
+        return self.call("hello")
+
+    def list(self) -> list[dict]:
+        return self.call("list")["domains"]
+
+    def stats(self) -> dict:
+        return self.call("stats")["stats"]
+
+    def rescan(self) -> dict:
+        return self.call("rescan")
+
+    def ping(self) -> None:
+        self.call("ping")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Subscription:
+    """Events for some domids (None: all), surviving daemon restarts. Iterate for events;
+    `next_event(timeout)` returns None when nothing came in time."""
+
+    def __init__(
+        self,
+        domids: Iterable[int] | None = None,
+        *,
+        events: Iterable[str] | None = None,
+        socket_path: str | None = None,
+        retry_timeout: float | None = None,
+    ) -> None:
+        self.path = socket_path or default_socket()
+        self.retry_timeout = retry_timeout
+        self.tracker = _Tracker(domids, events)
+        self.conn: _LineSocket | None = None
+        self.snapshot: list[dict] = []
+        self.absent: list[int] = []
+        self.hello: dict = {}
+        self._queue: list[dict] = []
+        self._connect(first=True)
+
+    def _connect(self, first: bool) -> None:
+        deadline = None if self.retry_timeout is None else time.monotonic() + self.retry_timeout
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                conn = _LineSocket(self.path, None)
+                hello = conn.call("hello")
+                reply = conn.call("subscribe", **_args(self.tracker.request()))
+                break
+            except Unreachable:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        self.conn = conn
+        self.hello = hello
+        self.snapshot = reply["snapshot"]
+        self.absent = reply["absent"]
+        if first:
+            self.tracker.first_snapshot(reply)
+        else:
+            self._queue.extend(self.tracker.resync(reply))
+        self._queue.extend(conn.backlog)
+        conn.backlog.clear()
+
+    def next_event(self, timeout: float | None = None) -> dict | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while self._queue:
+                event = self._queue.pop(0)
+                if event.get("event") == "overflow":
+                    self._reconnect()
+                    continue
+                if not event.get("missed"):
+                    self.tracker.track(event)
+                if self.tracker.wanted(event):
+                    return event
+            assert self.conn is not None
+            try:
+                msg = self.conn.readline(deadline)
+            except Unreachable:
+                self._reconnect()
+                continue
+            if msg is None:
+                return None
+            if "event" in msg:
+                self._queue.append(msg)
+
+    def _reconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self._queue = [e for e in self._queue if e.get("missed")]
+        self._connect(first=False)
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            yield self.next_event()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _args(req: dict) -> dict:
+    return {k: v for k, v in req.items() if k != "op"}
+
+
+# -- asyncio -----------------------------------------------------------------------------
+
+
+class AsyncSubscription:
+    """The asyncio twin of Subscription: `async with AsyncSubscription([7]) as sub:` then
+    `async for event in sub` or `await sub.next_event(timeout)`."""
+
+    def __init__(
+        self,
+        domids: Iterable[int] | None = None,
+        *,
+        events: Iterable[str] | None = None,
+        socket_path: str | None = None,
+        retry_timeout: float | None = None,
+    ) -> None:
+        self.path = socket_path or default_socket()
+        self.retry_timeout = retry_timeout
+        self.tracker = _Tracker(domids, events)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.snapshot: list[dict] = []
+        self.absent: list[int] = []
+        self.hello: dict = {}
+        self._queue: list[dict] = []
+        self._ids = itertools.count(1)
+
+    async def __aenter__(self) -> AsyncSubscription:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self, first: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = None if self.retry_timeout is None else loop.time() + self.retry_timeout
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                self.reader, self.writer = await asyncio.open_unix_connection(
+                    self.path, limit=MAX_REPLY
+                )
+                self.hello = await self._call("hello")
+                reply = await self._call("subscribe", **_args(self.tracker.request()))
+                break
+            except (OSError, Unreachable) as exc:
+                await self._drop()
+                if deadline is not None and loop.time() + delay > deadline:
+                    raise Unreachable(
+                        f"cannot reach the xenmux daemon at {self.path}: {exc}"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+        self.snapshot = reply["snapshot"]
+        self.absent = reply["absent"]
+        if first:
+            self.tracker.first_snapshot(reply)
+        else:
+            self._queue.extend(self.tracker.resync(reply))
+
+    async def _readline(self) -> dict:
+        assert self.reader is not None
+        line = await self.reader.readline()
+        if not line:
+            raise Unreachable("the xenmux daemon closed the connection")
+        return json.loads(line)
+
+    async def _call(self, op: str, **fields) -> dict:
+        assert self.writer is not None
+        req_id = next(self._ids)
+        self.writer.write(_encode({"op": op, "id": req_id, **fields}))
+        while True:
+            msg = await self._readline()
+            if msg.get("id") == req_id and "ok" in msg:
+                return _check(msg)
+            if "event" in msg:
+                self._queue.append(msg)
+
+    async def next_event(self, timeout: float | None = None) -> dict | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            while self._queue:
+                event = self._queue.pop(0)
+                if event.get("event") == "overflow":
+                    await self._reconnect()
+                    continue
+                if not event.get("missed"):
+                    self.tracker.track(event)
+                if self.tracker.wanted(event):
+                    return event
+            try:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                msg = await asyncio.wait_for(self._readline(), left)
+            except TimeoutError:
+                return None
+            except (OSError, Unreachable, ValueError):
+                await self._reconnect()
+                continue
+            if "event" in msg:
+                self._queue.append(msg)
+
+    async def _reconnect(self) -> None:
+        await self._drop()
+        self._queue = [e for e in self._queue if e.get("missed")]
+        await self.connect(first=False)
+
+    async def _drop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+        self.reader = self.writer = None
+
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self
+
+    async def __anext__(self) -> dict:
+        event = await self.next_event()
+        assert event is not None
+        return event
+
+    async def close(self) -> None:
+        await self._drop()

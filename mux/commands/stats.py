@@ -1,0 +1,70 @@
+"""`xenmux stats`: the daemon's counters, for people without Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mux.cli import add_socket_argument
+from mux.client import Client, Unreachable, XenmuxError
+from mux.commands.output import emit, fail, table
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    add_socket_argument(p)
+
+
+def _us(v) -> str:
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return "> 1 s"
+    return f"<= {v * 1e6:.0f} us" if v < 1e-3 else f"<= {v * 1e3:.1f} ms"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with Client(args.socket) as c:
+            s = c.stats()
+    except (Unreachable, XenmuxError) as exc:
+        return fail("stats", str(exc))
+    if args.json:
+        emit(s)
+        return 0
+    firings = sum(s["firings"].values())
+    scans = sum(v for k, v in s["scans"].items() if k != "startup")
+    rows = [
+        ("uptime", f"{s['uptime_seconds']:.0f} s"),
+        (
+            "backend / xenstored",
+            f"{s['backend']} / {s['xenstored']}"
+            f" ({'connected' if s['xenstore_connected'] else 'NOT connected'})",
+        ),
+        ("watch depth (Xen 4.22)", "yes" if s["features"]["watch_depth"] else "no"),
+        ("domains", ", ".join(f"{k} {v}" for k, v in s["domains"].items())),
+        ("firings", ", ".join(f"{k} {v}" for k, v in s["firings"].items())),
+        ("scans", ", ".join(f"{k} {v}" for k, v in s["scans"].items() if v) or "0"),
+        (
+            "coalescing",
+            f"{firings} firings -> {scans} scans"
+            + (f" ({firings / scans:.1f} per scan)" if scans else ""),
+        ),
+        ("events", ", ".join(f"{k} {v}" for k, v in s["events"].items())),
+        ("frames sent", s["frames_sent"]),
+        ("subscribers / clients", f"{s['subscribers']} / {s['clients']}"),
+        ("overflows", s["overflows"]),
+        ("client errors", ", ".join(f"{k} {v}" for k, v in s["client_errors"].items()) or "0"),
+        ("xenstore reconnects", s["xenstore_reconnects"]),
+        ("hypercall errors", s["hypercall_errors"]),
+        (
+            "scan p50 / p99",
+            f"{_us(s['scan_seconds']['p50_le'])} / {_us(s['scan_seconds']['p99_le'])}",
+        ),
+        (
+            "firing->frame p50 / p99",
+            f"{_us(s['notify_seconds']['p50_le'])} / {_us(s['notify_seconds']['p99_le'])}",
+        ),
+    ]
+    table(("COUNTER", "VALUE"), rows, out=sys.stdout)
+    return 0

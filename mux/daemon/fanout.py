@@ -1,0 +1,101 @@
+"""Fan-out: domid -> subscribers, each event encoded once and the same bytes written to all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+KIND_BITS = {"new": 1, "shutdown": 2, "resumed": 4, "death": 8, "released": 16}
+ALL_KINDS = 31
+
+
+def kinds_mask(kinds: Iterable[str] | None) -> int:
+    if kinds is None:
+        return ALL_KINDS
+    mask = 0
+    for k in kinds:
+        try:
+            mask |= KIND_BITS[k]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown event kind {k!r}: use some of {', '.join(KIND_BITS)}"
+            ) from None
+    return mask
+
+
+class Subscriber(Protocol):
+    wild_mask: int
+
+    def send_frame(self, frame: bytes) -> None: ...
+
+
+class Fanout:
+    def __init__(self) -> None:
+        self.by_domid: dict[int, dict[Subscriber, int]] = {}
+        self.wild: set[Subscriber] = set()
+        self.subscriptions: dict[Subscriber, set[int]] = {}
+        self.frames_sent = 0
+
+    def subscribe(self, sub: Subscriber, domids: Iterable[int] | None, mask: int) -> None:
+        """Add domids (None: every domain) with the kinds in `mask` for `sub`."""
+        if domids is None:
+            sub.wild_mask |= mask
+            self.wild.add(sub)
+            self.subscriptions.setdefault(sub, set())
+            return
+        mine = self.subscriptions.setdefault(sub, set())
+        for d in domids:
+            subs = self.by_domid.setdefault(d, {})
+            subs[sub] = subs.get(sub, 0) | mask
+            mine.add(d)
+
+    def unsubscribe(self, sub: Subscriber, domids: Iterable[int] | None) -> None:
+        if domids is None:
+            sub.wild_mask = 0
+            self.wild.discard(sub)
+            return
+        mine = self.subscriptions.get(sub, set())
+        for d in domids:
+            subs = self.by_domid.get(d)
+            if subs is not None and subs.pop(sub, None) is not None and not subs:
+                del self.by_domid[d]
+            mine.discard(d)
+
+    def drop(self, sub: Subscriber) -> None:
+        """Forget a subscriber entirely (its connection is gone)."""
+        self.unsubscribe(sub, list(self.subscriptions.pop(sub, ())))
+        sub.wild_mask = 0
+        self.wild.discard(sub)
+
+    def domid_count(self, sub: Subscriber) -> int:
+        return len(self.subscriptions.get(sub, ()))
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self.subscriptions)
+
+    def publish(self, events: Sequence) -> int:
+        """Send each event to every interested subscriber; returns frames written."""
+        sent = 0
+        wild = self.wild
+        by_domid = self.by_domid
+        for ev in events:
+            bit = KIND_BITS[ev.kind]
+            frame = None
+            targets = by_domid.get(ev.domid)
+            if targets:
+                for sub, mask in tuple(targets.items()):
+                    if (mask | sub.wild_mask) & bit:
+                        if frame is None:
+                            frame = ev.frame()
+                        sub.send_frame(frame)
+                        sent += 1
+            if wild:
+                for sub in tuple(wild):
+                    if sub.wild_mask & bit and not (targets and sub in targets):
+                        if frame is None:
+                            frame = ev.frame()
+                        sub.send_frame(frame)
+                        sent += 1
+        self.frames_sent += sent
+        return sent

@@ -1,0 +1,117 @@
+"""`xenmux serve`: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from mux.cli import DEFAULT_SOCKET
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=("auto", "xenctrl", "sim"),
+        default="auto",
+        help="where domain records come from (default: auto)",
+    )
+    p.add_argument("--sim-dir", help="the simulated host's directory (backend sim)")
+    p.add_argument(
+        "--xenctrl-lib", help="path of libxenctrl.so (default: found as the system does)"
+    )
+    p.add_argument(
+        "--xenstore",
+        help="xenstored socket or device (default: the sim's "
+        "DIR/xenstored.sock, else $XENSTORED_PATH, else /var/run/xenstored/socket, "
+        "else /dev/xen/xenbus)",
+    )
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="where to serve (default: %(default)s)")
+    p.add_argument("--socket-group", help="group owning the socket (mode 0660)")
+    p.add_argument("--allow-rescan-group", help="a group whose members may also ask for rescans")
+    p.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:9877",
+        help="Prometheus endpoint HOST:PORT; '' turns it off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shutdown-poll",
+        type=float,
+        default=0.25,
+        metavar="S",
+        help="poll period while a domain sits shut down (resumes fire nothing)",
+    )
+    p.add_argument(
+        "--full-scan",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="period of the safety full scan (silent suspends, unintroduced domains)",
+    )
+    p.add_argument("--max-clients", type=int, default=4096)
+    p.add_argument(
+        "--max-subscriptions", type=int, default=32768, help="domids one connection may watch"
+    )
+    p.add_argument(
+        "--no-watch-depth",
+        action="store_true",
+        help="use full scans even where xenstored offers watch depth (Xen 4.22)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    from mux.daemon.server import resolve_group
+    from mux.daemon.service import Config, Daemon
+    from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
+    from mux.xenstore.client import default_xenstore_path
+
+    try:
+        backend = open_backend(args.backend, sim_dir=args.sim_dir, xenctrl_lib=args.xenctrl_lib)
+        config = Config(
+            socket_path=args.socket,
+            xenstore_path=args.xenstore
+            or default_xenstore_path(args.sim_dir if backend.name == "sim" else None),
+            shutdown_poll=args.shutdown_poll,
+            full_scan=args.full_scan,
+            socket_gid=resolve_group(args.socket_group),
+            allow_rescan_gid=resolve_group(args.allow_rescan_group),
+            max_clients=args.max_clients,
+            max_subscriptions=args.max_subscriptions,
+            metrics_addr=args.metrics_addr,
+            use_depth=not args.no_watch_depth,
+        )
+    except (NotADom0Error, HypervisorError, ValueError) as exc:
+        print(f"xenmux serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        return runner(_serve(Daemon(config, backend)))
+    except OSError as exc:
+        print(f"xenmux serve: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(daemon) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+        await stop.wait()
+    finally:
+        await daemon.stop()
+    return 0

@@ -1,0 +1,276 @@
+"""The scan loop: turns scan requests into one batched hypercall + one diff, then fan-out.
+
+Requests coalesce: while a scan runs (or waits for names), further requests only mark the
+table dirty, and one more scan follows. In Xen 4.22 depth mode a firing names a domid and
+asks for a targeted scan of it; when more targeted scans are pending than a full scan costs
+(both costs measured as we go), they collapse into one full scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from mux.daemon.fanout import Fanout
+from mux.daemon.stats import Stats
+from mux.hypervisor import HypervisorError, ScanBuffer
+
+log = logging.getLogger("xenmux.scan")
+
+NameReader = Callable[[int], Awaitable[str | None]]
+
+
+class _Cost:
+    """An exponentially weighted mean of a duration, in seconds."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, initial: float) -> None:
+        self.value = initial
+
+    def add(self, sample: float) -> None:
+        self.value += 0.2 * (sample - self.value)
+
+
+class ScanLoop:
+    NAME_TIMEOUT = 0.5  # a slow xenstored must not hold back death events for long
+    RETRY_MIN = 0.05
+    RETRY_MAX = 5.0
+
+    def __init__(
+        self,
+        table,
+        backend,
+        fanout: Fanout,
+        stats: Stats,
+        *,
+        shutdown_poll: float = 0.25,
+        full_scan: float = 30.0,
+        name_reader: NameReader | None = None,
+    ) -> None:
+        self.table = table
+        self.backend = backend
+        self.scanbuf = ScanBuffer(backend)
+        self.fanout = fanout
+        self.stats = stats
+        self.shutdown_poll = shutdown_poll
+        self.full_scan_interval = full_scan
+        self.name_reader = name_reader
+        self.lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._pending_full: str | None = None
+        self._pending_domids: set[int] = set()
+        self._fired_at: float | None = None  # monotonic time of the oldest unserved firing
+        self._waiters: list[asyncio.Future] = []
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self._full_handle: asyncio.TimerHandle | None = None
+        self._retry_delay = self.RETRY_MIN
+        self.full_cost = _Cost(20e-6)
+        self.one_cost = _Cost(2e-6)
+        self._task: asyncio.Task | None = None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def request_full(self, trigger: str, fired_at: float | None = None) -> None:
+        if self._pending_full is None or self._pending_full == "depth":
+            self._pending_full = trigger
+        if fired_at is not None and self._fired_at is None:
+            self._fired_at = fired_at
+        self._wake.set()
+
+    def request_domid(self, domid: int, fired_at: float | None = None) -> None:
+        self._pending_domids.add(domid)
+        if fired_at is not None and self._fired_at is None:
+            self._fired_at = fired_at
+        self._wake.set()
+
+    async def rescan(self, trigger: str = "rescan") -> int:
+        """A full scan that starts after this call; returns how many events it produced."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self.request_full(trigger)
+        return await fut
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def prime(self) -> None:
+        """The initial load: the table is filled, subscribers will get it as a snapshot."""
+        t0 = time.perf_counter()
+        buf, n = self.scanbuf.scan_all()
+        self.table.prime(buf, n)
+        self.stats.scans["startup"] += 1
+        self.stats.scan_seconds.observe(time.perf_counter() - t0)
+        log.info("initial scan: %d domains", n)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")
+        self._arm_full_scan()
+        self._arm_poll()
+
+    async def stop(self) -> None:
+        for h in (self._poll_handle, self._full_handle):
+            if h is not None:
+                h.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for w in self._waiters:
+            if not w.done():
+                w.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.scan_pending()
+                self._retry_delay = self.RETRY_MIN
+            except HypervisorError as exc:
+                self.stats.hypercall_errors += 1
+                log.error(
+                    "domain-info hypercall failed (%s); retrying in %.2f s",
+                    exc,
+                    self._retry_delay,
+                )
+                await asyncio.sleep(self._retry_delay)
+                self._retry_delay = min(self._retry_delay * 2, self.RETRY_MAX)
+                self._wake.set()
+            except Exception:
+                # A bug must not stop the daemon from watching; the safety scan will catch up.
+                log.exception("scan failed")
+                await asyncio.sleep(self.RETRY_MIN)
+                self.request_full("full")
+
+    # -- the scan itself -----------------------------------------------------------------
+
+    async def scan_pending(self) -> None:
+        async with self.lock:
+            trigger = self._pending_full
+            domids = self._pending_domids
+            fired_at = self._fired_at
+            waiters = self._waiters
+            if trigger is None and not domids:
+                return
+            if trigger is None and len(domids) * self.one_cost.value > self.full_cost.value:
+                trigger = "depth"  # too many targeted scans pending: one full scan is cheaper
+            if trigger is not None:
+                # A failing hypercall raises before the table changed, with every request
+                # still pending, so the retry serves them.
+                events = self._full(trigger)
+                self._take_pending()
+            else:
+                self._take_pending()
+                events = self._targeted(domids)
+            await self._publish(events, fired_at)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(len(events))
+        self._arm_poll()
+
+    def _take_pending(self) -> None:
+        """From here on, new requests are for the next scan."""
+        self._pending_full = None
+        self._pending_domids = set()
+        self._fired_at = None
+        self._waiters = []
+
+    def _full(self, trigger: str) -> list:
+        t0 = time.perf_counter()
+        buf, n = self.scanbuf.scan_all()
+        t1 = time.perf_counter()
+        events = self.table.diff(buf, n, time.time())
+        t2 = time.perf_counter()
+        self.full_cost.add(t2 - t0)
+        st = self.stats
+        st.scans[trigger] += 1
+        st.scan_domains += n
+        st.hypercall_seconds.observe(t1 - t0)
+        st.scan_seconds.observe(t2 - t0)
+        return events
+
+    def _targeted(self, domids: set[int]) -> list:
+        events: list = []
+        for domid in sorted(domids):
+            try:
+                events.extend(self.probe(domid))
+            except HypervisorError as exc:
+                # The events already diffed must still go out; a full scan catches up.
+                self.stats.hypercall_errors += 1
+                log.error("targeted domain-info query of %d failed (%s)", domid, exc)
+                self.request_full("depth")
+                break
+        return events
+
+    def probe(self, domid: int) -> list:
+        """A targeted scan of one domid (its events are returned, not published)."""
+        t0 = time.perf_counter()
+        buf, n = self.scanbuf.scan_one(domid)
+        t1 = time.perf_counter()
+        events = self.table.diff_one(domid, buf, n, time.time())
+        t2 = time.perf_counter()
+        self.one_cost.add(t2 - t0)
+        st = self.stats
+        st.scans["depth"] += 1
+        st.targeted_scans += 1
+        st.hypercall_seconds.observe(t1 - t0)
+        st.scan_seconds.observe(t2 - t0)
+        return events
+
+    async def _publish(self, events: list, fired_at: float | None) -> None:
+        if not events:
+            return
+        news = [ev for ev in events if ev.kind == "new"]
+        if news and self.name_reader is not None:
+            await self.fill_names(news)
+        self.fanout.publish(events)
+        if fired_at is not None:
+            self.stats.notify_seconds.observe(time.monotonic() - fired_at)
+        counts = self.stats.events
+        for ev in events:
+            counts[ev.kind] += 1
+
+    async def fill_names(self, news: list) -> None:
+        async def one(ev) -> None:
+            name = await self.name_reader(ev.domid)
+            if name is not None:
+                ev.name = name
+                self.table.set_name(ev.domid, name)
+
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(one(ev) for ev in news), return_exceptions=True),
+                self.NAME_TIMEOUT,
+            )
+        except TimeoutError:
+            log.warning("xenstored was slow to give names of %d new domains", len(news))
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _arm_poll(self) -> None:
+        """Resumes fire nothing: poll while any domain sits shut down but not dead."""
+        if self._poll_handle is not None or self.table.n_shutdown == 0:
+            return
+        if self.shutdown_poll <= 0:
+            return
+
+        def fire() -> None:
+            self._poll_handle = None
+            if self.table.n_shutdown:
+                self.request_full("poll")
+
+        self._poll_handle = asyncio.get_running_loop().call_later(self.shutdown_poll, fire)
+
+    def _arm_full_scan(self) -> None:
+        if self.full_scan_interval <= 0:
+            return
+
+        def fire() -> None:
+            self.request_full("full")
+            self._arm_full_scan()
+
+        self._full_handle = asyncio.get_running_loop().call_later(self.full_scan_interval, fire)
