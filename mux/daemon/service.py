@@ -61,6 +61,7 @@ class Daemon:
         self.scanloop.name_reader = self.watcher.read_name
         self.server: asyncio.AbstractServer | None = None
         self.metrics = None
+        self.metrics_port: int | None = None
         self._sock_ino: int | None = None
         self._stopped = asyncio.Event()
 
@@ -76,6 +77,7 @@ class Daemon:
         d["features"] = self.watcher.feature_dict
         d["instance"] = self.instance
         d["seq"] = self.table.seq
+        d["metrics_port"] = self.metrics_port
         return d
 
     async def start(self, *, xenstore_wait: float = 5.0) -> None:
