@@ -1,0 +1,32 @@
+/*
+ * Reader of the simulated host's domain table (DIR/domains.shm, docs/internals.md).
+ *
+ * Test fixture only. Both stand-ins (hvstub.so, libxenctrl_stub.so) serve the hypervisor's
+ * domain list from this table, so they answer exactly what the simulated host holds.
+ */
+#ifndef XENMUX_SHMTABLE_H
+#define XENMUX_SHMTABLE_H
+
+#include <stdint.h>
+#include <xenctrl.h>
+
+#define SHM_MAGIC "XMUXSHM1"
+#define SHM_VERSION 1
+#define SHM_HEADER 128
+#define SHM_OFF_SEQ 24
+
+/* The environment variable naming the table; both stand-ins read it. */
+#define SHM_ENV "XENMUX_STUB_SHM"
+
+/*
+ * Copy the domains with domid >= first (in domid order, at most max) into out, as
+ * XEN_SYSCTL_getdomaininfolist does. Returns the count, or -1 with errno set:
+ * ENOENT/EIO when the table is missing or malformed, EAGAIN when the writer kept
+ * the seqlock odd for too long.
+ */
+int shm_getinfolist(uint32_t first, unsigned int max, xc_domaininfo_t *out);
+
+/* Print a one-line complaint to stderr once per distinct message (prefix "xenstub: "). */
+void stub_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
