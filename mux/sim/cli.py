@@ -1,0 +1,47 @@
+"""`xenmux sim`: run a simulated Xen host (hypervisor table, VIRQ and a xenstored)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mux.sim.xenstored import XS_VERSIONS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", required=True, help="directory for domains.shm and the sockets")
+    parser.add_argument(
+        "--domains", type=int, default=0, metavar="N", help="guests 1..N besides dom0 (default 0)"
+    )
+    parser.add_argument(
+        "--xs-version",
+        choices=XS_VERSIONS,
+        default="4.17",
+        help="which C xenstored to model: 4.17 (latch, no watch depth) or 4.22 (watch depth)",
+    )
+    parser.add_argument(
+        "--virq-socket",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also send a datagram to this AF_UNIX socket on every VIRQ_DOM_EXC (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for UUIDs and CPU times")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level on stderr (default WARNING)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from mux.sim.runtime import main
+
+    logging.basicConfig(level=args.log_level.upper(), format="xenmux sim: %(message)s")
+    if args.domains < 0:
+        raise SystemExit("xenmux sim: --domains must be 0 or more")
+    return main(
+        args.dir,
+        args.domains,
+        xs_version=args.xs_version,
+        virq_sockets=args.virq_socket,
+        seed=args.seed,
+    )

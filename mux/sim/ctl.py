@@ -1,0 +1,299 @@
+"""`xenmux sim-ctl`: change a running simulated host, and the Python client behind it.
+
+The sim answers on DIR/control.sock, one JSON object per line each way. A request is
+`{"op": ..., ...}`; the reply `{"ok": true, "op": ..., ..., "virqs": n, "firings": {...},
+"events": n}` comes only once the change is applied to the table and the sim's xenstored has
+written its watch events (the firings) to every watcher; or `{"ok": false, "error": "..."}`.
+
+    from mux.sim.ctl import SimControl
+    with SimControl(sim_dir) as sim:
+        [dom] = sim.create(name="web")
+        sim.shutdown(dom["domid"], "reboot")
+        sim.destroy(dom["domid"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+CONTROL_SOCKET = "control.sock"
+DEFAULT_TIMEOUT = 60.0
+
+
+class SimControlError(Exception):
+    """The sim refused a request (`str()` is its message), or is not there."""
+
+
+def control_path(dir_or_socket: str) -> str:
+    if os.path.isdir(dir_or_socket):
+        return os.path.join(dir_or_socket, CONTROL_SOCKET)
+    return dir_or_socket
+
+
+def _check(reply: dict) -> dict:
+    if not reply.get("ok"):
+        raise SimControlError(reply.get("error", "the sim refused the request"))
+    return reply
+
+
+def _request(op: str, **fields: Any) -> dict:
+    return {"op": op, **{k: v for k, v in fields.items() if v is not None}}
+
+
+class _Ops:
+    """The operations, shared by the blocking and the asyncio client."""
+
+    def request(self, op: str, **fields: Any):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def create(self, *, uuid=None, domid=None, name=None, count=None, introduce=True):
+        """Create domains; returns their rows (domid, uuid, name, state...).
+
+        `introduce=False`: xenstored never hears of them (no @releaseDomain for them)."""
+        return self._then(
+            self.request(
+                "create",
+                uuid=uuid,
+                domid=domid,
+                name=name,
+                count=count,
+                introduce=None if introduce else False,
+            ),
+            lambda r: r["domains"],
+        )
+
+    def shutdown(self, domid, reason="poweroff"):
+        """Shut a domain (or "all" running guests) down; reason by name or number."""
+        return self.request("shutdown", domid=domid, reason=reason)
+
+    def suspend(self, domid, silent=False):
+        return self.request("suspend", domid=domid, silent=silent or None)
+
+    def resume(self, domid):
+        return self.request("resume", domid=domid)
+
+    def destroy(self, domid, zombie=False):
+        return self.request("destroy", domid=domid, zombie=zombie or None)
+
+    def release(self, domid):
+        return self.request("release", domid=domid)
+
+    def virq(self):
+        """Raise VIRQ_DOM_EXC with no change."""
+        return self.request("virq")
+
+    def list(self):
+        return self._then(self.request("list"), lambda r: r["domains"])
+
+    def info(self):
+        return self.request("info")
+
+    def churn(self, seconds, rate=None, seed=None, step_delay=None):
+        return self.request("churn", seconds=seconds, rate=rate, seed=seed, step_delay=step_delay)
+
+    def _then(self, reply, fn):
+        return fn(reply)
+
+
+class SimControl(_Ops):
+    """Blocking client of a sim's control socket (one connection, one request at a time)."""
+
+    def __init__(self, dir_or_socket: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = control_path(dir_or_socket)
+        self.timeout = timeout
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(self.path)
+        except OSError as exc:
+            self._sock.close()
+            raise SimControlError(f"no simulated host answers at {self.path}: {exc}") from None
+        self._file = self._sock.makefile("rb")
+
+    def request(self, op: str, **fields: Any) -> dict:
+        line = json.dumps(_request(op, **fields)).encode() + b"\n"
+        timeout = self.timeout
+        if op == "churn":
+            timeout += float(fields.get("seconds") or 0)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(line)
+            reply = self._file.readline()
+        except OSError as exc:
+            raise SimControlError(f"the sim at {self.path} did not answer: {exc}") from None
+        if not reply:
+            raise SimControlError(f"the sim at {self.path} closed the connection")
+        return _check(json.loads(reply))
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> SimControl:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSimControl(_Ops):
+    """asyncio client: `sim = await AsyncSimControl.connect(dir)`; every method is awaited."""
+
+    def __init__(self, reader, writer, path: str, timeout: float) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.path = path
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, dir_or_socket: str, timeout: float = DEFAULT_TIMEOUT):
+        path = control_path(dir_or_socket)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=1 << 26)
+        except OSError as exc:
+            raise SimControlError(f"no simulated host answers at {path}: {exc}") from None
+        return cls(reader, writer, path, timeout)
+
+    async def request(self, op: str, **fields: Any) -> dict:
+        timeout = self.timeout + (float(fields.get("seconds") or 0) if op == "churn" else 0)
+        async with self._lock:
+            self._writer.write(json.dumps(_request(op, **fields)).encode() + b"\n")
+            try:
+                await self._writer.drain()
+                reply = await asyncio.wait_for(self._reader.readline(), timeout)
+            except (OSError, TimeoutError) as exc:
+                raise SimControlError(f"the sim at {self.path} did not answer: {exc!r}") from None
+        if not reply:
+            raise SimControlError(f"the sim at {self.path} closed the connection")
+        return _check(json.loads(reply))
+
+    async def _then(self, reply, fn):
+        return fn(await reply)
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+# Command line -------------------------------------------------------------------------------
+
+
+def _domid_or_all(text: str):
+    if text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a domid: {text!r}") from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        default=os.environ.get("XENMUX_SIM_DIR"),
+        help="the sim's directory (default $XENMUX_SIM_DIR)",
+    )
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait")
+    sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
+
+    p = sub.add_parser("create", help="create domain(s): no VIRQ; @introduceDomain each")
+    p.add_argument("--uuid")
+    p.add_argument("--domid", type=int, help="force this domid (test domid reuse)")
+    p.add_argument("--name")
+    p.add_argument("--count", type=int, help="create this many in one table change")
+    p.add_argument(
+        "--no-introduce",
+        dest="introduce",
+        action="store_false",
+        help="never introduce them to xenstored (it then never fires for them)",
+    )
+
+    p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
+    p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
+    p.add_argument("--reason", default="poweroff", help="name or number (default poweroff)")
+
+    p = sub.add_parser("suspend", help="shutdown(suspend); VIRQ unless --silent")
+    p.add_argument("domid", type=int)
+    p.add_argument("--silent", action="store_true", help="suspend event channel: no VIRQ")
+
+    p = sub.add_parser("resume", help="resume a shut-down domain (no VIRQ) and send XS_RESUME")
+    p.add_argument("domid", type=int)
+
+    p = sub.add_parser("destroy", help="dying (VIRQ), then gone (VIRQ), then nodes removed")
+    p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
+    p.add_argument("--zombie", action="store_true", help="stay dying (until destroyed again)")
+
+    p = sub.add_parser("release", help="send XS_RELEASE for a domain")
+    p.add_argument("domid", type=int)
+
+    sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
+    sub.add_parser("list", help="the host's domains, one JSON line each")
+    sub.add_parser("info", help="the sim's paths and counters")
+
+    p = sub.add_parser("churn", help="random lifecycles inside the sim; prints the counts")
+    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--rate", type=float, default=10.0, help="lifecycles per second (default 10)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--step-delay", type=float, help="seconds between a lifecycle's steps")
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.dir:
+        print("xenmux sim-ctl: give --dir DIR (or set XENMUX_SIM_DIR)", file=sys.stderr)
+        return 2
+    try:
+        with SimControl(args.dir, timeout=args.timeout) as sim:
+            op = args.op
+            if op == "create":
+                for row in sim.create(
+                    uuid=args.uuid,
+                    domid=args.domid,
+                    name=args.name,
+                    count=args.count,
+                    introduce=args.introduce,
+                ):
+                    _emit(row)
+            elif op == "list":
+                for row in sim.list():
+                    _emit(row)
+            elif op == "shutdown":
+                _emit(sim.shutdown(args.domid, args.reason))
+            elif op == "suspend":
+                _emit(sim.suspend(args.domid, args.silent))
+            elif op == "resume":
+                _emit(sim.resume(args.domid))
+            elif op == "destroy":
+                _emit(sim.destroy(args.domid, args.zombie))
+            elif op == "release":
+                _emit(sim.release(args.domid))
+            elif op == "virq":
+                _emit(sim.virq())
+            elif op == "info":
+                _emit(sim.info())
+            elif op == "churn":
+                _emit(sim.churn(args.seconds, args.rate, args.seed, args.step_delay))
+    except SimControlError as exc:
+        print(f"xenmux sim-ctl: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,420 @@
+"""The simulated host: a hypervisor (domain table, domid allocation, VIRQ_DOM_EXC) and the
+lifecycle operations a toolstack drives on it.
+
+`Hypervisor` is what Xen does: it keeps the domains, writes every change to the shared-memory
+table (mux.sim.shm) inside one seqlock section per batch, and raises VIRQ_DOM_EXC to the
+in-process xenstored and to any extra sinks (datagram sockets, for a real xenstored running
+under a stand-in event channel library).
+
+`SimHost` is what the toolstack does around it: create = build the domain, write its xenstore
+nodes, XS_INTRODUCE; resume = XEN_DOMCTL_resumedomain then XS_RESUME; destroy = dying, then
+gone, then the nodes removed. The xenstore side goes through a `Toolstack` (toolstack.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import socket
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mux.records import (
+    DOMID_FIRST_RESERVED,
+    DOMINF_BLOCKED,
+    DOMINF_DYING,
+    DOMINF_RUNNING,
+    DOMINF_SHUTDOWN,
+    DOMINF_SHUTDOWNMASK,
+    DOMINF_SHUTDOWNSHIFT,
+    REASON_NAMES,
+    SHUTDOWN_NONE,
+    SHUTDOWN_SUSPEND,
+    DomainRecord,
+    make_flags,
+    reason_name,
+    uuid_str,
+)
+from mux.sim.shm import ShmTable
+from mux.sim.toolstack import Toolstack
+from mux.sim.xenstored import DomainSource
+
+VIRQ_DOM_EXC = 3  # xen/include/public/xen.h
+
+# Batches larger than this rewrite the whole table instead of moving records one by one.
+_REWRITE_THRESHOLD = 32
+
+GUEST_PAGES = 262144  # 1 GiB of 4 KiB pages
+
+
+class SimError(Exception):
+    """An operation the host refuses (the message is shown to the user as is)."""
+
+
+@dataclass(slots=True, eq=False)
+class Domain:
+    domid: int
+    handle: bytes
+    name: str
+    flags: int
+    cpu_time: int
+    tot_pages: int = GUEST_PAGES
+    max_pages: int = GUEST_PAGES
+    vcpus: int = 2
+    zombie: bool = False
+
+    @property
+    def uuid(self) -> str:
+        return uuid_str(self.handle)
+
+    @property
+    def shutdown(self) -> bool:
+        return bool(self.flags & DOMINF_SHUTDOWN)
+
+    @property
+    def dying(self) -> bool:
+        return bool(self.flags & DOMINF_DYING)
+
+    @property
+    def reason(self) -> int:
+        return (self.flags >> DOMINF_SHUTDOWNSHIFT) & DOMINF_SHUTDOWNMASK
+
+    @property
+    def state(self) -> str:
+        if self.dying:
+            return "dying"
+        return "shutdown" if self.shutdown else "running"
+
+    def record(self) -> DomainRecord:
+        return DomainRecord(
+            domid=self.domid,
+            flags=self.flags,
+            handle=self.handle,
+            cpu_time=self.cpu_time,
+            tot_pages=self.tot_pages,
+            max_pages=self.max_pages,
+            nr_online_vcpus=self.vcpus,
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "domid": self.domid,
+            "uuid": self.uuid,
+            "name": self.name,
+            "state": self.state,
+            "reason": reason_name(self.reason) if self.shutdown else None,
+            "flags": self.flags,
+            "cpu_time": self.cpu_time,
+            "zombie": self.zombie,
+        }
+
+
+class Hypervisor(DomainSource):
+    """The domains, the shared-memory table and VIRQ_DOM_EXC."""
+
+    def __init__(
+        self,
+        shm: ShmTable,
+        *,
+        rng: random.Random | None = None,
+        virq_sockets: Iterable[str] = (),
+    ) -> None:
+        self.shm = shm
+        self.rng = rng or random.Random()
+        self.domains: dict[int, Domain] = {}
+        self._ids: list[int] = []  # sorted domids: the table's order
+        self.rover = 0  # the last domid handed out
+        self.virqs = 0
+        self._virq_handlers: list[Callable[[], None]] = []
+        self._virq_paths = list(virq_sockets)
+        self._dgram: socket.socket | None = None
+        if self._virq_paths:
+            self._dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._dgram.setblocking(False)
+        self._dirty: set[int] = set()
+        dom0 = Domain(
+            0, bytes(16), "Domain-0", make_flags(base=DOMINF_RUNNING), self._boot_cpu_time()
+        )
+        dom0.tot_pages = dom0.max_pages = 4 * GUEST_PAGES
+        self.add([dom0])
+
+    # What xenstored's domain pass asks (DomainSource) --------------------------------------
+
+    def domain_state(self, domid: int) -> tuple[bool, bool] | None:
+        dom = self.domains.get(domid)
+        return None if dom is None else (dom.shutdown, dom.dying)
+
+    def take_dirty(self) -> set[int]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    # VIRQ ----------------------------------------------------------------------------------
+
+    def on_virq(self, handler: Callable[[], None]) -> None:
+        self._virq_handlers.append(handler)
+
+    def raise_virq(self) -> None:
+        """VIRQ_DOM_EXC: the in-process xenstored runs its domain pass before this returns."""
+        self.virqs += 1
+        self.shm.count_virq()
+        for handler in self._virq_handlers:
+            handler()
+        if self._dgram is not None:
+            for path in self._virq_paths:
+                try:
+                    self._dgram.sendto(b"V", path)
+                except OSError:
+                    pass  # a sink that is not there (yet) misses this one, as a masked port
+
+    # Domids --------------------------------------------------------------------------------
+
+    def alloc_domid(self, taken: set[int] | frozenset[int] = frozenset()) -> int:
+        """Xen's allocation: the next free domid after the rover, wrapping below 0x7FF0."""
+        dom = self.rover
+        for _ in range(DOMID_FIRST_RESERVED):
+            dom += 1
+            if dom >= DOMID_FIRST_RESERVED:
+                dom = 1
+            if dom not in self.domains and dom not in taken:
+                self.rover = dom
+                return dom
+        raise SimError("no free domid: the host is full")
+
+    def _boot_cpu_time(self) -> int:
+        return self.rng.randint(1_000_000, 5_000_000)  # a new incarnation: a few ms
+
+    # Table changes: each call is one seqlock section ---------------------------------------
+
+    def add(self, doms: list[Domain], *, virq: bool = False) -> None:
+        for dom in doms:
+            if dom.domid in self.domains:
+                raise SimError(f"domain {dom.domid} exists")
+        self.shm.begin()
+        try:
+            if len(doms) > _REWRITE_THRESHOLD:
+                for dom in doms:
+                    self.domains[dom.domid] = dom
+                self._ids = sorted(self.domains)
+                self.shm.rewrite([self.domains[d].record() for d in self._ids])
+            else:
+                for dom in doms:
+                    self.domains[dom.domid] = dom
+                    index = bisect.bisect_left(self._ids, dom.domid)
+                    self._ids.insert(index, dom.domid)
+                    self.shm.insert(index, dom.record())
+        finally:
+            self.shm.end(virq=False)
+        self._dirty.update(d.domid for d in doms)
+        if virq:
+            self.raise_virq()
+
+    def update(self, doms: list[Domain], *, virq: bool) -> None:
+        """Write the records of domains whose fields changed."""
+        self.shm.begin()
+        try:
+            for dom in doms:
+                self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
+        finally:
+            self.shm.end()
+        self._dirty.update(d.domid for d in doms)
+        if virq:
+            self.raise_virq()
+
+    def remove(self, domids: list[int], *, virq: bool) -> None:
+        self.shm.begin()
+        try:
+            if len(domids) > _REWRITE_THRESHOLD:
+                for domid in domids:
+                    self.domains.pop(domid, None)
+                self._ids = sorted(self.domains)
+                self.shm.rewrite([self.domains[d].record() for d in self._ids])
+            else:
+                for domid in domids:
+                    if self.domains.pop(domid, None) is None:
+                        continue
+                    index = bisect.bisect_left(self._ids, domid)
+                    del self._ids[index]
+                    self.shm.remove(index)
+        finally:
+            self.shm.end()
+        self._dirty.update(domids)
+        if virq:
+            self.raise_virq()
+
+    def tick(self, domids: Iterable[int], ns: int) -> None:
+        """Running domains use CPU: grow cpu_time (not a lifecycle change, no stamp)."""
+        doms = [self.domains[d] for d in domids if d in self.domains]
+        if not doms:
+            return
+        self.shm.begin()
+        try:
+            for dom in doms:
+                dom.cpu_time += ns
+                self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
+        finally:
+            self.shm.end(changed=False)
+
+
+def _shutdown_flags(flags: int, reason: int) -> int:
+    flags &= ~(DOMINF_SHUTDOWNMASK << DOMINF_SHUTDOWNSHIFT)
+    return flags | DOMINF_SHUTDOWN | (reason << DOMINF_SHUTDOWNSHIFT)
+
+
+def parse_uuid(text: str) -> bytes:
+    try:
+        return uuidlib.UUID(text).bytes
+    except ValueError:
+        raise SimError(f"not a UUID: {text!r}") from None
+
+
+class SimHost:
+    """Lifecycle operations: the hypervisor side and the toolstack's xenstore side."""
+
+    def __init__(self, hv: Hypervisor, toolstack: Toolstack) -> None:
+        self.hv = hv
+        self.toolstack = toolstack
+        self.rng = hv.rng
+
+    def new_handle(self) -> bytes:
+        """A random (version 4) UUID from the host's generator, so --seed repeats them."""
+        return uuidlib.UUID(int=self.rng.getrandbits(128), version=4).bytes
+
+    def get(self, domid: int) -> Domain:
+        dom = self.hv.domains.get(domid)
+        if dom is None:
+            raise SimError(f"no domain {domid}")
+        return dom
+
+    def guests(self) -> list[Domain]:
+        return [d for d in self.hv.domains.values() if d.domid != 0]
+
+    def _guest(self, domid: int) -> Domain:
+        if domid == 0:
+            raise SimError("domain 0 cannot do that: it is the host")
+        return self.get(domid)
+
+    # create --------------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        uuid: str | bytes | None = None,
+        domid: int | None = None,
+        name: str | None = None,
+        count: int = 1,
+        introduce: bool = True,
+    ) -> list[Domain]:
+        """Build `count` domains in one table change, then write their nodes and introduce
+        each (one @introduceDomain per domain, as xenstored fires one per XS_INTRODUCE).
+
+        `introduce=False` leaves them unknown to xenstored, which then never fires for them.
+        """
+        if count < 1:
+            raise SimError("count must be at least 1")
+        if count > 1 and (uuid is not None or domid is not None or name is not None):
+            raise SimError("--uuid, --domid and --name name one domain: not with --count")
+        if domid is not None:
+            if not 0 < domid < DOMID_FIRST_RESERVED:
+                raise SimError(
+                    f"domid {domid} is not a guest domid (1..{DOMID_FIRST_RESERVED - 1})"
+                )
+            if domid in self.hv.domains:
+                raise SimError(f"domain {domid} exists")
+        handle = parse_uuid(uuid) if isinstance(uuid, str) else uuid
+        if count > DOMID_FIRST_RESERVED - len(self.hv.domains):
+            raise SimError(f"no room for {count} more domains")
+        doms = []
+        taken: set[int] = set()
+        for _ in range(count):
+            new_id = domid if domid is not None else self.hv.alloc_domid(taken)
+            taken.add(new_id)
+            doms.append(
+                Domain(
+                    domid=new_id,
+                    handle=handle if handle is not None else self.new_handle(),
+                    name=name or f"guest-{new_id}",
+                    flags=make_flags(base=DOMINF_BLOCKED),
+                    cpu_time=self.hv._boot_cpu_time(),
+                )
+            )
+        self.hv.add(doms)  # XEN_DOMCTL_createdomain raises no VIRQ
+        for dom in doms:
+            self.toolstack.write_domain(dom)
+            if introduce:
+                self.toolstack.introduce(dom.domid)
+        return doms
+
+    # shutdown / suspend / resume ---------------------------------------------------------------
+
+    def _running(self, domid: int) -> Domain:
+        dom = self._guest(domid)
+        if dom.dying:
+            raise SimError(f"domain {domid} is dying")
+        if dom.shutdown:
+            raise SimError(f"domain {domid} is already shut down ({reason_name(dom.reason)})")
+        return dom
+
+    def shutdown(self, target: int | str, reason: int, *, virq: bool = True) -> list[Domain]:
+        if reason not in REASON_NAMES:
+            raise SimError(f"unknown shutdown reason {reason}")
+        if target == "all":
+            doms = [d for d in self.guests() if not d.shutdown and not d.dying]
+        else:
+            doms = [self._running(int(target))]
+        for dom in doms:
+            dom.flags = _shutdown_flags(dom.flags, reason)
+            dom.cpu_time += self.rng.randint(10_000_000, 100_000_000)
+        if doms:
+            self.hv.update(doms, virq=virq)
+        return doms
+
+    def suspend(self, domid: int, *, silent: bool = False) -> Domain:
+        """Shutdown with reason suspend; `silent` is a suspend event channel: no VIRQ."""
+        return self.shutdown(domid, SHUTDOWN_SUSPEND, virq=not silent)[0]
+
+    def resume(self, domid: int) -> Domain:
+        """XEN_DOMCTL_resumedomain (no VIRQ: nothing fires), then XS_RESUME as libxl sends."""
+        dom = self._guest(domid)
+        if dom.dying:
+            raise SimError(f"domain {domid} is dying")
+        if not dom.shutdown:
+            raise SimError(f"domain {domid} is not shut down")
+        dom.flags = (
+            dom.flags & ~DOMINF_SHUTDOWN & ~(DOMINF_SHUTDOWNMASK << DOMINF_SHUTDOWNSHIFT)
+        ) | (SHUTDOWN_NONE << DOMINF_SHUTDOWNSHIFT)
+        self.hv.update([dom], virq=False)
+        self.toolstack.resume(domid)
+        return dom
+
+    # destroy -------------------------------------------------------------------------------
+
+    def destroy(self, target: int | str, *, zombie: bool = False) -> list[Domain]:
+        """`dying` (VIRQ), then the record gone (VIRQ), then the nodes removed.
+
+        With `zombie` the domains stay dying (held by page references) until a later destroy.
+        """
+        doms = self.guests() if target == "all" else [self._guest(int(target))]
+        newly_dying = [d for d in doms if not d.dying]
+        for dom in newly_dying:
+            dom.flags |= DOMINF_DYING
+            dom.flags &= ~(DOMINF_RUNNING | DOMINF_BLOCKED)
+        if newly_dying:
+            self.hv.update(newly_dying, virq=True)
+        if zombie:
+            for dom in doms:
+                dom.zombie = True
+            return doms
+        if doms:
+            self.hv.remove([d.domid for d in doms], virq=True)
+        for dom in doms:
+            self.toolstack.remove_domain(dom.domid, dom.uuid)
+        return doms
+
+    def release(self, domid: int) -> None:
+        """XS_RELEASE on the domain's behalf (xenstored forgets it and fires)."""
+        self.toolstack.release(domid)
+
+    def virq(self) -> None:
+        """A VIRQ_DOM_EXC with no change (Xen may raise it spuriously)."""
+        self.hv.raise_virq()

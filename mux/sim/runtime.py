@@ -1,0 +1,357 @@
+"""The `xenmux sim` process: the host, its xenstored, and the control socket.
+
+Start-up order (the socket's existence means ready):
+  1. DIR/domains.shm with dom0 and guests 1..N, and their xenstore nodes (introduced);
+  2. DIR/control.sock;
+  3. DIR/xenstored.sock, last. Each socket is bound under a temporary name, listening, and
+     renamed into place, so a client that sees the file can connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+
+from mux.records import parse_reason
+from mux.sim.churn import Churn
+from mux.sim.host import Hypervisor, SimError, SimHost
+from mux.sim.shm import SHM_NAME, ShmTable
+from mux.sim.toolstack import LocalToolstack
+from mux.sim.xenstored import Xenstored, serve_unix
+from mux.xenstore.wire import XenstoreError
+
+log = logging.getLogger("mux.sim")
+
+XENSTORED_SOCKET = "xenstored.sock"
+CONTROL_SOCKET = "control.sock"
+CONTROL_LINE_MAX = 1 << 20
+
+
+def sim_paths(directory: str) -> dict[str, str]:
+    return {
+        "xenstored": os.path.join(directory, XENSTORED_SOCKET),
+        "control": os.path.join(directory, CONTROL_SOCKET),
+        "shm": os.path.join(directory, SHM_NAME),
+    }
+
+
+def _live(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def bind_unix(path: str, backlog: int = 4096) -> socket.socket:
+    """A listening socket at `path`, appearing there only once it accepts connections."""
+    if os.path.lexists(path):
+        if _live(path):
+            raise SimError(f"{path} is in use: is another sim running in this directory?")
+        os.unlink(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.getpid()}.{os.path.basename(path)}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        sock.listen(backlog)
+        os.rename(tmp, path)
+    except BaseException:
+        sock.close()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class Sim:
+    """One simulated host. `build()` is synchronous; `serve()` binds the sockets."""
+
+    def __init__(
+        self,
+        directory: str,
+        domains: int,
+        *,
+        xs_version: str = "4.17",
+        virq_sockets: Iterable[str] = (),
+        seed: int | None = None,
+    ) -> None:
+        self.dir = directory
+        self.n_domains = domains
+        self.paths = sim_paths(directory)
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.shm = ShmTable(self.paths["shm"])
+        self.hv = Hypervisor(self.shm, rng=self.rng, virq_sockets=virq_sockets)
+        self.xs = Xenstored(self.hv, xs_version)
+        self.hv.on_virq(self.xs.check_domains)
+        self.toolstack = LocalToolstack(self.xs)
+        self.host = SimHost(self.hv, self.toolstack)
+        self.busy: set[int] = set()  # domids inside a churn lifecycle
+        self._servers: list[asyncio.AbstractServer] = []
+        self._control_clients: set[asyncio.StreamWriter] = set()
+        self._bound: list[str] = []
+        self.closed = False
+
+    def build(self) -> None:
+        # dom0's nodes as xencommons writes them; dom0 is introduced by xenstored itself.
+        self.toolstack.write_domain(self.hv.domains[0])
+        if self.n_domains:
+            self.host.create(count=self.n_domains)
+
+    async def serve(self) -> None:
+        control = bind_unix(self.paths["control"])
+        self._bound.append(self.paths["control"])
+        self._servers.append(
+            await asyncio.start_unix_server(
+                self._control_client, sock=control, limit=CONTROL_LINE_MAX
+            )
+        )
+        xs_sock = bind_unix(self.paths["xenstored"])
+        self._bound.append(self.paths["xenstored"])
+        self._servers.append(await serve_unix(self.xs, xs_sock))
+
+    def ready_line(self) -> dict:
+        return {
+            "ready": True,
+            "domains": self.n_domains,
+            "xs_version": self.xs.xs_version,
+            "xenstored": self.paths["xenstored"],
+            "control": self.paths["control"],
+            "shm": self.paths["shm"],
+            "pid": os.getpid(),
+        }
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        # The xenstored socket goes first: its absence means "not ready".
+        for path in reversed(self._bound):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for server in self._servers:
+            server.close()
+        self.xs.close_all()
+        for writer in list(self._control_clients):
+            writer.close()
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+        self.shm.close(unlink=True)
+
+    # -- control socket ------------------------------------------------------------------------
+
+    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._control_clients.add(writer)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    reply = {"ok": False, "error": "request line too long"}
+                    writer.write(json.dumps(reply).encode() + b"\n")
+                    break
+                if not line:
+                    break
+                reply = await self.control(line)
+                writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._control_clients.discard(writer)
+            writer.close()
+
+    async def control(self, line: bytes) -> dict:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                raise SimError('a request is a JSON object with an "op"')
+        except ValueError as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}
+        except SimError as exc:
+            return {"ok": False, "error": str(exc)}
+        op = req["op"]
+        handler = getattr(self, f"_op_{op.replace('-', '_')}", None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        before = self.xs.counters.as_dict()
+        virqs = self.hv.virqs
+        try:
+            result = handler(req)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except (SimError, XenstoreError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except (KeyError, TypeError, ValueError) as exc:
+            return {"ok": False, "error": f"bad {op} request: {exc}"}
+        after = self.xs.counters.as_dict()
+        reply = {"ok": True, "op": op}
+        reply.update(result or {})
+        reply["virqs"] = self.hv.virqs - virqs
+        reply["firings"] = {
+            "@releaseDomain": after["release_firings"] - before["release_firings"],
+            "@releaseDomain/<domid>": after["release_dom_firings"] - before["release_dom_firings"],
+            "@introduceDomain": after["introduce_firings"] - before["introduce_firings"],
+        }
+        reply["events"] = after["events"] - before["events"]
+        return reply
+
+    @staticmethod
+    def _target(req: dict) -> int | str:
+        target = req["domid"]
+        if target == "all":
+            return "all"
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            raise SimError(f"not a domid: {target!r}")
+        try:
+            return int(target)
+        except ValueError:
+            raise SimError(f"not a domid: {target!r}") from None
+
+    @staticmethod
+    def _doms(doms) -> dict:
+        return {"domids": [d.domid for d in doms]}
+
+    def _op_ping(self, req):
+        return {}
+
+    def _op_info(self, req):
+        info = self.ready_line()
+        del info["ready"]
+        info["guests"] = len(self.host.guests())
+        info["introduced"] = len(self.xs.domains)
+        info["connections"] = len(self.xs.connections)
+        info["counters"] = self.xs.counters.as_dict()
+        info["rover"] = self.hv.rover
+        return info
+
+    def _op_create(self, req):
+        domid = req.get("domid")
+        doms = self.host.create(
+            uuid=req.get("uuid"),
+            domid=None if domid is None else int(domid),
+            name=req.get("name"),
+            count=int(req.get("count", 1)),
+            introduce=bool(req.get("introduce", True)),
+        )
+        return {"domains": [d.as_dict() for d in doms]}
+
+    def _op_shutdown(self, req):
+        try:
+            reason = parse_reason(req.get("reason", "poweroff"))
+        except ValueError as exc:
+            raise SimError(str(exc)) from None
+        return self._doms(self.host.shutdown(self._target(req), reason))
+
+    def _op_suspend(self, req):
+        dom = self.host.suspend(int(self._target(req)), silent=bool(req.get("silent")))
+        return self._doms([dom])
+
+    def _op_resume(self, req):
+        return self._doms([self.host.resume(int(self._target(req)))])
+
+    def _op_destroy(self, req):
+        return self._doms(self.host.destroy(self._target(req), zombie=bool(req.get("zombie"))))
+
+    def _op_release(self, req):
+        domid = int(self._target(req))
+        self.host.release(domid)
+        return {"domids": [domid]}
+
+    def _op_virq(self, req):
+        self.host.virq()
+        return {}
+
+    def _op_list(self, req):
+        doms = [self.hv.domains[d] for d in sorted(self.hv.domains)]
+        out = []
+        for dom in doms:
+            row = dom.as_dict()
+            xsd = self.xs.domains.get(dom.domid)
+            row["introduced"] = xsd is not None
+            row["latched"] = bool(xsd and xsd.shutdown)
+            out.append(row)
+        return {"domains": out}
+
+    async def _op_churn(self, req):
+        churn = Churn(
+            self.host,
+            self.busy,
+            seed=req.get("seed"),
+            step_delay=float(req.get("step_delay", 0.005)),
+        )
+        return await churn.run(float(req.get("seconds", 10)), float(req.get("rate", 10)))
+
+
+def _install_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def run_sim(sim: Sim) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sim.serve()
+        print(json.dumps(sim.ready_line()), flush=True)
+        await stop.wait()
+    finally:
+        await sim.close()
+    return 0
+
+
+def main(
+    directory: str,
+    domains: int,
+    *,
+    xs_version: str = "4.17",
+    virq_sockets: Iterable[str] = (),
+    seed: int | None = None,
+) -> int:
+    os.makedirs(directory, exist_ok=True)
+    for name in (XENSTORED_SOCKET, CONTROL_SOCKET):
+        path = os.path.join(directory, name)
+        if os.path.lexists(path) and _live(path):
+            print(f"xenmux sim: {path} is in use: another sim runs in {directory}", file=sys.stderr)
+            return 1
+    # Until the event loop takes the signals over, SIGTERM unwinds through the clean-up below.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sim = Sim(directory, domains, xs_version=xs_version, virq_sockets=virq_sockets, seed=seed)
+    try:
+        sim.build()
+        _install_loop_policy()
+        return asyncio.run(run_sim(sim))
+    except SimError as exc:
+        print(f"xenmux sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not sim.closed:
+            sim.shm.close(unlink=True)
+            for path in sim._bound:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
