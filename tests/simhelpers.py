@@ -197,6 +197,7 @@ class Procs:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self._pending: dict[int, bytes] = {}
 
     def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("stdout", subprocess.PIPE)
@@ -205,11 +206,10 @@ class Procs:
         self.procs.append(proc)
         return proc
 
-    @staticmethod
-    def read_lines(proc: subprocess.Popen, count: int, timeout: float) -> list[str]:
-        """Up to `count` lines from proc.stdout within `timeout` seconds."""
+    def read_lines(self, proc: subprocess.Popen, count: int, timeout: float) -> list[str]:
+        """Up to `count` more lines of proc's stdout within `timeout` seconds."""
         fd = proc.stdout.fileno()
-        buf = b""
+        buf = self._pending.pop(proc.pid, b"")
         deadline = time.monotonic() + timeout
         while buf.count(b"\n") < count:
             left = deadline - time.monotonic()
@@ -219,7 +219,12 @@ class Procs:
             if not chunk:
                 break
             buf += chunk
-        return buf.decode(errors="replace").splitlines()[:count]
+        lines = buf.split(b"\n")
+        done, rest = lines[:count], lines[count:]
+        if len(lines) <= count:  # fewer than asked: the last piece is a partial line
+            done, rest = lines[:-1], lines[-1:]
+        self._pending[proc.pid] = b"\n".join(rest)
+        return [line.decode(errors="replace") for line in done]
 
     def kill_all(self) -> None:
         for proc in self.procs:

@@ -190,6 +190,8 @@ class Hypervisor(DomainSource):
         for dom in doms:
             if dom.domid in self.domains:
                 raise SimError(f"domain {dom.domid} exists")
+        if len(self.domains) + len(doms) > self.shm.capacity:
+            raise SimError(f"the domain table is full ({self.shm.capacity} records)")
         self.shm.begin()
         try:
             if len(doms) > _REWRITE_THRESHOLD:

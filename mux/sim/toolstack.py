@@ -39,10 +39,11 @@ def domain_nodes(dom: DomainInfo) -> list[tuple[str, bytes, tuple[str, ...] | No
             (f"{home}/domid", b"0", None),
         ]
     perms = ("n0", f"r{domid}")
-    vm = f"/vm/{dom.uuid}"
+    uuid = dom.uuid
+    vm = f"/vm/{uuid}"
     return [
         (vm, b"", perms),
-        (f"{vm}/uuid", dom.uuid.encode(), None),
+        (f"{vm}/uuid", uuid.encode(), None),
         (f"{vm}/name", dom.name.encode(), None),
         (f"{vm}/start_time", f"{time.time():.2f}".encode(), None),
         (home, b"", perms),
