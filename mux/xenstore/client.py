@@ -435,7 +435,8 @@ class XenstoreClient:
         """Send one request and return its reply payload.
 
         Raises wire.XenstoreError for an XS_ERROR reply, XenstoreConnectionError when the
-        connection is or goes down, XenstoreTimeoutError after `timeout` seconds.
+        connection is or goes down, XenstoreTimeoutError after `timeout` seconds, and
+        wire.WireError (a ValueError, before anything is sent) for a payload over 4096 bytes.
         """
         proto = self._proto
         req_id, fut = proto.send(msg_type, payload, tx)
