@@ -132,7 +132,6 @@ class Hypervisor(DomainSource):
         if self._virq_paths:
             self._dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._dgram.setblocking(False)
-        self._dirty: set[int] = set()
         dom0 = Domain(
             0, bytes(16), "Domain-0", make_flags(base=DOMINF_RUNNING), self._boot_cpu_time()
         )
@@ -141,13 +140,9 @@ class Hypervisor(DomainSource):
 
     # What xenstored's domain pass asks (DomainSource) --------------------------------------
 
-    def domain_state(self, domid: int) -> tuple[bool, bool] | None:
+    def domain_flags(self, domid: int) -> int | None:
         dom = self.domains.get(domid)
-        return None if dom is None else (dom.shutdown, dom.dying)
-
-    def take_dirty(self) -> set[int]:
-        dirty, self._dirty = self._dirty, set()
-        return dirty
+        return None if dom is None else dom.flags
 
     # VIRQ ----------------------------------------------------------------------------------
 
@@ -207,7 +202,6 @@ class Hypervisor(DomainSource):
                     self.shm.insert(index, dom.record())
         finally:
             self.shm.end(virq=False)
-        self._dirty.update(d.domid for d in doms)
         if virq:
             self.raise_virq()
 
@@ -219,7 +213,6 @@ class Hypervisor(DomainSource):
                 self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
         finally:
             self.shm.end()
-        self._dirty.update(d.domid for d in doms)
         if virq:
             self.raise_virq()
 
@@ -240,7 +233,6 @@ class Hypervisor(DomainSource):
                     self.shm.remove(index)
         finally:
             self.shm.end()
-        self._dirty.update(domids)
         if virq:
             self.raise_virq()
 

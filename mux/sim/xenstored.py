@@ -29,6 +29,7 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mux.records import DOMINF_DYING, DOMINF_SHUTDOWN
 from mux.xenstore import wire
 from mux.xenstore.wire import HEADER, HEADER_SIZE, XENSTORE_PAYLOAD_MAX
 
@@ -419,21 +420,16 @@ class XsDomain:
     """What xenstored keeps per introduced domain."""
 
     domid: int
-    order: int  # introduction order: C keeps the list newest first
-    shutdown: bool = False  # the latch: a @releaseDomain was fired for its shutdown
     features: int = FEATURES_4_22
+    shutdown: bool = False  # the latch: a @releaseDomain was fired for its shutdown
 
 
 class DomainSource:
     """What the domain pass asks the hypervisor (the sim's host implements it)."""
 
-    def domain_state(self, domid: int) -> tuple[bool, bool] | None:
-        """(shutdown, dying) of a domain, or None when the domid is free."""
+    def domain_flags(self, domid: int) -> int | None:
+        """The domain's XEN_DOMINF_* flags (as getdomaininfo), or None when the domid is free."""
         raise NotImplementedError
-
-    def take_dirty(self) -> set[int] | None:
-        """Domids changed since the last call, or None for "check every domain"."""
-        return None
 
 
 @dataclass
@@ -477,10 +473,8 @@ class Xenstored:
             wire.SPECIAL_RELEASE: DEFAULT_PERMS,
             wire.SPECIAL_INTRODUCE: DEFAULT_PERMS,
         }
-        self.pending: set[int] = set()  # domids the next domain pass must look at
         self.counters = Counters()
         self._watch_serial = 0
-        self._intro_order = 0
         self.handlers: dict[int, Callable] = {
             wire.XS_CONTROL: self._control,
             wire.XS_DIRECTORY: self._directory,
@@ -507,7 +501,7 @@ class Xenstored:
             self.handlers[wire.XS_GET_FEATURE] = self._get_feature
             self.handlers[wire.XS_SET_FEATURE] = self._set_feature
         # dom0 is introduced by xenstored itself at start-up (dom0_init), firing nothing.
-        self.domains[PRIV_DOMID] = XsDomain(PRIV_DOMID, 0)
+        self.domains[PRIV_DOMID] = XsDomain(PRIV_DOMID)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -795,11 +789,7 @@ class Xenstored:
         """Add a domain to the introduced list; True if it was new (and fired)."""
         if domid in self.domains:
             return False
-        self._intro_order += 1
-        self.domains[domid] = XsDomain(
-            domid, self._intro_order, features=self.features.pop(domid, FEATURES_4_22)
-        )
-        self.pending.add(domid)  # it may already be shut down: the next pass looks
+        self.domains[domid] = XsDomain(domid, self.features.pop(domid, FEATURES_4_22))
         if domid != PRIV_DOMID:
             self.fire_special(wire.SPECIAL_INTRODUCE, domid, True, True)
         return True
@@ -808,7 +798,6 @@ class Xenstored:
         """destroy_domain(): forget an introduced domain and fire @releaseDomain for it."""
         if self.domains.pop(domid, None) is None:
             return
-        self.pending.discard(domid)
         self.fire_special(wire.SPECIAL_RELEASE, domid, True, True)
 
     def release(self, domid: int) -> None:
@@ -825,38 +814,28 @@ class Xenstored:
         if dom is None:
             raise XsError("ENOENT")
         dom.shutdown = False
-        self.pending.add(domid)
 
     def check_domains(self) -> None:
         """The pass C xenstored runs on each VIRQ_DOM_EXC (check_domains()).
 
-        Over the introduced domains, newest first: a domain newly shut down is latched (and,
-        with depth, fires @releaseDomain/<domid>) and makes the pass fire @releaseDomain
-        once at its end; a dying or vanished domain is dropped, firing @releaseDomain for
-        itself, which also cancels the pending end-of-pass firing (destroy_domain fires it).
-        Only domains that changed (or were resumed or introduced) since the last pass can
-        contribute, so only those are looked at; the result is the same as a full pass.
+        Over every introduced domain, newest first (C adds to the head of its list): a domain
+        newly shut down is latched (and, with depth, fires @releaseDomain/<domid>) and makes
+        the pass fire @releaseDomain once at its end; a dying or vanished domain is dropped,
+        firing @releaseDomain for itself, which also cancels the end-of-pass firing
+        ("destroy_domain() fires the watch"). A latched domain fires nothing until XS_RESUME.
         """
         self.counters.virqs += 1
-        dirty = self.hv.take_dirty()
-        if dirty is None:
-            candidates = list(self.domains.values())
-        else:
-            self.pending |= dirty
-            candidates = [self.domains[d] for d in self.pending if d in self.domains]
-        self.pending = set()
-        candidates.sort(key=lambda d: -d.order)
+        flags_of = self.hv.domain_flags
         notify = False
-        for dom in candidates:
-            state = self.hv.domain_state(dom.domid)
-            if state is not None:
-                shutdown, dying = state
-                if shutdown and not dom.shutdown:
+        for dom in reversed(list(self.domains.values())):
+            flags = flags_of(dom.domid)
+            if flags is not None:
+                if flags & DOMINF_SHUTDOWN and not dom.shutdown:
                     dom.shutdown = True
                     if self.depth:
                         self.fire_special(wire.SPECIAL_RELEASE, dom.domid, False, True)
                     notify = True
-                if not dying:
+                if not flags & DOMINF_DYING:
                     continue
             if dom.domid == PRIV_DOMID:
                 continue
@@ -897,7 +876,7 @@ class Xenstored:
         domid = self._parse_domid(strings[0])
         if _c_atoi(strings[2]) <= 0:
             raise XsError("EINVAL")  # event channel port
-        if domid not in self.domains and self.hv.domain_state(domid) is None:
+        if domid not in self.domains and self.hv.domain_flags(domid) is None:
             raise XsError("EINVAL")  # no ring page to map: no such domain
         self.introduce(domid)
         return _OK
@@ -945,7 +924,7 @@ class Xenstored:
             domid = self._parse_domid(strings[0])
             if domid in self.domains:
                 features = self.domains[domid].features
-            elif self.hv.domain_state(domid) is not None:
+            elif self.hv.domain_flags(domid) is not None:
                 features = self.features.get(domid, FEATURES_4_22)
             else:
                 raise XsError("ENOENT")
@@ -957,7 +936,7 @@ class Xenstored:
             raise XsError("EINVAL")
         domid = self._parse_domid(strings[0])
         features = _c_atoi(strings[1]) & 0xFFFFFFFF
-        if domid not in self.domains and self.hv.domain_state(domid) is None:
+        if domid not in self.domains and self.hv.domain_flags(domid) is None:
             raise XsError("ENOENT")
         if domid in self.domains:
             raise XsError("EBUSY")
