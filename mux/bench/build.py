@@ -1,0 +1,49 @@
+"""Compile the harness's C programs (shipped inside the package) with the system's cc."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import shutil
+import subprocess
+
+# program -> extra link flags
+PROGRAMS = {
+    "monitor": ["-lxenstore"],
+    "subscriber": [],
+}
+CFLAGS = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra"]
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise BuildError("no C compiler: install one (Debian: apt-get install build-essential)")
+    return cc
+
+
+def build(outdir: str, programs: tuple[str, ...] = tuple(PROGRAMS)) -> dict[str, str]:
+    """Compile each program into `outdir`; returns name -> path of the executable."""
+    cc = compiler()
+    out: dict[str, str] = {}
+    package = importlib.resources.files("mux.bench")
+    for name in programs:
+        source = package / f"{name}.c"
+        exe = os.path.join(outdir, name)
+        with importlib.resources.as_file(source) as path:
+            argv = [cc, *CFLAGS, "-o", exe, str(path), *PROGRAMS[name]]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            hint = ""
+            if name == "monitor" and ("xenstore.h" in proc.stderr or "lxenstore" in proc.stderr):
+                hint = (
+                    "\nthe monitors model needs Debian's libxenstore and its headers: "
+                    "apt-get install libxen-dev (or run with --models mux)"
+                )
+            raise BuildError(f"compiling {name}.c failed:\n{proc.stderr.strip()}{hint}")
+        out[name] = exe
+    return out

@@ -1,0 +1,333 @@
+"""`xenmux bench`: the daemon against per-domain monitors (the `xl` model) on one simulated host.
+
+Every scenario runs for both models on the same host state (a fresh simulated host with the
+same seed each time), one model at a time: the mux (one `xenmux serve`, one C subscriber per
+domain) and the monitors (one C monitor per domain, each with its own xenstore connection
+and @releaseDomain watch, querying its domain on every firing). Results go to --out DIR as
+JSON and Markdown, with PNG plots when matplotlib is installed; `lost=N` is printed for
+every scenario and model. Exit status 1 when any notification was lost or a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from mux.bench.scenarios import QUADRATIC, SCENARIOS, TITLES
+
+XENSTORED_KINDS = ("sim", "c-xenstored")
+
+
+def _sizes(text: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of sizes: {text!r}") from None
+
+
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> list[str]:
+        names = [x.strip() for x in text.split(",") if x.strip()]
+        for n in names:
+            if n not in allowed:
+                raise argparse.ArgumentTypeError(f"{n!r} is not one of {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run of every scenario (under a minute; `make test` runs it)",
+    )
+    p.add_argument("--out", default="xenmux-bench", help="results directory (default: %(default)s)")
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        help="domain counts for both models (default 100,1000,4000; --quick: 16)",
+    )
+    p.add_argument(
+        "--daemon-sizes",
+        type=_sizes,
+        help="domain counts for the mux model alone (default 32000; --quick: none)",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_names(SCENARIOS),
+        default=list(SCENARIOS),
+        help=f"comma-separated, of {','.join(SCENARIOS)} (default: all)",
+    )
+    p.add_argument(
+        "--models",
+        type=_names(("host", "mux", "monitors")),
+        default=["host", "mux", "monitors"],
+        help="comma-separated, of host,mux,monitors (default: all three; host is the "
+        "simulated host with no watcher at all: the floor under both models)",
+    )
+    p.add_argument(
+        "--xenstored",
+        choices=("auto", "sim", "c-xenstored", "both"),
+        default="auto",
+        help="the sim's xenstored, Debian's C xenstored under the test stand-in, or both "
+        "(auto: both where the stand-in is found)",
+    )
+    p.add_argument(
+        "--monitors-mass-max",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="above this many domains the monitors' mass scenarios (N x N firings) are "
+        "extrapolated from their cost per firing (default: %(default)s)",
+    )
+    p.add_argument("--xs-version", choices=("4.17", "4.22"), default="4.17")
+    p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (20)")
+    p.add_argument("--churn-seconds", type=float, help="length of the churn (10 s)")
+    p.add_argument("--churn-rate", type=float, help="lifecycles per second in the churn (10)")
+    p.add_argument("--migrate-fraction", type=float, help="share of the domains migrated (0.10)")
+    p.add_argument(
+        "--per-conn",
+        type=int,
+        default=8,
+        help="domids per connection at the daemon-only sizes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--conns-per-proc",
+        type=int,
+        default=500,
+        help="connections per subscriber process at the daemon-only sizes (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="the simulated hosts' seed")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--keep-temp", action="store_true", help=argparse.SUPPRESS
+    )  # debugging: keep the temporary directory
+
+
+def _settings(args: argparse.Namespace):
+    from mux.bench.scenarios import Params
+
+    quick = args.quick
+    params = Params(
+        one_count=args.one_count or (4 if quick else 20),
+        migrate_fraction=args.migrate_fraction or (0.25 if quick else 0.10),
+        churn_seconds=args.churn_seconds or (1.5 if quick else 10.0),
+        churn_rate=args.churn_rate or 10.0,
+        wait_timeout=15.0 if quick else 120.0,
+    )
+    sizes = args.sizes if args.sizes is not None else ([16] if quick else [100, 1000, 4000])
+    daemon_sizes = (
+        args.daemon_sizes if args.daemon_sizes is not None else ([] if quick else [32000])
+    )
+    return params, sizes, daemon_sizes
+
+
+def _machine() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Linux {platform.release()}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from mux.bench import report, runner
+    from mux.bench.build import BuildError, build
+    from mux.bench.procs import ProcessSet
+    from mux.bench.progress import Progress
+
+    params, sizes, daemon_sizes = _settings(args)
+    notes: list[str] = []
+
+    # SIGTERM unwinds through the clean-up below, like Ctrl-C.
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    tmp_root = tempfile.mkdtemp(prefix="xmb-")
+    procs = ProcessSet()
+    rows: list[dict] = []
+    failed = 0
+    try:
+        try:
+            programs = ("subscriber", "monitor") if "monitors" in args.models else ("subscriber",)
+            binaries = build(tmp_root, programs)
+        except BuildError as exc:
+            print(f"xenmux bench: {exc}", file=sys.stderr)
+            return 1
+
+        kinds: list[str] = []
+        real_factory = None
+        if args.xenstored in ("auto", "c-xenstored", "both"):
+            from mux.bench import realxs
+
+            real_factory, why = realxs.factory(tmp_root)
+            if real_factory is None:
+                msg = f"Debian's C xenstored: not measured ({why})"
+                if args.xenstored in ("c-xenstored", "both"):
+                    print(f"xenmux bench: {msg}", file=sys.stderr)
+                    return 1
+                notes.append(msg)
+        if args.xenstored in ("auto", "sim", "both"):
+            kinds.append("sim")
+        if real_factory is not None:
+            kinds.append("c-xenstored")
+
+        plans: list[runner.Plan] = []
+        extrapolate: list[tuple[str, int, str]] = []
+        for xs in kinds:
+            for n in sizes:
+                for sc in args.scenarios:
+                    for model in args.models:
+                        if model == "monitors" and sc in QUADRATIC and n > args.monitors_mass_max:
+                            extrapolate.append((xs, n, sc))
+                            continue
+                        plans.append(runner.Plan(xs, n, sc, model))
+            for n in daemon_sizes:
+                if "mux" not in args.models:
+                    continue
+                for sc in args.scenarios:
+                    plans.append(runner.Plan(xs, n, sc, "mux", args.per_conn, args.conns_per_proc))
+
+        env = runner.Env(
+            procs=procs,
+            binaries=binaries,
+            params=params,
+            xs_version=args.xs_version,
+            seed=args.seed,
+            tmp_root=tmp_root,
+        )
+        progress = Progress(len(plans))
+        for plan in plans:
+            env.real = real_factory if plan.xenstored == "c-xenstored" else None
+            label = f"{plan.xenstored} N={plan.n:,} {TITLES[plan.scenario]} · {plan.model}"
+            if plan.per_conn:
+                label += f" ({plan.per_conn} domids/conn)"
+            progress.start(label)
+            try:
+                row = runner.run(env, plan)
+            except Exception as exc:  # one failed run must not hide the others' results
+                row = {
+                    "xenstored": plan.xenstored,
+                    "n": plan.n,
+                    "scenario": plan.scenario,
+                    "model": plan.model,
+                    "measured": True,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "lost": None,
+                }
+            if plan.per_conn:
+                row["per_conn"] = plan.per_conn
+            rows.append(row)
+            bad = row.get("error") or row.get("lost") != 0 or row.get("errors")
+            failed += bool(bad)
+            line = row.get("error") or report.summary_line(row)
+            progress.step(line)
+            print(
+                f"{plan.xenstored} N={plan.n} {plan.scenario} {plan.model}: "
+                + (f"lost={row.get('lost')} error: {row['error']}" if row.get("error") else line),
+                flush=True,
+            )
+        progress.finish()
+
+        _extrapolate(rows, extrapolate, notes)
+        _validate(rows, notes)
+        meta = {
+            "machine": _machine(),
+            "mode": "quick" if args.quick else "full",
+            "xenstored": kinds,
+            "xs_version": args.xs_version,
+            "seed": args.seed,
+            "params": vars(params),
+            "monitors_mass_max": args.monitors_mass_max,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "notes": notes,
+        }
+        written = report.write(args.out, rows, meta)
+        if not args.no_plots:
+            pngs, skipped = report.plots(args.out, rows)
+            written += pngs
+            if skipped:
+                print(f"xenmux bench: {skipped}", file=sys.stderr)
+                meta["notes"].append(skipped)
+                report.write(args.out, rows, meta)
+        print(f"results: {', '.join(written)}", flush=True)
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        print("xenmux bench: interrupted; stopping every process it started", file=sys.stderr)
+        return 130
+    finally:
+        procs.stop_all()
+        if args.keep_temp:
+            print(f"xenmux bench: kept {tmp_root}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _extrapolate(rows: list[dict], wanted: list[tuple[str, int, str]], notes: list[str]) -> None:
+    from mux.bench.runner import extrapolate
+
+    for xs, n, sc in wanted:
+        one = _find(rows, xs, n, "one", "monitors")
+        template = _find(rows, xs, n, sc, "mux")
+        if one is None or template is None or one.get("error") or template.get("error"):
+            notes.append(
+                f"monitors, {TITLES[sc]} at N={n} ({xs}): not extrapolated (needs the "
+                "monitors' one-lifecycle run and the mux run of it at the same N)"
+            )
+            continue
+        row = extrapolate(one, template)
+        rows.append(row)
+        notes.append(f"monitors, {TITLES[sc]} at N={n:,} ({xs}) is extrapolated: {row['basis']}")
+
+
+def _validate(rows: list[dict], notes: list[str]) -> None:
+    """Where the monitors ran a mass scenario, how far the extrapolation would have been."""
+    from mux.bench.runner import extrapolate
+
+    for row in rows:
+        if row["model"] != "monitors" or row["scenario"] not in QUADRATIC:
+            continue
+        if not row.get("measured", True) or row.get("error"):
+            continue
+        one = _find(rows, row["xenstored"], row["n"], "one", "monitors")
+        template = _find(rows, row["xenstored"], row["n"], row["scenario"], "mux")
+        if not one or not template or one.get("error") or template.get("error"):
+            continue
+        est = extrapolate(one, template)["cpu_ms_total"]
+        row["extrapolated_cpu_ms"] = est
+        if row.get("cpu_ms_total"):
+            notes.append(
+                f"check of the extrapolation: monitors, {TITLES[row['scenario']]} at "
+                f"N={row['n']:,} ({row['xenstored']}): measured {row['cpu_ms_total']:,.0f} ms, "
+                f"extrapolated {est:,.0f} ms ({est / row['cpu_ms_total']:.2f}x)"
+            )
+
+
+def _find(rows: list[dict], xs: str, n: int, sc: str, model: str) -> dict | None:
+    for r in rows:
+        if (
+            r["xenstored"] == xs
+            and r["n"] == n
+            and r["scenario"] == sc
+            and r["model"] == model
+            and r.get("measured", True)
+            and not r.get("per_conn")
+        ):
+            return r
+    return None

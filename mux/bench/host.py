@@ -1,0 +1,146 @@
+"""The simulated host of one measurement: `xenmux sim` in a private directory, its control
+client, and the change stamps it writes into the shared-memory table's header.
+
+Every operation the harness drives is one table change (a destroy is driven as two: `dying`,
+then the record gone), so the stamp read right after the sim's reply is that change's stamp.
+The sim replies only once the change is applied and its firings are written to every watcher.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+from mux.bench.procs import ProcessSet
+from mux.sim.ctl import SimControl, SimControlError
+
+OFF_SEQ = 24
+OFF_STAMP = 32
+_Q = struct.Struct("<Q")
+
+
+class HostError(RuntimeError):
+    pass
+
+
+@dataclass
+class Op:
+    """One change the harness made: its stamp and what the sim says it fired."""
+
+    stamp: int
+    release_firings: int
+    introduce_firings: int
+    watch_events: int
+    reply: dict
+
+
+def python_command(*args: str) -> list[str]:
+    """`xenmux ARGS` run by this interpreter (works from an installed package and a venv)."""
+    return [sys.executable, "-m", "mux.cli", *args]
+
+
+def wait_for_socket(path: str, proc: ProcessSet, pid: int, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if not proc.alive(pid):
+            raise HostError(f"{what} exited with status {proc.status.get(pid)} before it was ready")
+        if time.monotonic() > deadline:
+            raise HostError(f"{what} was not ready after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+class SimHost:
+    """`xenmux sim --dir DIR --domains N` and its control connection."""
+
+    def __init__(
+        self,
+        procs: ProcessSet,
+        directory: str,
+        domains: int,
+        *,
+        xs_version: str = "4.17",
+        seed: int = 1,
+        virq_sockets: tuple[str, ...] = (),
+        log: str | None = None,
+    ) -> None:
+        self.procs = procs
+        self.dir = directory
+        self.domains = domains
+        self.xs_version = xs_version
+        self.seed = seed
+        self.virq_sockets = virq_sockets
+        self.log = log
+        self.pid: int | None = None
+        self.ctl: SimControl | None = None
+        self._mm: mmap.mmap | None = None
+        self.xenstored_path = os.path.join(directory, "xenstored.sock")
+        self.shm_path = os.path.join(directory, "domains.shm")
+
+    def start(self, timeout: float = 120.0) -> None:
+        argv = python_command(
+            "sim",
+            "--dir",
+            self.dir,
+            "--domains",
+            str(self.domains),
+            "--xs-version",
+            self.xs_version,
+            "--seed",
+            str(self.seed),
+        )
+        for path in self.virq_sockets:
+            argv += ["--virq-socket", path]
+        self.pid = self.procs.spawn(argv, name="sim", stderr=self.log)
+        wait_for_socket(self.xenstored_path, self.procs, self.pid, "xenmux sim", timeout)
+        self.ctl = SimControl(self.dir, timeout=300.0)
+        fd = os.open(self.shm_path, os.O_RDONLY)
+        try:
+            self._mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def stamp(self) -> int:
+        """The CLOCK_MONOTONIC ns of the latest change, read under the seqlock."""
+        mm = self._mm
+        assert mm is not None
+        while True:
+            s1 = _Q.unpack_from(mm, OFF_SEQ)[0]
+            if s1 & 1:
+                continue
+            stamp = _Q.unpack_from(mm, OFF_STAMP)[0]
+            if _Q.unpack_from(mm, OFF_SEQ)[0] == s1:
+                return stamp
+
+    def op(self, name: str, **fields) -> Op:
+        assert self.ctl is not None
+        try:
+            reply = self.ctl.request(name, **fields)
+        except SimControlError as exc:
+            raise HostError(f"sim-ctl {name} {fields}: {exc}") from None
+        firings = reply.get("firings", {})
+        return Op(
+            self.stamp(),
+            firings.get("@releaseDomain", 0) + firings.get("@releaseDomain/<domid>", 0),
+            firings.get("@introduceDomain", 0),
+            reply.get("events", 0),
+            reply,
+        )
+
+    def guests(self) -> list[int]:
+        assert self.ctl is not None
+        return [row["domid"] for row in self.ctl.list() if row["domid"] != 0]
+
+    def stop(self) -> None:
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if self.pid is not None:
+            self.procs.stop([self.pid])
+            self.pid = None

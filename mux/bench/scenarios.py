@@ -1,0 +1,246 @@
+"""The scenarios: what the harness does to the simulated host, and what each model is due.
+
+Each operation is one change of the domain table; its stamp (the sim's header, offset 32)
+is the reference of the latency of the notifications it causes. A destroy is driven as two
+changes, `dying` (which fires @releaseDomain) and then the record gone (which fires nothing:
+xenstored forgot the domain when it became dying), so the death's reference is the `dying`
+stamp. Nothing fires at a creation's table change either; `@introduceDomain` fires at the
+XS_INTRODUCE that follows, and nothing fires at a resume at all.
+
+Due notifications, per domain:
+
+| scenario | mux (subscriber) | monitors (xl) |
+| --- | --- | --- |
+| one | shutdown, death | shutdown, death |
+| mass | shutdown | shutdown |
+| migrate | shutdown(suspend), resumed | shutdown(suspend) (a resume fires nothing) |
+| churn | shutdown, death / new | shutdown, death / new |
+| boot | new | new |
+
+`released` is never due: the record's final removal fires nothing, so the daemon reports it
+at its next scan, whenever that is.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mux.bench.host import HostError, Op, SimHost
+from mux.bench.models import Model
+from mux.bench.procs import total_cpu
+from mux.bench.results import CREATED, FIRED, RESUMED, Expectations
+
+SCENARIOS = ("one", "mass", "boot", "migrate", "churn")
+TITLES = {
+    "one": "one lifecycle",
+    "mass": "mass shutdown",
+    "boot": "boot storm",
+    "migrate": "migration storm",
+    "churn": "steady churn",
+}
+# Scenarios whose cost in the monitors model grows with N x N (every change fires at every
+# watcher): above --monitors-mass-max they are extrapolated from the cost per firing.
+QUADRATIC = frozenset({"mass", "migrate"})
+
+
+@dataclass
+class Params:
+    one_count: int = 20
+    migrate_fraction: float = 0.10
+    churn_seconds: float = 10.0
+    churn_rate: float = 10.0  # lifecycles per second, alternately a poweroff and a boot
+    wait_timeout: float = 120.0
+
+
+class Toolstack:
+    """Extra toolstack steps for an external xenstored (none for the sim's own)."""
+
+    def after_create(self, domid: int) -> None:
+        pass
+
+    def after_resume(self, domid: int) -> None:
+        pass
+
+
+@dataclass
+class Ctx:
+    host: SimHost
+    model: Model
+    params: Params
+    rng: random.Random
+    toolstack: Toolstack = field(default_factory=Toolstack)
+    tick: Callable[[], None] = lambda: None
+    expect: Expectations = field(default_factory=Expectations)
+    guests: list[int] = field(default_factory=list)
+    changes: int = 0
+    release_firings: int = 0
+    introduce_firings: int = 0
+    watch_events: int = 0
+    resumes: int = 0
+
+    # -- operations ------------------------------------------------------------------------
+
+    def due(self, kind: str, domid: int, stamp: int, category: str = FIRED) -> None:
+        if self.model.notifies:
+            self.expect.add(kind, domid, stamp, category)
+
+    def op(self, name: str, **fields) -> Op:
+        op = self.host.op(name, **fields)
+        self.changes += 1
+        self.release_firings += op.release_firings
+        self.introduce_firings += op.introduce_firings
+        self.watch_events += op.watch_events
+        return op
+
+    def shutdown(self, domid: int, reason: str = "poweroff") -> None:
+        op = self.op("shutdown", domid=domid, reason=reason)
+        self.due("shutdown", domid, op.stamp)
+
+    def suspend(self, domid: int) -> None:
+        op = self.op("suspend", domid=domid)
+        self.due("shutdown", domid, op.stamp)
+
+    def resume(self, domid: int) -> None:
+        op = self.op("resume", domid=domid)
+        self.toolstack.after_resume(domid)
+        self.resumes += 1
+        if self.model.sees_resume:
+            self.due("resumed", domid, op.stamp, RESUMED)
+
+    def destroy(self, domid: int) -> None:
+        dying = self.op("destroy", domid=domid, zombie=True)
+        self.due("death", domid, dying.stamp)
+        self.op("destroy", domid=domid)
+        if domid in self.guests:
+            self.guests.remove(domid)
+
+    def create(self) -> int:
+        op = self.op("create")
+        domid = op.reply["domains"][0]["domid"]
+        self.toolstack.after_create(domid)
+        if self.model.spawn_after_create:
+            self.model.spawn_for(domid)
+        self.due("new", domid, op.stamp, CREATED)
+        self.guests.append(domid)
+        return domid
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def missing(self) -> int:
+        self.model.results.poll()
+        return self.expect.missing(self.model.results.received)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.001) -> bool:
+        """Until every due notification came (True) or the time is up (False)."""
+        deadline = time.monotonic() + (self.params.wait_timeout if timeout is None else timeout)
+        while self.missing():
+            if self.model.results.errors:
+                raise HostError(f"{self.model.name}: {self.model.results.errors[0]}")
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    def settle(self) -> None:
+        """Let stragglers finish (other watchers still handling the firing) before the next
+        isolated change: until the model's processes used under 0.3 ms of CPU in 20 ms, at
+        most 2 s."""
+        quiet(self.model.all_pids(), interval=0.02, threshold_ns=300_000, limit=2.0)
+
+
+def quiet(
+    pids: list[int], *, interval: float = 0.1, threshold_ns: int = 2_000_000, limit: float = 30.0
+) -> bool:
+    """Until the processes used less than `threshold_ns` of CPU over `interval` (True), or
+    `limit` seconds passed (False)."""
+    deadline = time.monotonic() + limit
+    last = total_cpu(pids)
+    while True:
+        time.sleep(interval)
+        now = total_cpu(pids)
+        if now - last < threshold_ns:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        last = now
+
+
+def spread(items: list[int], k: int) -> list[int]:
+    """k items spread evenly over `items` (the whole table, not only its start)."""
+    if k >= len(items):
+        return list(items)
+    step = len(items) / k
+    return [items[int(i * step)] for i in range(k)]
+
+
+# The scenarios --------------------------------------------------------------------------------
+
+
+def one(ctx: Ctx) -> None:
+    """One domain's lifecycle at a time: shutdown, then destroy; each on a quiet host."""
+    for domid in spread(ctx.guests, ctx.params.one_count):
+        ctx.shutdown(domid)
+        ctx.wait()
+        ctx.settle()
+        ctx.tick()
+        ctx.destroy(domid)
+        ctx.wait()
+        ctx.settle()
+        ctx.tick()
+
+
+def mass(ctx: Ctx) -> None:
+    """Every guest shuts down, one change (one VIRQ) each, as fast as the host applies them."""
+    for i, domid in enumerate(list(ctx.guests)):
+        ctx.shutdown(domid)
+        if i % 256 == 0:
+            ctx.tick()
+    ctx.wait(interval=0.005)
+
+
+def boot(ctx: Ctx, count: int) -> None:
+    """`count` domains created one after the other on an empty host; as `xl create` does,
+    each new domain's process is started right after its creation."""
+    for i in range(count):
+        ctx.create()
+        if i % 256 == 0:
+            ctx.tick()
+    ctx.wait(interval=0.005)
+
+
+def migrate(ctx: Ctx) -> None:
+    """A tenth of the guests suspended, then resumed (a checkpoint or a cancelled migration)."""
+    k = max(1, round(len(ctx.guests) * ctx.params.migrate_fraction))
+    chosen = spread(ctx.guests, k)
+    for domid in chosen:
+        ctx.suspend(domid)
+    ctx.tick()
+    for domid in chosen:
+        ctx.resume(domid)
+    ctx.tick()
+    ctx.wait(interval=0.005)
+
+
+def churn(ctx: Ctx) -> None:
+    """Lifecycles at a steady rate, alternately a poweroff (shutdown, destroy) of a running
+    guest and a boot of a new one, so the number of domains stays put."""
+    p = ctx.params
+    total = max(2, round(p.churn_seconds * p.churn_rate))
+    start = time.monotonic()
+    for i in range(total):
+        due = start + i / p.churn_rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if i % 2 == 0 and ctx.guests:
+            domid = ctx.rng.choice(ctx.guests)
+            ctx.shutdown(domid)
+            time.sleep(0.005)  # the toolstack's pause between the shutdown and the destroy
+            ctx.destroy(domid)
+        else:
+            ctx.create()
+        ctx.tick()
+    ctx.wait(interval=0.005)
