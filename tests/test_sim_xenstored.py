@@ -401,3 +401,33 @@ def test_many_watchers_each_get_one_event(sim):
     finally:
         for c in conns:
             c.close()
+
+
+def test_wire_toolstack_drives_a_xenstored_over_its_socket(sim, xs):
+    """WireToolstack sends libxl's requests to an external xenstored (here: the sim's)."""
+    from mux.sim.host import Domain
+    from mux.sim.toolstack import WireToolstack
+
+    xs.watch(REL, "rel")
+    xs.watch(INTRO, "intro")
+    xs.sync()
+    tool = WireToolstack(sim.xenstored)
+    try:
+        [row] = [d for d in sim.ctl.list() if d["domid"] == 4]
+        dom = Domain(4, bytes.fromhex(row["uuid"].replace("-", "")), "renamed", 0, 0)
+        tool.write_domain(dom)
+        assert xs.read("/local/domain/4/name") == b"renamed"
+        assert xs.ok(wire.XS_GET_PERMS, f"/vm/{row['uuid']}") == b"n0\0r4\0"
+        tool.release(4)
+        assert xs.sync() == [(REL, "rel")]
+        assert xs.ok(wire.XS_IS_DOMAIN_INTRODUCED, "4") == b"F\0"
+        tool.introduce(4)
+        assert xs.sync() == [(INTRO, "intro")]
+        tool.resume(4)
+        tool.remove_domain(4, row["uuid"])
+        assert xs.error(wire.XS_READ, "/local/domain/4/name") == "ENOENT"
+        with pytest.raises(wire.XenstoreError) as err:
+            tool.release(99)
+        assert err.value.name == "ENOENT"
+    finally:
+        tool.close()
