@@ -469,6 +469,7 @@ cdef class DomainTable:
 
         if e.state != ST_ABSENT and (
             rec is NULL or h0 != e.h0 or h1 != e.h1 or cpu < e.cpu_time[self._cur]
+            or (e.state == ST_DEAD and not (flags & XEN_DOMINF_dying))
         ):
             # The incarnation we knew is over: it dies (unless it already did) and its
             # record has left the list (even if the domid is already back).

@@ -278,8 +278,12 @@ class DomainTable:
         entry = self._doms.get(domid)
 
         if entry is not None:
+            # Another UUID, a cpu_time that went back, or a dead domain no longer dying
+            # (Xen never clears `dying`): the domid now holds another incarnation.
             new_incarnation = rec is not None and (
-                rec.handle != entry.handle or rec.cpu_time < entry.cpu_time
+                rec.handle != entry.handle
+                or rec.cpu_time < entry.cpu_time
+                or (entry.state == DEAD and not rec.dying)
             )
             if rec is None or new_incarnation:
                 # The incarnation we knew is over: it dies (unless it already did) and its

@@ -243,6 +243,15 @@ def test_new_incarnation_of_a_dead_domain_is_released_not_killed_again(impl):
     ]
 
 
+def test_dead_domain_no_longer_dying_is_another_incarnation(impl):
+    # Same UUID, cpu_time not lower: only the cleared `dying` flag (which Xen never
+    # clears) tells that the domain was destroyed and created again between two scans.
+    table = primed(impl, rec(1, cpu=0, dying=True, reason=SHUTDOWN_REBOOT))
+    events = table.diff(*batch(rec(1, cpu=40)))
+    assert summary(events) == [("released", 1, None), ("new", 1, None)]
+    assert table.snapshot()[0]["state"] == "running"
+
+
 # -- order and numbering -------------------------------------------------------------------------
 
 

@@ -105,17 +105,6 @@ class ScannerMachine(RuleBasedStateMachine):
             phase = "dead" if row["state"] == "dead" else "alive"
             self.life[row["domid"]] = Life(row["uuid"], phase, shut)
 
-    def _fresh(self, domid: int, handle: bytes) -> bytes:
-        """A handle that makes a new incarnation of `domid` tell from the one in the table.
-
-        The same UUID with a cpu_time not below the last one seen is the same incarnation
-        by the rules (nothing else tells them apart); cpu_time_backwards covers that side.
-        """
-        known = [r["uuid"] for r in self.ref.rows() if r["domid"] == domid]
-        if known and known[0] == uuid_str(handle):
-            return bytes(b ^ 0xFF for b in handle)
-        return handle
-
     def _pick(self, data, *, alive_only=False) -> int:
         domids = sorted(d for d, r in self.host.items() if not (alive_only and r.dying))
         return data.draw(st.sampled_from(domids), label="domid")
@@ -128,7 +117,7 @@ class ScannerMachine(RuleBasedStateMachine):
     def create(self, data, handle, cpu) -> None:
         free = [d for d in ALL_DOMIDS if d not in self.host]
         domid = data.draw(st.sampled_from(free), label="domid")
-        self.host[domid] = DomainRecord(domid, make_flags(), self._fresh(domid, handle), cpu)
+        self.host[domid] = DomainRecord(domid, make_flags(), handle, cpu)
 
     @precondition(lambda self: self.host)
     @rule(data=st.data(), handle=HANDLES, cpu=CPU, reason=st.none() | REASONS)
@@ -136,7 +125,7 @@ class ScannerMachine(RuleBasedStateMachine):
         """The domain went and another took its domid between two scans."""
         domid = self._pick(data)
         flags = make_flags(shutdown_reason=reason)
-        self.host[domid] = DomainRecord(domid, flags, self._fresh(domid, handle), cpu)
+        self.host[domid] = DomainRecord(domid, flags, handle, cpu)
 
     @precondition(_any_alive)
     @rule(data=st.data(), reason=REASONS)
@@ -197,12 +186,10 @@ class ScannerMachine(RuleBasedStateMachine):
             rec = self.host.get(domid)
             if rec is None:
                 if op == "create":
-                    handle = self._fresh(domid, handle)
                     self.host[domid] = DomainRecord(domid, make_flags(), handle, 10)
             elif op == "remove":
                 del self.host[domid]
             elif op == "reuse":
-                handle = self._fresh(domid, handle)
                 self.host[domid] = DomainRecord(domid, make_flags(), handle, 5)
             elif op == "dying":
                 self._set(domid, flags=rec.flags | DOMINF_DYING)
