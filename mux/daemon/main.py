@@ -55,6 +55,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--max-subscriptions", type=int, default=32768, help="domids one connection may watch"
     )
     p.add_argument(
+        "--high-water",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
+        help="unsent bytes after which a subscriber that stopped reading is cut off with an "
+        "overflow frame (default: 4 MiB)",
+    )
+    p.add_argument(
         "--no-watch-depth",
         action="store_true",
         help="use full scans even where xenstored offers watch depth (Xen 4.22)",
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             allow_rescan_gid=resolve_group(args.allow_rescan_group),
             max_clients=args.max_clients,
             max_subscriptions=args.max_subscriptions,
+            high_water=args.high_water,
             metrics_addr=args.metrics_addr,
             use_depth=not args.no_watch_depth,
         )

@@ -67,6 +67,8 @@ class ScanLoop:
         self._poll_handle: asyncio.TimerHandle | None = None
         self._full_handle: asyncio.TimerHandle | None = None
         self._retry_delay = self.RETRY_MIN
+        self._dead_seen = 0
+        self._dead_delay = shutdown_poll
         self.full_cost = _Cost(20e-6)
         self.one_cost = _Cost(2e-6)
         self._task: asyncio.Task | None = None
@@ -252,18 +254,38 @@ class ScanLoop:
     # -- timers --------------------------------------------------------------------------
 
     def _arm_poll(self) -> None:
-        """Resumes fire nothing: poll while any domain sits shut down but not dead."""
-        if self._poll_handle is not None or self.table.n_shutdown == 0:
+        """Poll what fires nothing.
+
+        A resume fires nothing, so while any domain sits shut down we poll every
+        `shutdown_poll`. The final free of a dead domain fires nothing either (xenstored
+        forgot the domain when it started dying), so while dead domains wait for `released`
+        we poll too, backing off while nothing changes: a zombie may stay for hours.
+        """
+        if self._poll_handle is not None or self.shutdown_poll <= 0:
             return
-        if self.shutdown_poll <= 0:
+        n_dead = self.table.counts()["dead"]
+        if self.table.n_shutdown:
+            delay = self.shutdown_poll
+        elif n_dead:
+            if n_dead != self._dead_seen:
+                self._dead_seen = n_dead
+                self._dead_delay = self.shutdown_poll
+            else:
+                cap = self.full_scan_interval if self.full_scan_interval > 0 else 30.0
+                self._dead_delay = min(self._dead_delay * 2, max(cap, self.shutdown_poll))
+            delay = self._dead_delay
+        else:
+            self._dead_seen = 0
             return
 
         def fire() -> None:
             self._poll_handle = None
-            if self.table.n_shutdown:
+            if self.table.n_shutdown or self.table.counts()["dead"]:
                 self.request_full("poll")
+            else:
+                self._arm_poll()
 
-        self._poll_handle = asyncio.get_running_loop().call_later(self.shutdown_poll, fire)
+        self._poll_handle = asyncio.get_running_loop().call_later(delay, fire)
 
     def _arm_full_scan(self) -> None:
         if self.full_scan_interval <= 0:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("xenmux.server")
 
 MAX_LINE = 64 * 1024
-HIGH_WATER = 4 * 1024 * 1024  # unsent bytes before a subscriber is cut off
 MAX_BAD_LINES = 8
 READ_OPS = frozenset({"hello", "subscribe", "unsubscribe", "list", "stats", "ping"})
 
@@ -172,7 +171,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or t is None:
             return
         t.write(frame)
-        if t.get_write_buffer_size() > HIGH_WATER:
+        if t.get_write_buffer_size() > self.daemon.config.high_water:
             self._overflow(frame)
 
     def _overflow(self, frame: bytes) -> None:

@@ -28,6 +28,7 @@ class Config:
     allow_rescan_gid: int | None = None
     max_clients: int = 4096
     max_subscriptions: int = 32768
+    high_water: int = 4 * 1024 * 1024  # unsent bytes before a subscriber is cut off
     metrics_addr: str = ""
     use_depth: bool = True
 
