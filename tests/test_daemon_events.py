@@ -6,8 +6,8 @@ import json
 import os
 import time
 
-from daemonhelpers import brief, daemon_factory, json_lines, quiet, take, until  # noqa: F401
-from simhelpers import procs, sim, sim422, sim_command, sim_factory  # noqa: F401
+from daemonhelpers import brief, json_lines, quiet, take, until
+from simhelpers import sim_command
 
 
 def test_one_domain_lifecycle_reaches_its_subscriber(sim, daemon_factory):
