@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     try:
         try:
-            programs = ("subscriber", "monitor") if "monitors" in args.models else ("subscriber",)
+            programs = ("subscriber",)
+            if "monitors" in args.models or "host" in args.models:
+                programs += ("monitor",)
             binaries = build(tmp_root, programs)
         except BuildError as exc:
             print(f"xenmux bench: {exc}", file=sys.stderr)
@@ -199,10 +201,13 @@ def run(args: argparse.Namespace) -> int:
                             continue
                         plans.append(runner.Plan(xs, n, sc, model))
             for n in daemon_sizes:
-                if "mux" not in args.models:
-                    continue
                 for sc in args.scenarios:
-                    plans.append(runner.Plan(xs, n, sc, "mux", args.per_conn, args.conns_per_proc))
+                    if "host" in args.models:
+                        plans.append(runner.Plan(xs, n, sc, "host"))
+                    if "mux" in args.models:
+                        plans.append(
+                            runner.Plan(xs, n, sc, "mux", args.per_conn, args.conns_per_proc)
+                        )
 
         env = runner.Env(
             procs=procs,

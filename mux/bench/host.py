@@ -43,11 +43,29 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mux.cli", *args]
 
 
-def wait_for_socket(path: str, proc: ProcessSet, pid: int, what: str, timeout: float) -> None:
+def log_tail(path: str | None, limit: int = 1500) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            text = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f":\n{text}" if text else ""
+
+
+def wait_for_socket(
+    path: str, proc: ProcessSet, pid: int, what: str, timeout: float, log: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
         if not proc.alive(pid):
-            raise HostError(f"{what} exited with status {proc.status.get(pid)} before it was ready")
+            raise HostError(
+                f"{what} exited with status {proc.status.get(pid)} before it was ready"
+                + log_tail(log)
+            )
         if time.monotonic() > deadline:
             raise HostError(f"{what} was not ready after {timeout:.0f} s")
         time.sleep(0.01)
@@ -95,7 +113,7 @@ class SimHost:
         for path in self.virq_sockets:
             argv += ["--virq-socket", path]
         self.pid = self.procs.spawn(argv, name="sim", stderr=self.log)
-        wait_for_socket(self.xenstored_path, self.procs, self.pid, "xenmux sim", timeout)
+        wait_for_socket(self.xenstored_path, self.procs, self.pid, "xenmux sim", timeout, self.log)
         self.ctl = SimControl(self.dir, timeout=300.0)
         fd = os.open(self.shm_path, os.O_RDONLY)
         try:

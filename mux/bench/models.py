@@ -73,6 +73,13 @@ class Model:
 
     # -- shared ----------------------------------------------------------------------------
 
+    def xs_env(self) -> dict[str, str]:
+        """The environment of a libxenstore client of this host's xenstored."""
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "XENSTORED_PATH": self.xenstored_path,
+        }
+
     def roles(self) -> dict[str, list[int]]:
         return {
             "xenstored": self.xenstored_pids,
@@ -113,16 +120,23 @@ class Model:
 
 
 class HostModel(Model):
-    """No watcher at all: what the simulated host itself spends on the same changes (the
-    control request, the table, its xenstored's domain pass). Both models pay it; it is the
-    floor under their totals."""
+    """No model: what the simulated host itself spends on the same changes (the control
+    request, the table, its xenstored's domain pass), the floor both models pay. One probe
+    watches @releaseDomain and does nothing else: the floor under every watcher's latency
+    (the change, the domain pass and the firing's write)."""
 
     name = "host"
     notifies = False
     spawn_after_create = False
 
     def start(self, domids: list[int], future: list[int] = ()) -> None:
-        pass
+        if "monitor" not in self.bin:
+            return
+        argv = [self.bin["monitor"], self.shm_path, self.results.path, "0", "--probe"]
+        err = os.path.join(self.workdir, "clients.log")
+        self.clients.append(self.procs.spawn(argv, name="probe", env=self.xs_env(), stderr=err))
+        self.connections = 1
+        self.variant = "no watcher but one probe"
 
     def spawn_for(self, domid: int) -> None:
         pass
@@ -131,18 +145,12 @@ class HostModel(Model):
 class MonitorsModel(Model):
     name = "monitors"
 
-    def _env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "XENSTORED_PATH": self.xenstored_path,
-        }
-
     def _spawn(self, domid: int, new: bool) -> None:
         argv = [self.bin["monitor"], self.shm_path, self.results.path, str(domid)]
         if new:
             argv.append("--new")
         err = os.path.join(self.workdir, "clients.log")
-        pid = self.procs.spawn(argv, name=f"monitor {domid}", env=self._env(), stderr=err)
+        pid = self.procs.spawn(argv, name=f"monitor {domid}", env=self.xs_env(), stderr=err)
         self.clients.append(pid)
         self.connections += 1
 
@@ -190,7 +198,7 @@ class MuxModel(Model):
         )
         log = os.path.join(self.workdir, "daemon.log")
         self.daemon = self.procs.spawn(argv, name="xenmux serve", stderr=log)
-        wait_for_socket(self.socket_path, self.procs, self.daemon, "xenmux serve", timeout)
+        wait_for_socket(self.socket_path, self.procs, self.daemon, "xenmux serve", timeout, log)
 
     def daemon_pids(self) -> list[int]:
         return [self.daemon] if self.daemon is not None else []

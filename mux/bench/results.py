@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-NOTIFY_KINDS = frozenset({"new", "shutdown", "resumed", "death", "released"})
+NOTIFY_KINDS = frozenset({"new", "shutdown", "resumed", "death", "released", "fire"})
 
 # Latency categories: what raised the notification.
 FIRED = "fired"  # a @releaseDomain firing (shutdown, death, released)
@@ -154,6 +154,23 @@ def match(expect: Expectations, notes: list[Note]) -> Outcome:
         lat.setdefault(e.category, []).append(d)
     extra = sum(len(v) - used[k] for k, v in by_key.items())
     return Outcome(len(expect.items), lost, extra, lat, negative)
+
+
+def probe_latencies(fired_ops: list[tuple[int, int]], notes: list[Note]) -> list[int]:
+    """Latency of each firing at the probe (a watcher that does nothing else): the i-th
+    firing the host reported is the i-th the probe received; an op's latency is that of the
+    first of its firings."""
+    fires = [n.a for n in notes if n.kind == "fire"]
+    out = []
+    i = 0
+    for stamp, k in fired_ops:
+        if k <= 0:
+            continue
+        if i >= len(fires):
+            break
+        out.append(fires[i] - stamp)
+        i += k
+    return out
 
 
 def percentile(values: list[int], q: float) -> float | None:

@@ -80,6 +80,7 @@ class Ctx:
     introduce_firings: int = 0
     watch_events: int = 0
     resumes: int = 0
+    fired_ops: list[tuple[int, int]] = field(default_factory=list)  # (stamp, firings)
 
     # -- operations ------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class Ctx:
         self.release_firings += op.release_firings
         self.introduce_firings += op.introduce_firings
         self.watch_events += op.watch_events
+        self.fired_ops.append((op.stamp, op.release_firings))
         return op
 
     def shutdown(self, domid: int, reason: str = "poweroff") -> None:
