@@ -50,19 +50,25 @@ cdef enum:
     EV_RELEASED = 4
 
 
-# One slot of the domain table (48 bytes; the hot fields of one domid together).
-# cpu_time and flags are double-buffered: a full diff reads slot `cur` and writes slot
-# `cur ^ 1` of every record it walks, and flips `cur` only once the whole batch has been
-# validated, so a corrupt batch leaves the committed values untouched.
+# One slot of the domain table: 32 bytes, two to a cache line, what an unchanged domain's
+# record is compared with. Everything else (incarnation numbers, batch stamps, names) lives
+# in side arrays that the common scan does not touch.
 ctypedef struct dom_entry:
     uint64_t h0           # the 16-byte handle (UUID) as two native words
     uint64_t h1
-    uint64_t cpu_time[2]
-    uint32_t flags[2]
-    uint32_t stamp        # epoch of the last batch that held this domid (duplicate check)
+    uint64_t cpu_time     # of the latest record
+    uint32_t flags        # XEN_DOMINF_* of the latest record
     uint8_t state         # ST_*
     uint8_t reason        # shutdown in force (while shut down) or of the death, else 0xff
     uint16_t _pad
+
+
+# What a diff's first pass overwrote in place (an unchanged domain's new cpu_time and
+# volatile flags), so that a corrupt batch found later in the pass can be undone.
+ctypedef struct undo_entry:
+    uint32_t domid
+    uint32_t flags
+    uint64_t cpu_time
 
 
 cdef class Event:
@@ -80,10 +86,11 @@ cdef class Event:
 
 cdef class DomainTable:
     cdef dom_entry *_dom
-    cdef uint32_t *_gen        # incarnation number per domid (cold)
+    cdef uint32_t *_gen        # incarnation number per domid
+    cdef uint32_t *_stamp      # epoch of the last batch that held the domid (duplicates)
     cdef uint64_t *_touched    # scratch: (domid << 32 | record index + 1) of one diff
+    cdef undo_entry *_undo     # scratch: see undo_entry
     cdef uint32_t _epoch
-    cdef unsigned int _cur     # committed cpu_time/flags slot
     cdef unsigned int _hi      # every present domid is below this
     cdef unsigned int _n_present
     cdef unsigned int _n_state[4]
@@ -91,12 +98,20 @@ cdef class DomainTable:
     cdef unsigned long long _seq
     cdef dict _names
 
+    cdef uint32_t _next_epoch(self) noexcept
     cdef uint32_t _validate(self, const unsigned char *base, Py_ssize_t size,
                             Py_ssize_t count) except 0
-    cdef uint32_t _next_epoch(self) noexcept
+    cdef void _stamp_all(self, const unsigned char *base, Py_ssize_t count,
+                         uint32_t epoch) noexcept
     cdef void _clear(self) noexcept
+    cdef list _diff(self, const unsigned char *base, Py_ssize_t size, Py_ssize_t count,
+                    object now)
+    cdef list _diff_one(self, object domid, const unsigned char *base, Py_ssize_t size,
+                        Py_ssize_t count, object now)
+    cdef int _prime(self, const unsigned char *base, Py_ssize_t size,
+                    Py_ssize_t count) except -1
     cdef void _set_state(self, dom_entry *e, uint8_t state) noexcept
-    cdef int _apply(self, uint32_t domid, const unsigned char *rec, unsigned int wslot,
-                    double now, list events) except -1
+    cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
+                    list events) except -1
     cdef Event _emit(self, int kind, uint32_t domid, const dom_entry *e, int reason,
                      double now, list events)

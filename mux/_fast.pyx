@@ -10,11 +10,12 @@ Also here, because C readers must see the same memory order: `shm_getinfolist`, 
 simulated host's `getinfolist` over its shared-memory table, copied under the seqlock.
 """
 
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, qsort
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
 
 import time as _time
 from json.encoder import encode_basestring_ascii as _json_string
@@ -23,6 +24,7 @@ from mux import records as _records
 
 cdef extern from *:
     """
+    #include <stdio.h>
     #include <string.h>
     #include <stdint.h>
     #include <sched.h>
@@ -49,6 +51,57 @@ cdef extern from *:
             out[o++] = hex[h[i] >> 4];
             out[o++] = hex[h[i] & 15];
         }
+    }
+
+    static inline char *xm_put(char *p, const char *s, size_t n) { memcpy(p, s, n); return p + n; }
+    #define XM_PUT_LIT(p, lit) xm_put((p), (lit), sizeof(lit) - 1)
+
+    static inline char *xm_put_u64(char *p, uint64_t v) {
+        char tmp[20];
+        int n = 0;
+        do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+        while (n) *p++ = tmp[--n];
+        return p;
+    }
+
+    /* printf's "%.6f" of x (the exact binary value rounded half-to-even to 6 decimals, as
+       glibc and Python both do it), without printf's multi-precision path for the values
+       an event time takes. `p` must have room for 400 chars. */
+    static char *xm_put_fixed6(char *p, double x) {
+        uint64_t bits, m, ip = 0, fp = 0;
+        int e, s;
+        memcpy(&bits, &x, 8);
+        e = (int)((bits >> 52) & 0x7ff);
+        m = bits & ((1ULL << 52) - 1);
+        if (e == 0x7ff) {  /* spelt as Python spells them, whatever the sign of a NaN */
+            if (m) return xm_put(p, "nan", 3);
+            return (bits >> 63) ? xm_put(p, "-inf", 4) : xm_put(p, "inf", 3);
+        }
+        if (e - 1075 > 10)  /* 2^63 and beyond: let printf do it */
+            return p + snprintf(p, 400, "%.6f", x);
+        if (e == 0) e = 1; else m |= 1ULL << 52;   /* x = m * 2^(e - 1075) */
+        s = 1075 - e;
+        if (s <= 0) {
+            ip = m << -s;
+        } else if (s < 100) {
+            unsigned __int128 num = (unsigned __int128)m * 1000000u;   /* < 2^73 */
+            unsigned __int128 q = num >> s;
+            unsigned __int128 rem = num - (q << s);
+            unsigned __int128 half = (unsigned __int128)1 << (s - 1);
+            if (rem > half || (rem == half && (q & 1))) q++;
+            if ((q >> 64) == 0) {  /* 64-bit division: the 128-bit one is a library call */
+                ip = (uint64_t)q / 1000000u;
+                fp = (uint64_t)q % 1000000u;
+            } else {
+                ip = (uint64_t)(q / 1000000u);
+                fp = (uint64_t)(q % 1000000u);
+            }
+        }  /* else below 2^-46: 0.000000 */
+        if (bits >> 63) *p++ = '-';
+        p = xm_put_u64(p, ip);
+        *p++ = '.';
+        for (s = 5; s >= 0; s--) { p[s] = (char)('0' + fp % 10); fp /= 10; }
+        return p + 6;
     }
 
     static int xm_cmp_u64(const void *a, const void *b) {
@@ -115,6 +168,9 @@ cdef extern from *:
     uint64_t xm_ld64(const unsigned char *p) noexcept nogil
     void xm_uuid_format(const unsigned char *h, char *out) noexcept nogil
     int xm_cmp_u64(const void *a, const void *b) noexcept nogil
+    char *xm_put(char *p, const char *s, size_t n) noexcept nogil
+    char *xm_put_u64(char *p, uint64_t v) noexcept nogil
+    char *xm_put_fixed6(char *p, double x) noexcept nogil
     uint64_t xm_floor_scan(const unsigned char *p, size_t count) noexcept nogil
     long xm_shm_copy(const unsigned char *shm, uint32_t cap, uint32_t first, uint32_t max,
                      unsigned char *out, double timeout) noexcept nogil
@@ -163,10 +219,6 @@ cdef inline str _uuid_text(const unsigned char *handle):
     return text[:36].decode("ascii")
 
 
-cdef inline const unsigned char *_data(const unsigned char[::1] buf) noexcept:
-    return &buf[0] if buf.shape[0] > 0 else NULL
-
-
 cdef inline int _check_count(Py_ssize_t size, Py_ssize_t count) except -1:
     if count < 0:
         raise ValueError(f"corrupt batch: negative record count {count}")
@@ -189,6 +241,131 @@ cdef object _duplicate_domid(Py_ssize_t i, unsigned int domid):
     return ValueError(f"corrupt batch: record {i} repeats domid {domid}")
 
 
+# What the diff's pass found: the domains to look at after it, and where it stopped if the
+# batch was corrupt.
+cdef struct pass_result:
+    unsigned int n          # entries written to `touched`
+    unsigned int n_new      # of which for domids not in the table
+    bint stamped            # the batch's domids were stamped (it was out of order)
+    bint ordered            # `touched` is in domid order
+    uint64_t last           # the last key written to `touched`
+    Py_ssize_t bad_index    # the corrupt record
+    unsigned int bad_domid
+
+cdef enum:
+    PASS_OK = 0
+    PASS_RESERVED = 1
+    PASS_DUPLICATE = 2
+
+
+cdef inline bint _quiet(dom_entry *e, const unsigned char *p, undo_entry *undo,
+                        unsigned int *n_undo) noexcept nogil:
+    """Whether the record `p` says nothing new about the known domain `e`.
+
+    If so, its new cpu_time and volatile flags are copied in (the old ones logged in
+    `undo`); if not (or the domain is not known), nothing is touched.
+    """
+    cdef uint32_t flags = xm_ld32(p + XC_OFF_FLAGS)
+    cdef uint64_t cpu = xm_ld64(p + XC_OFF_CPU_TIME)
+    cdef unsigned int k
+    if e.state == ST_ABSENT:
+        return False
+    if ((((flags ^ e.flags) & EVENT_FLAGS_MASK)
+            | (xm_ld64(p + XC_OFF_HANDLE) ^ e.h0)
+            | (xm_ld64(p + XC_OFF_HANDLE + 8) ^ e.h1)) != 0
+            or cpu < e.cpu_time):
+        return False
+    if cpu != e.cpu_time or flags != e.flags:
+        k = n_undo[0]
+        undo[k].domid = xm_ld16(p)
+        undo[k].flags = e.flags
+        undo[k].cpu_time = e.cpu_time
+        n_undo[0] = k + 1
+        e.flags = flags
+        e.cpu_time = cpu
+    return True
+
+
+cdef void _note(pass_result *r, uint64_t *touched, const dom_entry *e, unsigned int domid,
+                Py_ssize_t i) noexcept nogil:
+    """Note record `i` (of `domid`) for after the pass."""
+    cdef uint64_t key = (<uint64_t>domid << 32) | <uint64_t>(i + 1)
+    if e.state == ST_ABSENT:
+        r.n_new += 1
+    if key < r.last:
+        r.ordered = False
+    r.last = key
+    touched[r.n] = key
+    r.n += 1
+
+
+cdef int _diff_pass(const unsigned char *base, Py_ssize_t count, dom_entry *dom,
+                    uint32_t *stamp, uint32_t epoch, uint64_t *touched, undo_entry *undo,
+                    pass_result *r) noexcept nogil:
+    """The one walk over a batch, in plain C.
+
+    A domain whose record says nothing new only has its cpu_time and volatile flags brought
+    up to date (see _quiet); the others are noted in `touched` as (domid << 32 | record
+    index + 1). Duplicates cannot occur while domids rise (the order getinfolist returns),
+    so domids are stamped only from the first record out of order on. On a corrupt record
+    everything is put back and PASS_RESERVED or PASS_DUPLICATE returned.
+    """
+    cdef const unsigned char *p = base
+    cdef const unsigned char *end = base + count * XC_RECORD_SIZE
+    cdef const unsigned char *q
+    cdef unsigned int domid = 0, n_undo = 0, k
+    cdef int prev = -1
+    cdef int status = PASS_OK
+    cdef dom_entry *e
+    r.n = 0
+    r.n_new = 0
+    r.stamped = False
+    r.ordered = True
+    r.last = 0
+    # In domid order (the common case): no stamps.
+    while p < end:
+        domid = xm_ld16(p)
+        if domid >= DOMID_FIRST_RESERVED:
+            status = PASS_RESERVED
+            break
+        if <int>domid <= prev:
+            r.stamped = True
+            q = base
+            while q < p:
+                stamp[xm_ld16(q)] = epoch
+                q += XC_RECORD_SIZE
+            break
+        prev = domid
+        e = &dom[domid]
+        if not _quiet(e, p, undo, &n_undo):
+            _note(r, touched, e, domid, (p - base) // XC_RECORD_SIZE)
+        p += XC_RECORD_SIZE
+    # From the first record out of order on: stamped.
+    if status == PASS_OK and r.stamped:
+        while p < end:
+            domid = xm_ld16(p)
+            if domid >= DOMID_FIRST_RESERVED:
+                status = PASS_RESERVED
+                break
+            if stamp[domid] == epoch:
+                status = PASS_DUPLICATE
+                break
+            stamp[domid] = epoch
+            e = &dom[domid]
+            if not _quiet(e, p, undo, &n_undo):
+                _note(r, touched, e, domid, (p - base) // XC_RECORD_SIZE)
+            p += XC_RECORD_SIZE
+    if status != PASS_OK:
+        r.bad_index = (p - base) // XC_RECORD_SIZE
+        r.bad_domid = domid
+        for k in range(n_undo):
+            e = &dom[undo[k].domid]
+            e.flags = undo[k].flags
+            e.cpu_time = undo[k].cpu_time
+    return status
+
+
+@cython.freelist(512)
 cdef class Event:
     """One change of one domain incarnation. `frame()` is its JSON line, encoded once."""
 
@@ -248,24 +425,32 @@ cdef class Event:
         return self._frame
 
     cdef bytes _encode(self):
-        cdef char head[128]
-        cdef char tail[400]
-        cdef int nhead, ntail
+        # {"seq": N, "event": "K", "domid": D, "uuid": "U"[, "reason": "R"][, "name": J],
+        #  "time": T.TTTTTT}\n  -- the same bytes as reference.Event.frame().
+        cdef char head[160]
+        cdef char tail[420]
+        cdef char *p = head
+        cdef char *q = tail
         cdef bytes reason = <bytes>_REASON_PIECES[self._reason]
         cdef bytes name = b""
-        cdef Py_ssize_t nreason, nname, at
+        cdef Py_ssize_t nhead, ntail, nreason, nname
         cdef bytes out
         cdef char *dst
-        nhead = snprintf(head, sizeof(head),
-                         b'{"seq": %llu, "event": "%s", "domid": %d, "uuid": "',
-                         self.seq, _KIND_C[self._kind], self.domid)
-        xm_uuid_format(self._handle, head + nhead)
-        nhead += 36
-        head[nhead] = b'"'
-        nhead += 1
-        ntail = snprintf(tail, sizeof(tail), b', "time": %.6f}\n', self.time)
-        if ntail < 0 or ntail >= <int>sizeof(tail):
-            raise ValueError(f"event time {self.time!r} cannot be framed")
+        p = xm_put(p, b'{"seq": ', 8)
+        p = xm_put_u64(p, self.seq)
+        p = xm_put(p, b', "event": "', 12)
+        p = xm_put(p, _KIND_C[self._kind], strlen(_KIND_C[self._kind]))
+        p = xm_put(p, b'", "domid": ', 12)
+        p = xm_put_u64(p, <uint64_t>self.domid)
+        p = xm_put(p, b', "uuid": "', 11)
+        xm_uuid_format(self._handle, p)
+        p += 36
+        p[0] = b'"'
+        nhead = p + 1 - head
+        q = xm_put(q, b', "time": ', 10)
+        q = xm_put_fixed6(q, self.time)
+        q = xm_put(q, b'}\n', 2)
+        ntail = q - tail
         if self._name is not None:
             name = b', "name": ' + (<str>_json_string(self._name)).encode("ascii")
         nreason = PyBytes_GET_SIZE(reason)
@@ -273,12 +458,12 @@ cdef class Event:
         out = PyBytes_FromStringAndSize(NULL, nhead + nreason + nname + ntail)
         dst = PyBytes_AS_STRING(out)
         memcpy(dst, head, nhead)
-        at = nhead
-        memcpy(dst + at, PyBytes_AS_STRING(reason), nreason)
-        at += nreason
-        memcpy(dst + at, PyBytes_AS_STRING(name), nname)
-        at += nname
-        memcpy(dst + at, tail, ntail)
+        dst += nhead
+        memcpy(dst, PyBytes_AS_STRING(reason), nreason)
+        dst += nreason
+        memcpy(dst, PyBytes_AS_STRING(name), nname)
+        dst += nname
+        memcpy(dst, tail, ntail)
         return out
 
     def __repr__(self):
@@ -291,16 +476,21 @@ cdef class DomainTable:
     def __cinit__(self, *args, **kwargs):
         self._dom = <dom_entry *>calloc(DOMID_FIRST_RESERVED, sizeof(dom_entry))
         self._gen = <uint32_t *>calloc(DOMID_FIRST_RESERVED, sizeof(uint32_t))
-        # A diff touches at most every valid domid once.
+        self._stamp = <uint32_t *>calloc(DOMID_FIRST_RESERVED, sizeof(uint32_t))
+        # A diff touches (or overwrites) at most every valid domid once.
         self._touched = <uint64_t *>malloc(DOMID_FIRST_RESERVED * sizeof(uint64_t))
-        if self._dom is NULL or self._gen is NULL or self._touched is NULL:
+        self._undo = <undo_entry *>malloc(DOMID_FIRST_RESERVED * sizeof(undo_entry))
+        if (self._dom is NULL or self._gen is NULL or self._stamp is NULL
+                or self._touched is NULL or self._undo is NULL):
             raise MemoryError()
         self._names = {}
 
     def __dealloc__(self):
         free(self._dom)
         free(self._gen)
+        free(self._stamp)
         free(self._touched)
+        free(self._undo)
 
     def __init__(self, seq=0):
         self._seq = seq
@@ -382,8 +572,8 @@ cdef class DomainTable:
             out.append({
                 "domid": d,
                 "uuid": _uuid_text(<const unsigned char *>&e.h0),
-                "flags": e.flags[self._cur],
-                "cpu_time": e.cpu_time[self._cur],
+                "flags": e.flags,
+                "cpu_time": e.cpu_time,
                 "gen": self._gen[d],
                 "state": _STATES[e.state],
                 "reason": _REASON_NAMES[e.reason],
@@ -398,8 +588,7 @@ cdef class DomainTable:
         cdef unsigned int d
         self._epoch += 1
         if self._epoch == 0:  # wrapped: forget every old stamp
-            for d in range(DOMID_FIRST_RESERVED):
-                self._dom[d].stamp = 0
+            memset(self._stamp, 0, DOMID_FIRST_RESERVED * sizeof(uint32_t))
             self._epoch = 1
         return self._epoch
 
@@ -415,10 +604,17 @@ cdef class DomainTable:
             domid = xm_ld16(base + i * XC_RECORD_SIZE)
             if domid >= DOMID_FIRST_RESERVED:
                 raise _reserved_domid(i, domid)
-            if self._dom[domid].stamp == epoch:
+            if self._stamp[domid] == epoch:
                 raise _duplicate_domid(i, domid)
-            self._dom[domid].stamp = epoch
+            self._stamp[domid] = epoch
         return epoch
+
+    cdef void _stamp_all(self, const unsigned char *base, Py_ssize_t count,
+                         uint32_t epoch) noexcept:
+        """Mark the domids of `count` records (valid, distinct) as seen in batch `epoch`."""
+        cdef Py_ssize_t i
+        for i in range(count):
+            self._stamp[xm_ld16(base + i * XC_RECORD_SIZE)] = epoch
 
     cdef void _clear(self) noexcept:
         cdef unsigned int d
@@ -449,12 +645,11 @@ cdef class DomainTable:
         self._n_state[state] += 1
         e.state = state
 
-    cdef int _apply(self, uint32_t domid, const unsigned char *rec, unsigned int wslot,
-                    double now, list events) except -1:
+    cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
+                    list events) except -1:
         """One domain's events for this scan, in their order; its slot is updated.
 
-        `rec` is its record, or NULL when it is gone. Previous values are read from the
-        committed slot `self._cur`; this record's flags and cpu_time go to slot `wslot`.
+        `rec` is its record, or NULL when it is gone.
         """
         cdef dom_entry *e = &self._dom[domid]
         cdef uint32_t flags = 0
@@ -468,7 +663,7 @@ cdef class DomainTable:
             h1 = xm_ld64(rec + XC_OFF_HANDLE + 8)
 
         if e.state != ST_ABSENT and (
-            rec is NULL or h0 != e.h0 or h1 != e.h1 or cpu < e.cpu_time[self._cur]
+            rec is NULL or h0 != e.h0 or h1 != e.h1 or cpu < e.cpu_time
             or (e.state == ST_DEAD and not (flags & XEN_DOMINF_dying))
         ):
             # The incarnation we knew is over: it dies (unless it already did) and its
@@ -517,21 +712,29 @@ cdef class DomainTable:
                 e.reason = <uint8_t>reason
                 self._emit(EV_DEATH, domid, e, reason, now, events)
 
-        e.flags[wslot] = flags
-        e.cpu_time[wslot] = cpu
+        e.flags = flags
+        e.cpu_time = cpu
         return 0
 
     # -- loading and diffing --------------------------------------------------------------
 
-    def prime(self, const unsigned char[::1] buffer, Py_ssize_t count):
+    def prime(self, buffer, Py_ssize_t count):
         """Replace the table with the batch, without events (the start-up scan)."""
-        cdef const unsigned char *base = _data(buffer)
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        try:
+            self._prime(<const unsigned char *>view.buf, view.len, count)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _prime(self, const unsigned char *base, Py_ssize_t size,
+                    Py_ssize_t count) except -1:
         cdef const unsigned char *p
         cdef Py_ssize_t i
-        cdef unsigned int domid, cur = self._cur
+        cdef unsigned int domid
         cdef uint32_t flags
         cdef dom_entry *e
-        self._validate(base, buffer.shape[0], count)
+        self._validate(base, size, count)
         self._clear()
         for i in range(count):
             p = base + i * XC_RECORD_SIZE
@@ -540,8 +743,8 @@ cdef class DomainTable:
             e = &self._dom[domid]
             e.h0 = xm_ld64(p + XC_OFF_HANDLE)
             e.h1 = xm_ld64(p + XC_OFF_HANDLE + 8)
-            e.flags[cur] = flags
-            e.cpu_time[cur] = xm_ld64(p + XC_OFF_CPU_TIME)
+            e.flags = flags
+            e.cpu_time = xm_ld64(p + XC_OFF_CPU_TIME)
             if flags & XEN_DOMINF_dying:
                 e.state = ST_DEAD
             elif flags & XEN_DOMINF_shutdown:
@@ -561,94 +764,85 @@ cdef class DomainTable:
             if self._dom[domid].state != ST_ABSENT:
                 self._gen_counter += 1
                 self._gen[domid] = self._gen_counter
+        return 0
 
-    def diff(self, const unsigned char[::1] buffer, Py_ssize_t count, now=None):
+    def diff(self, buffer, Py_ssize_t count, now=None):
         """A full scan: the batch holds every domain; those missing from it are gone.
 
         Returns the events in domid order (one domain's in their own order), with seq
         numbers following `self.seq`. A corrupt batch raises ValueError and changes nothing.
         """
-        cdef const unsigned char *base = _data(buffer)
-        cdef const unsigned char *p = base
-        cdef Py_ssize_t i, i_rec
-        cdef unsigned int domid, d, seen = 0, n = 0
-        cdef unsigned int cur = self._cur, nxt = self._cur ^ 1
-        cdef uint32_t flags, epoch
-        cdef uint64_t cpu, key, last = 0
-        cdef bint ordered = True
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        try:
+            return self._diff(<const unsigned char *>view.buf, view.len, count, now)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef list _diff(self, const unsigned char *base, Py_ssize_t size, Py_ssize_t count,
+                    object now):
+        cdef pass_result r
+        cdef int status
+        cdef unsigned int d, domid, i
+        cdef uint32_t epoch
+        cdef uint64_t key
+        cdef Py_ssize_t i_rec
         cdef dom_entry *dom = self._dom
-        cdef dom_entry *e
         cdef uint64_t *touched = self._touched
         cdef double t
         cdef list events
 
-        _check_count(buffer.shape[0], count)
+        _check_count(size, count)
         epoch = self._next_epoch()
-        # One pass: validate, stage this batch's flags/cpu_time in slot nxt, and note the
-        # domains that need more than that. Nothing committed changes until it is done.
-        for i in range(count):
-            domid = xm_ld16(p)
-            if domid >= DOMID_FIRST_RESERVED:
-                raise _reserved_domid(i, domid)
-            e = &dom[domid]
-            if e.stamp == epoch:
-                raise _duplicate_domid(i, domid)
-            e.stamp = epoch
-            flags = xm_ld32(p + XC_OFF_FLAGS)
-            cpu = xm_ld64(p + XC_OFF_CPU_TIME)
-            e.flags[nxt] = flags
-            e.cpu_time[nxt] = cpu
-            if e.state != ST_ABSENT:
-                seen += 1
-                if (((flags ^ e.flags[cur]) & EVENT_FLAGS_MASK) == 0
-                        and cpu >= e.cpu_time[cur]
-                        and xm_ld64(p + XC_OFF_HANDLE) == e.h0
-                        and xm_ld64(p + XC_OFF_HANDLE + 8) == e.h1):
-                    p += XC_RECORD_SIZE
-                    continue
-            key = (<uint64_t>domid << 32) | <uint64_t>(i + 1)
-            if key < last:
-                ordered = False
-            last = key
-            touched[n] = key
-            n += 1
-            p += XC_RECORD_SIZE
+        status = _diff_pass(base, count, dom, self._stamp, epoch, touched, self._undo, &r)
+        if status == PASS_RESERVED:
+            raise _reserved_domid(r.bad_index, r.bad_domid)
+        if status == PASS_DUPLICATE:
+            raise _duplicate_domid(r.bad_index, r.bad_domid)
 
-        if seen != self._n_present:
+        # The batch is valid: from here on, nothing can fail half-way.
+        if count - r.n_new != self._n_present:
             # Some known domains were not in the batch: they are gone.
+            if not r.stamped:
+                self._stamp_all(base, count, epoch)
             for d in range(self._hi):
-                if dom[d].state != ST_ABSENT and dom[d].stamp != epoch:
+                if dom[d].state != ST_ABSENT and self._stamp[d] != epoch:
                     key = <uint64_t>d << 32
-                    if key < last:
-                        ordered = False
-                    last = key
-                    touched[n] = key
-                    n += 1
+                    if key < r.last:
+                        r.ordered = False
+                    r.last = key
+                    touched[r.n] = key
+                    r.n += 1
 
-        if n == 0:
-            self._cur = nxt
+        if r.n == 0:
             return []
-        if not ordered:
-            qsort(touched, n, sizeof(uint64_t), xm_cmp_u64)
+        if not r.ordered:
+            qsort(touched, r.n, sizeof(uint64_t), xm_cmp_u64)
         t = _time.time() if now is None else now
         events = []
-        for i in range(n):
+        for i in range(r.n):
             key = touched[i]
             domid = <unsigned int>(key >> 32)
             i_rec = <Py_ssize_t>(key & 0xFFFFFFFF)
-            self._apply(domid, base + (i_rec - 1) * XC_RECORD_SIZE if i_rec else NULL,
-                        nxt, t, events)
+            self._apply(domid, base + (i_rec - 1) * XC_RECORD_SIZE if i_rec else NULL, t, events)
         if self._n_present == 0:
             self._hi = 0
-        self._cur = nxt
         return events
 
-    def diff_one(self, domid, const unsigned char[::1] buffer, Py_ssize_t count, now=None):
+    def diff_one(self, domid, buffer, Py_ssize_t count, now=None):
         """A targeted scan of one domid, from getinfolist(first=domid, max>=1).
 
         Records of other domids in the batch are ignored; if none has `domid`, it is gone.
         """
-        cdef const unsigned char *base = _data(buffer)
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        try:
+            return self._diff_one(domid, <const unsigned char *>view.buf, view.len, count, now)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef list _diff_one(self, object domid, const unsigned char *base, Py_ssize_t size,
+                        Py_ssize_t count, object now):
         cdef const unsigned char *rec = NULL
         cdef Py_ssize_t i
         cdef unsigned int target
@@ -656,14 +850,14 @@ cdef class DomainTable:
         if not 0 <= domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"domid {domid} out of range 0..{DOMID_FIRST_RESERVED - 1}")
         target = domid
-        self._validate(base, buffer.shape[0], count)
+        self._validate(base, size, count)
         for i in range(count):
             if xm_ld16(base + i * XC_RECORD_SIZE) == target:
                 rec = base + i * XC_RECORD_SIZE
                 break
         if rec is NULL and self._dom[target].state == ST_ABSENT:
             return events
-        self._apply(target, rec, self._cur, _time.time() if now is None else now, events)
+        self._apply(target, rec, _time.time() if now is None else now, events)
         return events
 
 
@@ -730,8 +924,14 @@ cdef const unsigned char *_shm_header(const unsigned char[::1] shm) except NULL:
     return base
 
 
-def _floor_scan(const unsigned char[::1] buffer, Py_ssize_t count):
+def _floor_scan(buffer, Py_ssize_t count):
     """The benchmark's floor: a plain C loop reading domid, flags, cpu_time and handle
-    of `count` records (what the diff reads), returning a checksum."""
-    _check_count(buffer.shape[0], count)
-    return xm_floor_scan(_data(buffer), count)
+    of `count` records (what the diff reads), returning a checksum. Takes its buffer
+    the way diff does, so that the two differ only in the loop."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+    try:
+        _check_count(view.len, count)
+        return xm_floor_scan(<const unsigned char *>view.buf, count)
+    finally:
+        PyBuffer_Release(&view)
