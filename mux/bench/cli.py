@@ -90,7 +90,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "extrapolated from their cost per firing (default: %(default)s)",
     )
     p.add_argument("--xs-version", choices=("4.17", "4.22"), default="4.17")
-    p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (20)")
+    p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (50)")
     p.add_argument("--churn-seconds", type=float, help="length of the churn (10 s)")
     p.add_argument("--churn-rate", type=float, help="lifecycles per second in the churn (10)")
     p.add_argument("--migrate-fraction", type=float, help="share of the domains migrated (0.10)")
@@ -118,7 +118,7 @@ def _settings(args: argparse.Namespace):
 
     quick = args.quick
     params = Params(
-        one_count=args.one_count or (4 if quick else 20),
+        one_count=args.one_count or (4 if quick else 50),
         migrate_fraction=args.migrate_fraction or (0.25 if quick else 0.10),
         churn_seconds=args.churn_seconds or (1.5 if quick else 10.0),
         churn_rate=args.churn_rate or 10.0,

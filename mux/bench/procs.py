@@ -85,6 +85,14 @@ def sample(pids: Iterable[int], *, with_switches: bool = True) -> Sample:
     return s
 
 
+def machine_busy_ns() -> int:
+    """CPU time the whole machine spent outside idle and iowait (/proc/stat, in ticks)."""
+    with open("/proc/stat", "rb") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(values[:8]) - values[3] - values[4]  # guest time is already in user
+    return busy * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+
+
 def total_cpu(pids: Iterable[int]) -> int:
     return sum(cpu_ns(p) or 0 for p in pids)
 

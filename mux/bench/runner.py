@@ -154,6 +154,7 @@ def run(env: Env, plan: Plan) -> dict:
         stats0 = model.daemon_stats() if plan.model == "mux" else None
         mark = model.results.mark()
         before = P.sample(model.all_pids())
+        busy0, self0 = P.machine_busy_ns(), time.process_time_ns()
         t0 = time.monotonic()
         scenario_fn = getattr(S, plan.scenario)
         if plan.scenario == "boot":
@@ -165,6 +166,7 @@ def run(env: Env, plan: Plan) -> dict:
         t1 = time.monotonic()
         roles = model.roles()
         after = P.sample(model.all_pids())
+        busy1, self1 = P.machine_busy_ns(), time.process_time_ns()
         stats1 = model.daemon_stats() if plan.model == "mux" else None
         mem = model.daemon_memory()
         # -- end of the window -----------------------------------------------------------
@@ -180,8 +182,12 @@ def run(env: Env, plan: Plan) -> dict:
         notes = model.results.notes[mark:]
         outcome = match(ctx.expect, notes)
         changes = max(1, ctx.changes)
+        # Noise: CPU the machine spent on anything but this model and the harness.
+        other = (busy1 - busy0) - total_cpu - (self1 - self0)
         row.update(
             {
+                "other_cpu_ms": round(other / 1e6, 1),
+                "harness_cpu_ms": round((self1 - self0) / 1e6, 1),
                 "complete": complete,
                 "window_s": round(t1 - t0, 3),
                 "changes": ctx.changes,

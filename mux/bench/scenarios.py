@@ -48,7 +48,7 @@ QUADRATIC = frozenset({"mass", "migrate"})
 
 @dataclass
 class Params:
-    one_count: int = 20
+    one_count: int = 50
     migrate_fraction: float = 0.10
     churn_seconds: float = 10.0
     churn_rate: float = 10.0  # lifecycles per second, alternately a poweroff and a boot
