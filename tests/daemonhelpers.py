@@ -122,7 +122,7 @@ def daemon_factory():
 
     yield make
     errors = []
-    for d in started:
+    for d in reversed(started):  # a restarted daemon reuses its predecessor's socket
         try:
             d.stop()
         except AssertionError as exc:

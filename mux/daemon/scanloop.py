@@ -75,8 +75,12 @@ class ScanLoop:
 
     # -- requests ------------------------------------------------------------------------
 
+    # When requests coalesce, the scan is counted under the most telling trigger.
+    _PRIORITY = {"reconnect": 5, "rescan": 4, "subscribe": 4, "watch": 3, "full": 2, "poll": 1}
+
     def request_full(self, trigger: str, fired_at: float | None = None) -> None:
-        if self._pending_full is None or self._pending_full == "depth":
+        pending = self._pending_full
+        if pending is None or self._PRIORITY.get(trigger, 0) > self._PRIORITY.get(pending, 0):
             self._pending_full = trigger
         if fired_at is not None and self._fired_at is None:
             self._fired_at = fired_at

@@ -103,7 +103,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         sock = bind_socket(self.config.socket_path, self.config.socket_gid)
         self._sock_ino = os.stat(self.config.socket_path).st_ino
-        self.server = await loop.create_unix_server(lambda: ClientConnection(self), sock=sock)
+        self.server = await loop.create_unix_server(
+            lambda: ClientConnection(self), sock=sock, backlog=1024
+        )
         log.info(
             "serving %d domains on %s (backend %s, instance %s)",
             len(self.table),

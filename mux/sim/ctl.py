@@ -94,6 +94,10 @@ class _Ops:
     def info(self):
         return self.request("info")
 
+    def restart_xenstored(self, down=None):
+        """Drop every xenstored connection and rebind after `down` seconds."""
+        return self.request("restart-xenstored", down=down)
+
     def churn(self, seconds, rate=None, seed=None, step_delay=None):
         return self.request("churn", seconds=seconds, rate=rate, seed=seed, step_delay=step_delay)
 
@@ -243,6 +247,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("domid", type=int)
 
     sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
+    p = sub.add_parser("restart-xenstored", help="drop every xenstored connection, rebind later")
+    p.add_argument("--down", type=float, default=0.2, help="seconds without xenstored")
     sub.add_parser("list", help="the host's domains, one JSON line each")
     sub.add_parser("info", help="the sim's paths and counters")
 
@@ -289,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
                 _emit(sim.release(args.domid))
             elif op == "virq":
                 _emit(sim.virq())
+            elif op == "restart-xenstored":
+                _emit(sim.restart_xenstored(args.down))
             elif op == "info":
                 _emit(sim.info())
             elif op == "churn":

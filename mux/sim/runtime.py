@@ -291,6 +291,25 @@ class Sim:
             out.append(row)
         return {"domains": out}
 
+    async def _op_restart_xenstored(self, req):
+        """Stop xenstored and start it again after `down` seconds, as an administrator's
+        restart would: every connection and watch is lost, the latches start afresh, and the
+        introduced domains are introduced again (as a dom0's init does after a restart)."""
+        down = float(req.get("down", 0.2))
+        if not 0 <= down <= 60:
+            raise SimError(f"down must be 0..60 seconds, not {down}")
+        path = self.paths["xenstored"]
+        server = self._servers[-1]
+        os.unlink(path)
+        server.close()
+        self.xs.close_all()
+        for dom in self.xs.domains.values():
+            dom.shutdown = False
+        await asyncio.sleep(down)
+        sock = bind_unix(path)
+        self._servers[-1] = await serve_unix(self.xs, sock)
+        return {"down": down}
+
     async def _op_churn(self, req):
         churn = Churn(
             self.host,
