@@ -154,7 +154,7 @@ def quiet(sub: Subscription, seconds: float = 0.5) -> list[dict]:
     return out
 
 
-def until(predicate, timeout: float = 10.0, interval: float = 0.02):
+def until(predicate, timeout: float = 30.0, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
