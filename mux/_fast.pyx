@@ -366,6 +366,7 @@ cdef int _diff_pass(const unsigned char *base, Py_ssize_t count, dom_entry *dom,
 
 
 @cython.freelist(512)
+@cython.no_gc  # holds only str, bytes and None: no cycles, so no GC tracking (mass events)
 cdef class Event:
     """One change of one domain incarnation. `frame()` is its JSON line, encoded once."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import mmap
 import random
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -295,6 +297,26 @@ def test_gen_numbers_incarnations_in_domid_order(impl):
     assert [(r["domid"], r["gen"]) for r in table.rows()] == [(2, 1), (9, 2)]
     table.diff(*batch(rec(9), rec(5), rec(2, inc=1), rec(3)))
     assert [(r["domid"], r["gen"]) for r in table.rows()] == [(2, 3), (3, 4), (5, 5), (9, 2)]
+
+
+def test_fast_allocates_nothing_per_unchanged_domain():
+    # cpu_time and the volatile flags move for every domain, as they do between real scans.
+    n = 2000
+    table = _fast.DomainTable()
+    table.prime(*batch(*[rec(d, cpu=1) for d in range(n)]))
+    later = pack_all([rec(d, cpu=2 + d, base=DOMINF_RUNNING) for d in range(n)])
+    assert table.diff(later, n) == []
+    again = pack_all([rec(d, cpu=3 + d) for d in range(n)])
+    gc.disable()
+    try:
+        before = sys.getallocatedblocks()
+        events = table.diff(again, n, NOW)
+        grown = sys.getallocatedblocks() - before
+    finally:
+        gc.enable()
+    assert events == []
+    assert grown < 10, f"{grown} Python blocks allocated by an unchanged scan of {n} domains"
+    assert table.rows()[-1]["cpu_time"] == 3 + n - 1
 
 
 # -- diff_one: the targeted scan of Xen 4.22's @releaseDomain/<domid> ------------------------
