@@ -139,18 +139,46 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     sock = os.path.join(work, "xenmux.sock")
+    # The children's diagnostics go to a log that is shown only if something fails.
+    log_path = os.path.join(work, "demo.log")
+    log = open(log_path, "ab")  # noqa: SIM115 - closed in finally
+    failed = False
     try:
         print(f"starting a simulated host of {args.domains} domains in {work} ...", flush=True)
+        # Children get their own session: Ctrl-C reaches only this process, which then
+        # stops them one by one, in order, by PID.
         sim = subprocess.Popen(
-            _xenmux("sim", "--dir", work, "--domains", str(args.domains),
-                    "--xs-version", args.xs_version),
+            _xenmux(
+                "sim",
+                "--dir",
+                work,
+                "--domains",
+                str(args.domains),
+                "--xs-version",
+                args.xs_version,
+            ),
             stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
         )
         _wait_for(os.path.join(work, "xenstored.sock"), sim, "the simulated host")
         print("starting the daemon ...", flush=True)
         serve = subprocess.Popen(
-            _xenmux("serve", "--backend", "sim", "--sim-dir", work, "--socket", sock,
-                    "--metrics-addr", "127.0.0.1:0", "--log-level", "warning"),
+            _xenmux(
+                "serve",
+                "--backend",
+                "sim",
+                "--sim-dir",
+                work,
+                "--socket",
+                sock,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warning",
+            ),
+            stderr=log,
+            start_new_session=True,
         )
         _wait_for(sock, serve, "the daemon")
         sub = Subscription(None, socket_path=sock, retry_timeout=10)
@@ -158,9 +186,19 @@ def run(args: argparse.Namespace) -> int:
         for row in sub.snapshot:
             if row.get("name"):
                 view.names[row["domid"]] = row["name"]
-        churn_args = ["sim-ctl", "--dir", work, "churn", "--rate", str(args.rate),
-                      "--seconds", str(args.seconds or 10**9)]
-        churn = subprocess.Popen(_xenmux(*churn_args), stdout=subprocess.DEVNULL)
+        churn_args = [
+            "sim-ctl",
+            "--dir",
+            work,
+            "churn",
+            "--rate",
+            str(args.rate),
+            "--seconds",
+            str(args.seconds or 10**9),
+        ]
+        churn = subprocess.Popen(
+            _xenmux(*churn_args), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+        )
         stats_client = Client(sock)
         deadline = time.monotonic() + args.seconds if args.seconds else None
         stats = None
@@ -176,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 view.draw(stats)
             if churn.poll() is not None and args.seconds == 0:
                 print(f"the churn stopped (status {churn.returncode})", file=sys.stderr)
+                failed = True
                 return 1
         view.draw(stats, force=True)
         sub.close()
@@ -186,11 +225,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (RuntimeError, Unreachable) as exc:
         print(f"xenmux demo: {exc}", file=sys.stderr)
+        failed = True
         return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for proc in (churn, serve, sim):
             _stop(proc)
+        log.close()
+        if failed:
+            with open(log_path, errors="replace") as f:
+                sys.stderr.write(f.read()[-4000:])
         shutil.rmtree(work, ignore_errors=True)
         if stopping:
             print("\nstopped the churn, the daemon and the simulated host.", flush=True)
