@@ -122,7 +122,7 @@ def _settings(args: argparse.Namespace):
         migrate_fraction=args.migrate_fraction or (0.25 if quick else 0.10),
         churn_seconds=args.churn_seconds or (1.5 if quick else 10.0),
         churn_rate=args.churn_rate or 10.0,
-        wait_timeout=15.0 if quick else 120.0,
+        wait_timeout=15.0 if quick else 60.0,
     )
     sizes = args.sizes if args.sizes is not None else ([16] if quick else [100, 1000, 4000])
     daemon_sizes = (

@@ -146,6 +146,21 @@ class Ctx:
             time.sleep(interval)
         return True
 
+    def wait_for(self, kind: str, domid: int, timeout: float = 30.0) -> bool:
+        """Until the interested process was told `kind` for `domid` as often as it is due
+        (as a toolstack reacts to what it is told); at once for the bare host."""
+        key = (kind, domid)
+        want = self.expect.want.get(key, 0)
+        deadline = time.monotonic() + timeout
+        while self.model.results.received.get(key, 0) < want:
+            self.model.results.poll()
+            if self.model.results.errors:
+                raise HostError(f"{self.model.name}: {self.model.results.errors[0]}")
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
     def settle(self) -> None:
         """Let stragglers finish (other watchers still handling the firing) before the next
         isolated change: until the model's processes used under 0.3 ms of CPU in 20 ms, at
@@ -214,12 +229,17 @@ def boot(ctx: Ctx, count: int) -> None:
 
 
 def migrate(ctx: Ctx) -> None:
-    """A tenth of the guests suspended, then resumed (a checkpoint or a cancelled migration)."""
+    """A tenth of the guests suspended, then resumed (a checkpoint or a cancelled migration).
+
+    As libxl's save helper does, the toolstack resumes a domain once it was told the domain
+    is suspended: the suspends all go out, the resumes follow once every one was reported
+    (a resume before its suspend was seen would hide the suspend from a late watcher)."""
     k = max(1, round(len(ctx.guests) * ctx.params.migrate_fraction))
     chosen = spread(ctx.guests, k)
     for domid in chosen:
         ctx.suspend(domid)
     ctx.tick()
+    ctx.wait(interval=0.002)
     for domid in chosen:
         ctx.resume(domid)
     ctx.tick()
@@ -228,7 +248,10 @@ def migrate(ctx: Ctx) -> None:
 
 def churn(ctx: Ctx) -> None:
     """Lifecycles at a steady rate, alternately a poweroff (shutdown, destroy) of a running
-    guest and a boot of a new one, so the number of domains stays put."""
+    guest and a boot of a new one, so the number of domains stays put.
+
+    A poweroff is what xl's monitor does on `on_poweroff=destroy`: the domain is destroyed
+    once its shutdown was reported to the interested process."""
     p = ctx.params
     total = max(2, round(p.churn_seconds * p.churn_rate))
     start = time.monotonic()
@@ -240,7 +263,7 @@ def churn(ctx: Ctx) -> None:
         if i % 2 == 0 and ctx.guests:
             domid = ctx.rng.choice(ctx.guests)
             ctx.shutdown(domid)
-            time.sleep(0.005)  # the toolstack's pause between the shutdown and the destroy
+            ctx.wait_for("shutdown", domid)
             ctx.destroy(domid)
         else:
             ctx.create()
