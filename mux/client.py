@@ -15,6 +15,7 @@ a `death` with `"missed": true`, so no death is ever lost; none is reported twic
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import os
@@ -239,7 +240,55 @@ class Client:
         self.close()
 
 
-class Subscription:
+class _SubscriptionCore:
+    """What the sync and async subscriptions share: the tracker, the queue of events due,
+    and what a (re)subscribe reply means. Only their I/O differs."""
+
+    def __init__(
+        self,
+        domids: Iterable[int] | None,
+        events: Iterable[str] | None,
+        socket_path: str | None,
+        retry_timeout: float | None,
+    ) -> None:
+        self.path = socket_path or default_socket()
+        self.retry_timeout = retry_timeout
+        self.tracker = _Tracker(domids, events)
+        self.snapshot: list[dict] = []
+        self.absent: list[int] = []
+        self.hello: dict = {}
+        self._queue: collections.deque[dict] = collections.deque()
+
+    def _accept(self, hello: dict, reply: dict, first: bool, backlog: list[dict]) -> None:
+        self.hello = hello
+        self.snapshot = reply["snapshot"]
+        self.absent = reply["absent"]
+        if first:
+            self.tracker.first_snapshot(reply)
+        else:
+            self._queue.extend(self.tracker.resync(reply))
+        self._queue.extend(backlog)
+
+    def _next_queued(self) -> dict | None:
+        """The next event due to the caller, or None when the queue is empty.
+        Raises _Resubscribe at an overflow frame."""
+        while self._queue:
+            event = self._queue.popleft()
+            if event.get("event") == "overflow":
+                self._queue.clear()  # the daemon closes after it: nothing follows
+                raise _Resubscribe
+            if not event.get("missed"):
+                self.tracker.track(event)
+            if self.tracker.wanted(event):
+                return event
+        return None
+
+
+class _Resubscribe(Exception):
+    pass
+
+
+class Subscription(_SubscriptionCore):
     """Events for some domids (None: all), surviving daemon restarts. Iterate for events;
     `next_event(timeout)` returns None when nothing came in time."""
 
@@ -251,53 +300,41 @@ class Subscription:
         socket_path: str | None = None,
         retry_timeout: float | None = None,
     ) -> None:
-        self.path = socket_path or default_socket()
-        self.retry_timeout = retry_timeout
-        self.tracker = _Tracker(domids, events)
+        super().__init__(domids, events, socket_path, retry_timeout)
         self.conn: _LineSocket | None = None
-        self.snapshot: list[dict] = []
-        self.absent: list[int] = []
-        self.hello: dict = {}
-        self._queue: list[dict] = []
         self._connect(first=True)
 
     def _connect(self, first: bool) -> None:
         deadline = None if self.retry_timeout is None else time.monotonic() + self.retry_timeout
         delay = BACKOFF_MIN
         while True:
+            conn = None
             try:
                 conn = _LineSocket(self.path, None)
                 hello = conn.call("hello")
                 reply = conn.call("subscribe", **_args(self.tracker.request()))
                 break
             except Unreachable:
+                if conn is not None:
+                    conn.close()
                 if deadline is not None and time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
         self.conn = conn
-        self.hello = hello
-        self.snapshot = reply["snapshot"]
-        self.absent = reply["absent"]
-        if first:
-            self.tracker.first_snapshot(reply)
-        else:
-            self._queue.extend(self.tracker.resync(reply))
-        self._queue.extend(conn.backlog)
+        self._accept(hello, reply, first, conn.backlog)
         conn.backlog.clear()
 
     def next_event(self, timeout: float | None = None) -> dict | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            while self._queue:
-                event = self._queue.pop(0)
-                if event.get("event") == "overflow":
-                    self._reconnect()
-                    continue
-                if not event.get("missed"):
-                    self.tracker.track(event)
-                if self.tracker.wanted(event):
-                    return event
+            try:
+                event = self._next_queued()
+            except _Resubscribe:
+                self._reconnect()
+                continue
+            if event is not None:
+                return event
             assert self.conn is not None
             try:
                 msg = self.conn.readline(deadline)
@@ -312,7 +349,6 @@ class Subscription:
     def _reconnect(self) -> None:
         if self.conn is not None:
             self.conn.close()
-        self._queue = [e for e in self._queue if e.get("missed")]
         self._connect(first=False)
 
     def __iter__(self) -> Iterator[dict]:
@@ -337,7 +373,7 @@ def _args(req: dict) -> dict:
 # -- asyncio -----------------------------------------------------------------------------
 
 
-class AsyncSubscription:
+class AsyncSubscription(_SubscriptionCore):
     """The asyncio twin of Subscription: `async with AsyncSubscription([7]) as sub:` then
     `async for event in sub` or `await sub.next_event(timeout)`."""
 
@@ -349,16 +385,11 @@ class AsyncSubscription:
         socket_path: str | None = None,
         retry_timeout: float | None = None,
     ) -> None:
-        self.path = socket_path or default_socket()
-        self.retry_timeout = retry_timeout
-        self.tracker = _Tracker(domids, events)
+        super().__init__(domids, events, socket_path, retry_timeout)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.snapshot: list[dict] = []
-        self.absent: list[int] = []
-        self.hello: dict = {}
-        self._queue: list[dict] = []
         self._ids = itertools.count(1)
+        self._backlog: list[dict] = []
 
     async def __aenter__(self) -> AsyncSubscription:
         await self.connect()
@@ -376,7 +407,7 @@ class AsyncSubscription:
                 self.reader, self.writer = await asyncio.open_unix_connection(
                     self.path, limit=MAX_REPLY
                 )
-                self.hello = await self._call("hello")
+                hello = await self._call("hello")
                 reply = await self._call("subscribe", **_args(self.tracker.request()))
                 break
             except (OSError, Unreachable) as exc:
@@ -387,12 +418,8 @@ class AsyncSubscription:
                     ) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
-        self.snapshot = reply["snapshot"]
-        self.absent = reply["absent"]
-        if first:
-            self.tracker.first_snapshot(reply)
-        else:
-            self._queue.extend(self.tracker.resync(reply))
+        self._accept(hello, reply, first, self._backlog)
+        self._backlog = []
 
     async def _readline(self) -> dict:
         assert self.reader is not None
@@ -410,21 +437,19 @@ class AsyncSubscription:
             if msg.get("id") == req_id and "ok" in msg:
                 return _check(msg)
             if "event" in msg:
-                self._queue.append(msg)
+                self._backlog.append(msg)
 
     async def next_event(self, timeout: float | None = None) -> dict | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            while self._queue:
-                event = self._queue.pop(0)
-                if event.get("event") == "overflow":
-                    await self._reconnect()
-                    continue
-                if not event.get("missed"):
-                    self.tracker.track(event)
-                if self.tracker.wanted(event):
-                    return event
+            try:
+                event = self._next_queued()
+            except _Resubscribe:
+                await self._reconnect()
+                continue
+            if event is not None:
+                return event
             try:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 msg = await asyncio.wait_for(self._readline(), left)
@@ -438,7 +463,6 @@ class AsyncSubscription:
 
     async def _reconnect(self) -> None:
         await self._drop()
-        self._queue = [e for e in self._queue if e.get("missed")]
         await self.connect(first=False)
 
     async def _drop(self) -> None:

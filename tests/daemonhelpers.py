@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from simhelpers import REPO, SimHandle, sim_command
+from simhelpers import REPO, SimHandle, sim_command, terminate
 
 from mux.client import Client, Subscription
 
@@ -49,14 +48,7 @@ class DaemonHandle:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-                raise AssertionError(f"daemon {self.pid} ignored SIGTERM for {timeout} s") from None
+        terminate(self.proc, "daemon", timeout)
         assert not os.path.lexists(self.sock), f"the daemon left {self.sock} behind"
         return self.proc.returncode
 

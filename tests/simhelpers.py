@@ -42,6 +42,19 @@ def sim_command() -> list[str]:
     return [sys.executable, "-m", "mux.cli"]
 
 
+def terminate(proc: subprocess.Popen, what: str, timeout: float = 10.0) -> None:
+    """Stop a process by its PID: SIGTERM, then SIGKILL (and fail: it should have obeyed)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+        raise AssertionError(f"{what} {proc.pid} ignored SIGTERM for {timeout} s") from None
+
+
 class SimHandle:
     """A running `xenmux sim`: its directory, sockets, control client and process."""
 
@@ -77,14 +90,7 @@ class SimHandle:
             self.ctl.close()
         except OSError:
             pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-                raise AssertionError(f"sim {self.pid} ignored SIGTERM for {timeout} s") from None
+        terminate(self.proc, "sim", timeout)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()

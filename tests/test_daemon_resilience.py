@@ -251,3 +251,34 @@ def test_second_daemon_on_the_same_host_is_independent(sim, daemon_factory):
             assert brief(take(sa, 1)) == brief(take(sb, 1)) == [("shutdown", 7, "crash")]
     finally:
         b.stop()
+
+
+def test_async_subscription_reports_a_death_missed_across_a_daemon_restart(sim, daemon_factory):
+    import asyncio
+
+    from mux.client import AsyncSubscription
+
+    d = daemon_factory(sim)
+
+    async def run() -> list[dict]:
+        async with AsyncSubscription([3, 4], socket_path=d.sock, retry_timeout=30) as sub:
+            assert [r["domid"] for r in sub.snapshot] == [3, 4]
+            await asyncio.to_thread(sim.ctl.shutdown, 4, "crash")
+            got = [await sub.next_event(20)]
+            await asyncio.to_thread(d.stop)
+            await asyncio.to_thread(sim.ctl.destroy, 3)
+            await asyncio.to_thread(daemon_factory, sim, sock=d.sock)
+            got += [await sub.next_event(30), await sub.next_event(30)]
+            await asyncio.to_thread(sim.ctl.destroy, 4)
+            got += [await sub.next_event(20), await sub.next_event(20)]
+            assert await sub.next_event(0.3) is None
+            return got
+
+    got = asyncio.run(run())
+    assert [(e["event"], e["domid"], e.get("reason"), bool(e.get("missed"))) for e in got] == [
+        ("shutdown", 4, "crash", False),
+        ("death", 3, None, True),
+        ("released", 3, None, True),
+        ("death", 4, "crash", False),
+        ("released", 4, None, False),
+    ]
