@@ -115,3 +115,25 @@ cdef class DomainTable:
                     list events) except -1
     cdef Event _emit(self, int kind, uint32_t domid, const dom_entry *e, int reason,
                      double now, list events)
+
+
+# libxenctrl, resolved at run time (dlopen/dlsym): no Xen header is needed to build _fast.
+# The three calls the `xenctrl` backend makes, with their xenctrl.h prototypes; the handle
+# and the loggers are opaque here.
+ctypedef void *(*xc_interface_open_fn)(void *logger, void *dombuild_logger,
+                                       unsigned int open_flags) noexcept nogil
+ctypedef int (*xc_interface_close_fn)(void *xch) noexcept nogil
+ctypedef int (*xc_domain_getinfolist_fn)(void *xch, uint32_t first_domain,
+                                         unsigned int max_domains, void *info) noexcept nogil
+
+
+cdef class Xenctrl:
+    cdef void *_dl                 # dlopen handle of the library
+    cdef void *_xch                # xc_interface *, NULL once closed
+    cdef xc_interface_close_fn _close
+    cdef xc_domain_getinfolist_fn _getinfolist
+    cdef unsigned int _busy        # calls running with the GIL released
+    cdef readonly str library
+
+    cdef long _call(self, uint32_t first, unsigned int max_domains,
+                    unsigned char *dst) except -1

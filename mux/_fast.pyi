@@ -1,5 +1,6 @@
 """Types of the Cython scanner core (mux/_fast.pyx); mux/reference.py is its twin."""
 
+import os
 from collections.abc import Iterable
 from typing import Literal
 
@@ -66,3 +67,31 @@ class DomainTable:
 def shm_getinfolist(shm: ReadableBuffer, first: int, max: int, out: WriteableBuffer) -> int: ...
 def shm_change_stamp(shm: ReadableBuffer) -> int: ...
 def _floor_scan(buffer: ReadableBuffer, count: int) -> int: ...
+
+# libxenctrl, loaded at run time (dlopen/dlsym); calls run with the GIL released.
+GETINFOLIST_BATCH: int  # 1024, libxl's batch
+SCAN_SLACK: int  # records a growing scan buffer gets beyond its need
+
+class XenctrlError(OSError):
+    """`errno` as libxenctrl left it; `call` is the step that failed ("dlopen", "dlsym",
+    "xc_interface_open", "xc_domain_getinfolist", or "check" for a batch that breaks the
+    hypercall's contract); `library` the path or soname loaded."""
+
+    call: str | None
+    library: str | None
+
+class Xenctrl:
+    """libxenctrl and one `xc_interface_open(NULL, NULL, 0)` handle."""
+
+    @property
+    def library(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def __init__(self, library: str | bytes | os.PathLike[str]) -> None: ...
+    def getinfolist(
+        self, first: int, max_domains: int, out: WriteableBuffer, offset: int = 0
+    ) -> int: ...
+    def scan_all(self, buf: bytearray) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Xenctrl: ...
+    def __exit__(self, *exc: object) -> None: ...

@@ -26,6 +26,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also send a datagram to this AF_UNIX socket on every VIRQ_DOM_EXC (repeatable)",
     )
+    parser.add_argument(
+        "--external-xenstored",
+        metavar="PATH",
+        help="serve no xenstored: send the toolstack's xenstore requests (domain nodes, "
+        "XS_INTRODUCE, XS_RESUME, XS_RELEASE) to the xenstored socket at PATH, and VIRQs "
+        "only to the --virq-socket paths (a real xenstored under tests/xenstub's stand-in "
+        "hypervisor, reading DIR/domains.shm)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for UUIDs and CPU times")
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level on stderr (default WARNING)"
@@ -38,10 +46,16 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="xenmux sim: %(message)s")
     if args.domains < 0:
         raise SystemExit("xenmux sim: --domains must be 0 or more")
+    if args.external_xenstored and not args.virq_socket:
+        raise SystemExit(
+            "xenmux sim: --external-xenstored needs --virq-socket PATH (the external "
+            "xenstored's event channel), or it never hears of a VIRQ"
+        )
     return main(
         args.dir,
         args.domains,
         xs_version=args.xs_version,
         virq_sockets=args.virq_socket,
         seed=args.seed,
+        external_xenstored=args.external_xenstored,
     )

@@ -98,6 +98,11 @@ class _Ops:
         """Drop every xenstored connection and rebind after `down` seconds."""
         return self.request("restart-xenstored", down=down)
 
+    def reintroduce(self):
+        """External xenstored only: after it restarted, reconnect to it, write every domain's
+        nodes and introduce the living guests again. Returns the reply (`domids`)."""
+        return self.request("reintroduce")
+
     def churn(self, seconds, rate=None, seed=None, step_delay=None):
         return self.request("churn", seconds=seconds, rate=rate, seed=seed, step_delay=step_delay)
 
@@ -249,6 +254,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
     p = sub.add_parser("restart-xenstored", help="drop every xenstored connection, rebind later")
     p.add_argument("--down", type=float, default=0.2, help="seconds without xenstored")
+    sub.add_parser(
+        "reintroduce",
+        help="external xenstored: reconnect after its restart, rewrite nodes, introduce again",
+    )
     sub.add_parser("list", help="the host's domains, one JSON line each")
     sub.add_parser("info", help="the sim's paths and counters")
 
@@ -297,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
                 _emit(sim.virq())
             elif op == "restart-xenstored":
                 _emit(sim.restart_xenstored(args.down))
+            elif op == "reintroduce":
+                _emit(sim.reintroduce())
             elif op == "info":
                 _emit(sim.info())
             elif op == "churn":

@@ -5,11 +5,19 @@ Start-up order (the socket's existence means ready):
   2. DIR/control.sock;
   3. DIR/xenstored.sock, last. Each socket is bound under a temporary name, listening, and
      renamed into place, so a client that sees the file can connect.
+
+With `external_xenstored` (`xenmux sim --external-xenstored PATH`) the sim serves no
+xenstored of its own: the toolstack's xenstore side effects go over the wire to the
+xenstored at PATH (for instance Debian's real C xenstored or oxenstored running under
+tests/xenstub's stand-in hypervisor, reading this sim's DIR/domains.shm), and VIRQ_DOM_EXC
+reaches it only as the datagrams of `--virq-socket`. Ready is then the ready line, after
+DIR/control.sock is bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +31,7 @@ from mux.records import parse_reason
 from mux.sim.churn import Churn
 from mux.sim.host import Hypervisor, SimError, SimHost
 from mux.sim.shm import SHM_NAME, ShmTable
-from mux.sim.toolstack import LocalToolstack
+from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
 from mux.sim.xenstored import Xenstored, serve_unix
 from mux.xenstore.wire import XenstoreError
 
@@ -76,6 +84,124 @@ def bind_unix(path: str, backlog: int = 4096) -> socket.socket:
     return sock
 
 
+class ExternalToolstack:
+    """The toolstack's side against an external xenstored (`WireToolstack`), which may go away.
+
+    While that xenstored is unreachable (stopped, restarting) its xenstore work is skipped,
+    as the hypervisor goes on without it: a `reintroduce()` after it is back writes every
+    domain's nodes again and introduces the living domains, as a dom0's init scripts do for
+    a fresh xenstored. Error replies (`XS_ERROR`) still reach the caller.
+
+    `after_virq()` makes VIRQ handling synchronous, as in the sim's own xenstored: the
+    datagram is queued before the request, and both real servers handle a pending VIRQ
+    before the socket input of the same poll round, so once the round trip returns the
+    firings of that VIRQ have been queued to every watcher.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._ts: WireToolstack | None = None
+        self._deferred: list[int] | None = None
+        self.reconnect()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Introductions wait until the end of the block: a batch's nodes are all written
+        first, then each domain is introduced (the order docs/sim.md gives for `create
+        --count`). A real C xenstored pays for every request in proportion to the domains
+        it has introduced, so 1,000 domains introduced one by one between their node writes
+        cost it ~30 s; written first, ~0.5 s."""
+        if self._deferred is not None:
+            yield
+            return
+        self._deferred = []
+        try:
+            yield
+        finally:
+            deferred, self._deferred = self._deferred, None
+            for domid in deferred:
+                self.introduce(domid)
+
+    @property
+    def connected(self) -> bool:
+        return self._ts is not None
+
+    def reconnect(self) -> None:
+        self.close()
+        try:
+            self._ts = WireToolstack(self.path, timeout=self.timeout)
+        except OSError as exc:
+            raise SimError(f"cannot reach the external xenstored at {self.path}: {exc}") from None
+
+    def _do(self, what: str, fn, *args) -> None:
+        ts = self._ts
+        if ts is None:
+            log.info("external xenstored is down: %s skipped", what)
+            return
+        try:
+            fn(ts, *args)
+        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            log.warning("external xenstored at %s went away (%s): %s skipped", self.path, exc, what)
+            self.close()
+
+    def write_domain(self, dom) -> None:
+        self._do(f"writing /local/domain/{dom.domid}", WireToolstack.write_domain, dom)
+
+    def introduce(self, domid: int) -> None:
+        if self._deferred is not None:
+            self._deferred.append(domid)
+            return
+        self._do(f"XS_INTRODUCE {domid}", WireToolstack.introduce, domid)
+
+    def resume(self, domid: int) -> None:
+        self._do(f"XS_RESUME {domid}", WireToolstack.resume, domid)
+
+    def release(self, domid: int) -> None:
+        self._do(f"XS_RELEASE {domid}", WireToolstack.release, domid)
+
+    def remove_domain(self, domid: int, uuid: str) -> None:
+        self._do(f"removing /local/domain/{domid}", WireToolstack.remove_domain, domid, uuid)
+
+    def after_virq(self) -> None:
+        self._do("VIRQ round trip", lambda ts: ts.client.sync())
+
+    def reintroduce(self, domains) -> list[int]:
+        """Reconnect, write every domain's nodes, introduce the guests that are not dying."""
+        self.reconnect()
+        assert self._ts is not None
+        introduced = []
+        for dom in sorted(domains, key=lambda d: d.domid):
+            if dom.domid == 0:
+                for path, value, _perms in domain_nodes(dom):
+                    self._ts.client.write(path, value)
+                continue
+            self._ts.write_domain(dom)
+            if not dom.dying:
+                self._ts.introduce(dom.domid)
+                introduced.append(dom.domid)
+        return introduced
+
+    def close(self) -> None:
+        if self._ts is not None:
+            try:
+                self._ts.close()
+            except OSError:
+                pass
+            self._ts = None
+
+
+class ExternalHost(SimHost):
+    """The lifecycle against an external xenstored: a batch create introduces its domains
+    after all their nodes are written (see ExternalToolstack.batch)."""
+
+    toolstack: ExternalToolstack
+
+    def create(self, **kwargs):
+        with self.toolstack.batch():
+            return super().create(**kwargs)
+
+
 class Sim:
     """One simulated host. `build()` is synchronous; `serve()` binds the sockets."""
 
@@ -87,23 +213,51 @@ class Sim:
         xs_version: str = "4.17",
         virq_sockets: Iterable[str] = (),
         seed: int | None = None,
+        external_xenstored: str | None = None,
     ) -> None:
         self.dir = directory
         self.n_domains = domains
         self.paths = sim_paths(directory)
         self.rng = random.Random(seed)
         self.seed = seed
+        self.external = external_xenstored
         self.shm = ShmTable(self.paths["shm"])
-        self.hv = Hypervisor(self.shm, rng=self.rng, virq_sockets=virq_sockets)
-        self.xs = Xenstored(self.hv, xs_version)
-        self.hv.on_virq(self.xs.check_domains)
-        self.toolstack = LocalToolstack(self.xs)
-        self.host = SimHost(self.hv, self.toolstack)
+        # The sim's own xenstored exists in both modes (counters, `list`), but with an
+        # external one it is neither served nor told of VIRQs.
+        if external_xenstored:
+            self.virq_paths = list(virq_sockets)
+            self._dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._dgram.setblocking(False)
+            self.hv = Hypervisor(self.shm, rng=self.rng)
+            self.xs = Xenstored(self.hv, xs_version)
+            try:
+                self.toolstack = ExternalToolstack(external_xenstored)
+            except BaseException:
+                self._dgram.close()
+                self.shm.close(unlink=True)
+                raise
+            self.hv.on_virq(self._external_virq)
+            self.host = ExternalHost(self.hv, self.toolstack)
+        else:
+            self.hv = Hypervisor(self.shm, rng=self.rng, virq_sockets=virq_sockets)
+            self.xs = Xenstored(self.hv, xs_version)
+            self.hv.on_virq(self.xs.check_domains)
+            self.toolstack = LocalToolstack(self.xs)
+            self.host = SimHost(self.hv, self.toolstack)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
         self._servers: list[asyncio.AbstractServer] = []
         self._control_clients: set[asyncio.StreamWriter] = set()
         self._bound: list[str] = []
         self.closed = False
+
+    def _external_virq(self) -> None:
+        """VIRQ_DOM_EXC for the external xenstored: its datagram, then a round trip."""
+        for path in self.virq_paths:
+            try:
+                self._dgram.sendto(b"V", path)
+            except OSError:
+                pass  # not there (restarting): it misses this one, as a masked port would
+        self.toolstack.after_virq()
 
     def build(self) -> None:
         # dom0's nodes as xencommons writes them; dom0 is introduced by xenstored itself.
@@ -119,6 +273,8 @@ class Sim:
                 self._control_client, sock=control, limit=CONTROL_LINE_MAX
             )
         )
+        if self.external:
+            return
         xs_sock = bind_unix(self.paths["xenstored"])
         self._bound.append(self.paths["xenstored"])
         self._servers.append(await serve_unix(self.xs, xs_sock))
@@ -128,7 +284,8 @@ class Sim:
             "ready": True,
             "domains": self.n_domains,
             "xs_version": self.xs.xs_version,
-            "xenstored": self.paths["xenstored"],
+            "xenstored": self.external or self.paths["xenstored"],
+            "external_xenstored": bool(self.external),
             "control": self.paths["control"],
             "shm": self.paths["shm"],
             "pid": os.getpid(),
@@ -154,6 +311,9 @@ class Sim:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
             except TimeoutError:
                 pass
+        if self.external:
+            self.toolstack.close()
+            self._dgram.close()
         self.shm.close(unlink=True)
 
     # -- control socket ------------------------------------------------------------------------
@@ -285,9 +445,12 @@ class Sim:
         out = []
         for dom in doms:
             row = dom.as_dict()
-            xsd = self.xs.domains.get(dom.domid)
-            row["introduced"] = xsd is not None
-            row["latched"] = bool(xsd and xsd.shutdown)
+            if self.external:  # the external xenstored's view is its own
+                row["introduced"] = row["latched"] = None
+            else:
+                xsd = self.xs.domains.get(dom.domid)
+                row["introduced"] = xsd is not None
+                row["latched"] = bool(xsd and xsd.shutdown)
             out.append(row)
         return {"domains": out}
 
@@ -295,6 +458,11 @@ class Sim:
         """Stop xenstored and start it again after `down` seconds, as an administrator's
         restart would: every connection and watch is lost, the latches start afresh, and the
         introduced domains are introduced again (as a dom0's init does after a restart)."""
+        if self.external:
+            raise SimError(
+                f"the xenstored is external ({self.external}): restart it yourself, then "
+                "send `reintroduce`"
+            )
         down = float(req.get("down", 0.2))
         if not 0 <= down <= 60:
             raise SimError(f"down must be 0..60 seconds, not {down}")
@@ -309,6 +477,13 @@ class Sim:
         sock = bind_unix(path)
         self._servers[-1] = await serve_unix(self.xs, sock)
         return {"down": down}
+
+    def _op_reintroduce(self, req):
+        """External xenstored only: reconnect to it (after a restart), write every domain's
+        nodes again and introduce the living guests, as a dom0's init does."""
+        if not self.external:
+            raise SimError("reintroduce is for an external xenstored (--external-xenstored)")
+        return {"domids": self.toolstack.reintroduce(list(self.hv.domains.values()))}
 
     async def _op_churn(self, req):
         churn = Churn(
@@ -349,6 +524,7 @@ def main(
     xs_version: str = "4.17",
     virq_sockets: Iterable[str] = (),
     seed: int | None = None,
+    external_xenstored: str | None = None,
 ) -> int:
     os.makedirs(directory, exist_ok=True)
     for name in (XENSTORED_SOCKET, CONTROL_SOCKET):
@@ -358,7 +534,18 @@ def main(
             return 1
     # Until the event loop takes the signals over, SIGTERM unwinds through the clean-up below.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    sim = Sim(directory, domains, xs_version=xs_version, virq_sockets=virq_sockets, seed=seed)
+    try:
+        sim = Sim(
+            directory,
+            domains,
+            xs_version=xs_version,
+            virq_sockets=virq_sockets,
+            seed=seed,
+            external_xenstored=external_xenstored,
+        )
+    except SimError as exc:
+        print(f"xenmux sim: {exc}", file=sys.stderr)
+        return 1
     try:
         sim.build()
         _install_loop_policy()
