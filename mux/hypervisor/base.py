@@ -52,8 +52,12 @@ class ScanBuffer:
             self.buf = bytearray((records + self.SLACK) * RECORD_SIZE)
             self.view = memoryview(self.buf)
 
-    def scan_all(self) -> tuple[memoryview, int]:
-        """Every domain: (buffer, count)."""
+    def scan_all(self) -> tuple[memoryview | bytearray, int]:
+        """Every domain: (buffer, count). A backend that pages in C (xenctrl) does it all
+        in one call; otherwise the batches are asked for from here."""
+        in_c = getattr(self.backend, "scan_all", None)
+        if in_c is not None:
+            return in_c()
         count = 0
         first = 0
         while True:
@@ -62,7 +66,8 @@ class ScanBuffer:
             count += got
             if got < self.batch:
                 break
-            last = int.from_bytes(self.buf[(count - 1) * RECORD_SIZE :][:2], "little")
+            at = (count - 1) * RECORD_SIZE
+            last = int.from_bytes(self.view[at : at + 2], "little")
             first = last + 1
             if first >= DOMID_FIRST_RESERVED:
                 break
