@@ -173,6 +173,25 @@ def probe_latencies(fired_ops: list[tuple[int, int]], notes: list[Note]) -> list
     return out
 
 
+def probe_latencies_isolated(fired_ops: list[tuple[int, int]], notes: list[Note]) -> list[int]:
+    """For changes made one at a time on a quiet host (the one-lifecycle run), where the
+    host's firing count may differ from the sim's (another xenstored): each change's
+    latency is that of the first probe receipt after its stamp."""
+    fires = sorted(n.a for n in notes if n.kind == "fire")
+    out = []
+    i = 0
+    for stamp, k in fired_ops:
+        if k <= 0:
+            continue
+        while i < len(fires) and fires[i] < stamp:
+            i += 1
+        if i >= len(fires):
+            break
+        out.append(fires[i] - stamp)
+        i += 1
+    return out
+
+
 def percentile(values: list[int], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100)."""
     if not values:
