@@ -47,9 +47,11 @@ class ScanBuffer:
         self.view = memoryview(self.buf)
 
     def _ensure(self, records: int) -> None:
+        """Room for `records`, keeping what is already there (a scan may be half done)."""
+        need = (records + self.SLACK) * RECORD_SIZE
         if records * RECORD_SIZE > len(self.buf):
             self.view.release()
-            self.buf = bytearray((records + self.SLACK) * RECORD_SIZE)
+            self.buf.extend(bytes(need - len(self.buf)))
             self.view = memoryview(self.buf)
 
     def scan_all(self) -> tuple[memoryview | bytearray, int]:
