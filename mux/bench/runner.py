@@ -208,12 +208,6 @@ def run(env: Env, plan: Plan) -> dict:
                 "switches_total": total_sw,
                 "cpu_us_per_change": round(total_cpu / 1e3 / changes, 2),
                 "switches_per_change": round(total_sw / changes, 2),
-                "cpu_us_per_firing": (
-                    round(total_cpu / 1e3 / ctx.release_firings, 2) if ctx.release_firings else None
-                ),
-                "switches_per_firing": (
-                    round(total_sw / ctx.release_firings, 2) if ctx.release_firings else None
-                ),
                 "latency": {
                     "fired": _lat_summary(outcome.latencies.get(FIRED, [])),
                     "created": _lat_summary(outcome.latencies.get(CREATED, [])),
@@ -263,8 +257,23 @@ def run(env: Env, plan: Plan) -> dict:
         if plan.model == "monitors":
             row["monitor_firings"] = sum(f.a for f in finals)
             row["monitor_queries"] = sum(f.b for f in finals)
-        else:
+        elif plan.model == "mux":
             row["subscriber_frames"] = sum(f.a for f in finals)
+        # @releaseDomain firings as the watchers saw them. The sim's replies count its own
+        # xenstored's; another xenstored coalesces VIRQs its own way.
+        seen = None
+        if plan.model == "host":
+            seen = sum(1 for n in notes if n.kind == "fire")
+        elif plan.model == "mux" and "daemon" in row:
+            seen = row["daemon"]["firings"].get("@releaseDomain")
+        elif plan.model == "monitors" and finals:
+            seen = max(f.a for f in finals) - 1  # a monitor that lived through the window
+        row["release_firings_seen"] = seen
+        if plan.xenstored != "sim" and seen is not None:
+            row["release_firings"] = seen
+        firings = row["release_firings"]
+        row["cpu_us_per_firing"] = round(total_cpu / 1e3 / firings, 2) if firings else None
+        row["switches_per_firing"] = round(total_sw / firings, 2) if firings else None
         row["overflows_seen"] = model.results.overflows
         row["disconnects_seen"] = model.results.closed_conns
         row["errors"] = model.results.errors[:5]
