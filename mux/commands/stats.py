@@ -20,7 +20,7 @@ def _us(v) -> str:
         return "-"
     if v == float("inf"):
         return "> 1 s"
-    return f"<= {v * 1e6:.0f} us" if v < 1e-3 else f"<= {v * 1e3:.1f} ms"
+    return f"<= {v * 1e6:.3g} us" if v < 1e-3 else f"<= {v * 1e3:.3g} ms"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         emit(s)
         return 0
     firings = sum(s["firings"].values())
-    scans = sum(v for k, v in s["scans"].items() if k != "startup")
+    # Coalescing as the dashboard shows it: firings per scan that a firing caused.
+    scans = s["scans"].get("watch", 0) + s["scans"].get("depth", 0)
     rows = [
         ("uptime", f"{s['uptime_seconds']:.0f} s"),
         (
@@ -46,13 +47,18 @@ def run(args: argparse.Namespace) -> int:
         ("firings", ", ".join(f"{k} {v}" for k, v in s["firings"].items())),
         ("scans", ", ".join(f"{k} {v}" for k, v in s["scans"].items() if v) or "0"),
         (
+            "one-domid queries / records scanned",
+            f"{s.get('targeted_scans', 0)} / {s.get('scanned_domains', 0)}",
+        ),
+        (
             "coalescing",
-            f"{firings} firings -> {scans} scans"
+            f"{firings} firings -> {scans} scans they caused"
             + (f" ({firings / scans:.1f} per scan)" if scans else ""),
         ),
         ("events", ", ".join(f"{k} {v}" for k, v in s["events"].items())),
         ("frames sent", s["frames_sent"]),
         ("subscribers / clients", f"{s['subscribers']} / {s['clients']}"),
+        ("client connections accepted", s.get("clients_total", 0)),
         ("overflows", s["overflows"]),
         ("client errors", ", ".join(f"{k} {v}" for k, v in s["client_errors"].items()) or "0"),
         ("xenstore reconnects", s["xenstore_reconnects"]),
@@ -60,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         (
             "scan p50 / p99",
             f"{_us(s['scan_seconds']['p50_le'])} / {_us(s['scan_seconds']['p99_le'])}",
+        ),
+        (
+            "hypercall p50 / p99",
+            f"{_us(s['hypercall_seconds']['p50_le'])} / {_us(s['hypercall_seconds']['p99_le'])}",
         ),
         (
             "firing->frame p50 / p99",

@@ -35,6 +35,9 @@ class Fanout:
         self.wild: set[Subscriber] = set()
         self.subscriptions: dict[Subscriber, set[int]] = {}
         self.frames_sent = 0
+        # Events published, indexed by their KIND_BITS value: counted in the loop below,
+        # which reads each event's kind anyway (docs/metrics.md: the cost of the counters).
+        self.kind_counts = [0] * (max(KIND_BITS.values()) + 1)
 
     def subscribe(self, sub: Subscriber, domids: Iterable[int] | None, mask: int) -> None:
         """Add domids (None: every domain) with the kinds in `mask` for `sub`."""
@@ -74,13 +77,20 @@ class Fanout:
     def subscriber_count(self) -> int:
         return len(self.subscriptions)
 
+    def events_by_kind(self) -> dict[str, int]:
+        """Events published so far, by kind."""
+        counts = self.kind_counts
+        return {kind: counts[bit] for kind, bit in KIND_BITS.items()}
+
     def publish(self, events: Sequence) -> int:
         """Send each event to every interested subscriber; returns frames written."""
         sent = 0
         wild = self.wild
         by_domid = self.by_domid
+        kind_counts = self.kind_counts
         for ev in events:
             bit = KIND_BITS[ev.kind]
+            kind_counts[bit] += 1
             frame = None
             targets = by_domid.get(ev.domid)
             if targets:

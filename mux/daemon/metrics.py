@@ -2,8 +2,9 @@
 
 The hot path only increments integers (stats.py); this collector turns them into metric
 families at scrape time in the exporter's thread, so recording costs no locks or objects.
-Names follow Prometheus conventions: prefix `xenmux_`, base units, `_total` counters; label
-values are all present (at zero) from start-up.
+Names follow Prometheus conventions: prefix `xenmux_`, base units (seconds), `_total` on
+counters, `_info` for the constant-1 description; every label value is present (at zero)
+from start-up, so `rate()` and `increase()` see the first event. docs/metrics.md lists them.
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.utils import floatToGoString
 
 from mux import __version__
+from mux.daemon.stats import (
+    CLIENT_ERROR_CODES,
+    DOMAIN_STATES,
+    EVENT_KINDS,
+    TRIGGERS,
+    WATCH_PATHS,
+)
 
 if TYPE_CHECKING:
     from mux.daemon.service import Daemon
@@ -28,7 +37,32 @@ log = logging.getLogger("xenmux.metrics")
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
+    counts, total = h.snapshot()
+    buckets = [(floatToGoString(le), n) for le, n in h.cumulative(counts)]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+    # prometheus_client appends `_total` to a counter's name in the exposition.
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _by_label(family, label_values, values: dict) -> None:
+    """One sample per known label value (zero when never counted), then any others."""
+    for v in label_values:
+        family.add_metric([v], values.get(v, 0))
+    for v, n in values.items():
+        if v not in label_values:
+            family.add_metric([v], n)
+
+
+def features_label(features: int | None) -> str:
+    """xenstored's XS_GET_FEATURE answer: the bitmask in hex, or `none` (ENOSYS, timeout)."""
+    return "none" if features is None else f"{features:#x}"
 
 
 class DaemonCollector:
@@ -41,51 +75,65 @@ class DaemonCollector:
     def collect(self):
         d = self.daemon
         st = d.stats
+        # Copies first: the event loop goes on counting in its own thread.
+        firings = dict(st.firings)
+        scans = dict(st.scans)
+        events = d.fanout.events_by_kind()
+        client_errors = dict(st.client_errors)
+        states = d.table.counts()
+
         info = GaugeMetricFamily(
             "xenmux_build_info",
             "Version, backend and xenstored features of this daemon (always 1).",
-            labels=["version", "backend", "watch_depth", "xenstored"],
+            labels=["version", "backend", "watch_depth", "xenstored_features", "xenstore_path"],
         )
         info.add_metric(
             [
                 __version__,
                 d.backend.name,
                 "true" if d.watcher.depth else "false",
+                features_label(d.watcher.features),
                 d.config.xenstore_path,
             ],
             1,
         )
         yield info
-        start = GaugeMetricFamily(
-            "xenmux_start_time_seconds", "Unix time at which the daemon started."
+        yield _gauge(
+            "xenmux_start_time_seconds",
+            "Unix time at which the daemon started.",
+            st.started,
         )
-        start.add_metric([], st.started)
-        yield start
 
-        firings = CounterMetricFamily(
-            "xenmux_watch_firings", "Firings of the special watches, by path.", labels=["path"]
+        family = CounterMetricFamily(
+            "xenmux_watch_firings",
+            "Firings of the special xenstore watches, by watch path.",
+            labels=["path"],
         )
-        for path, n in st.firings.items():
-            firings.add_metric([path], n)
-        yield firings
+        _by_label(family, WATCH_PATHS, firings)
+        yield family
 
-        scans = CounterMetricFamily(
+        family = CounterMetricFamily(
             "xenmux_scans",
-            "Scans by what triggered them (depth: targeted Xen 4.22 scans and their collapse).",
+            "Scans of the domain list by what triggered them; depth: Xen 4.22 targeted "
+            "scans of one named domid and their collapse into one full scan.",
             labels=["trigger"],
         )
-        for trigger, n in st.scans.items():
-            scans.add_metric([trigger], n)
-        yield scans
-        scanned = CounterMetricFamily(
-            "xenmux_scanned_domains", "Domain records walked by full scans."
+        _by_label(family, TRIGGERS, scans)
+        yield family
+        yield _counter(
+            "xenmux_targeted_scans",
+            "One-domid hypercalls: Xen 4.22 firings that name a domid, and subscribe probes.",
+            st.targeted_scans,
         )
-        scanned.add_metric([], st.scan_domains)
-        yield scanned
+        yield _counter(
+            "xenmux_scanned_domains",
+            "Domain records walked by full scans.",
+            st.scan_domains,
+        )
 
         yield _histogram(
             "xenmux_scan_duration_seconds",
-            "Time of one scan: hypercall plus diff.",
+            "Time of one scan: the domain-info hypercall(s) plus the diff.",
             st.scan_seconds,
         )
         yield _histogram(
@@ -95,66 +143,77 @@ class DaemonCollector:
         )
         yield _histogram(
             "xenmux_notify_latency_seconds",
-            "From a watch firing to its events written to every subscriber.",
+            "From a watch firing to the events of the scan it caused queued to every subscriber.",
             st.notify_seconds,
         )
 
-        domains = GaugeMetricFamily(
-            "xenmux_domains", "Domains in the table, by state.", labels=["state"]
+        family = GaugeMetricFamily(
+            "xenmux_domains",
+            "Domains in the table by state (dead: dying, not yet released).",
+            labels=["state"],
         )
-        for state, n in d.table.counts().items():
-            domains.add_metric([state], n)
-        yield domains
+        _by_label(family, DOMAIN_STATES, states)
+        yield family
 
-        events = CounterMetricFamily(
-            "xenmux_events", "Lifecycle events produced, by kind.", labels=["event"]
+        family = CounterMetricFamily(
+            "xenmux_events",
+            "Lifecycle events produced, by kind (each sent once to every interested subscriber).",
+            labels=["event"],
         )
-        for kind, n in st.events.items():
-            events.add_metric([kind], n)
-        yield events
+        _by_label(family, EVENT_KINDS, events)
+        yield family
+        yield _counter(
+            "xenmux_frames_sent",
+            "Event frames queued to subscribers (one per event per recipient).",
+            d.fanout.frames_sent,
+        )
 
-        frames = CounterMetricFamily(
-            "xenmux_frames_sent", "Event frames written to subscribers (one per recipient)."
+        yield _gauge(
+            "xenmux_subscribers", "Connections with a subscription.", d.fanout.subscriber_count
         )
-        frames.add_metric([], d.fanout.frames_sent)
-        yield frames
+        yield _gauge("xenmux_clients", "Open client connections.", len(d.clients))
+        yield _counter(
+            "xenmux_client_connections",
+            "Client connections accepted (including those refused at --max-clients).",
+            st.clients_total,
+        )
+        yield _counter(
+            "xenmux_subscriber_overflows",
+            "Subscribers cut off because their unsent output passed the high-water mark.",
+            st.overflows,
+        )
+        family = CounterMetricFamily(
+            "xenmux_client_errors",
+            "Requests refused with an error, by error code (docs/protocol.md).",
+            labels=["code"],
+        )
+        _by_label(family, CLIENT_ERROR_CODES, client_errors)
+        yield family
 
-        subs = GaugeMetricFamily("xenmux_subscribers", "Connections with a subscription.")
-        subs.add_metric([], d.fanout.subscriber_count)
-        yield subs
-        clients = GaugeMetricFamily("xenmux_clients", "Open client connections.")
-        clients.add_metric([], len(d.clients))
-        yield clients
+        yield _counter(
+            "xenmux_xenstore_reconnects",
+            "Times the xenstored connection was lost (each followed by a full scan).",
+            st.xenstore_reconnects,
+        )
+        yield _gauge(
+            "xenmux_xenstore_connected",
+            "1 while the daemon holds its watches on xenstored.",
+            1 if d.watcher.connected.is_set() else 0,
+        )
+        yield _counter(
+            "xenmux_hypercall_errors",
+            "Failed domain-info hypercalls (retried with backoff).",
+            st.hypercall_errors,
+        )
 
-        overflows = CounterMetricFamily(
-            "xenmux_subscriber_overflows", "Subscribers cut off because they stopped reading."
-        )
-        overflows.add_metric([], st.overflows)
-        yield overflows
 
-        errors = CounterMetricFamily(
-            "xenmux_client_errors", "Bad requests from clients, by error code.", labels=["code"]
-        )
-        for code, n in st.client_errors.items():
-            errors.add_metric([code], n)
-        yield errors
-
-        reconnects = CounterMetricFamily(
-            "xenmux_xenstore_reconnects", "Times the xenstored connection was lost."
-        )
-        reconnects.add_metric([], st.xenstore_reconnects)
-        yield reconnects
-        connected = GaugeMetricFamily(
-            "xenmux_xenstore_connected", "1 while the daemon holds its watches on xenstored."
-        )
-        connected.add_metric([], 1 if d.watcher.connected.is_set() else 0)
-        yield connected
-
-        hc_errors = CounterMetricFamily(
-            "xenmux_hypercall_errors", "Failed domain-info hypercalls (retried with backoff)."
-        )
-        hc_errors.add_metric([], st.hypercall_errors)
-        yield hc_errors
+def make_registry(daemon: Daemon, *, process: bool = True) -> CollectorRegistry:
+    """The daemon's metrics, plus the standard process_* ones (CPU, memory, open fds)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DaemonCollector(daemon))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
 
 
 class MetricsServer:
@@ -178,8 +237,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
 
 def start_metrics(addr: str, daemon: Daemon) -> MetricsServer:
     host, port = parse_addr(addr)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
+    registry = make_registry(daemon)
     server, thread = start_http_server(port, addr=host, registry=registry)
     port = server.server_address[1]
     log.info("metrics on http://%s:%d/metrics", host, port)
@@ -191,6 +249,4 @@ def scrape_once(daemon: Daemon) -> bytes:
     """The exposition text, without HTTP (for `promtool check metrics` and tests)."""
     from prometheus_client import generate_latest
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
-    return generate_latest(registry)
+    return generate_latest(make_registry(daemon))

@@ -212,7 +212,7 @@ class ScanLoop:
                 break
         return events
 
-    def probe(self, domid: int) -> list:
+    def probe(self, domid: int, trigger: str = "depth") -> list:
         """A targeted scan of one domid (its events are returned, not published)."""
         t0 = time.perf_counter()
         buf, n = self.scanbuf.scan_one(domid)
@@ -221,7 +221,7 @@ class ScanLoop:
         t2 = time.perf_counter()
         self.one_cost.add(t2 - t0)
         st = self.stats
-        st.scans["depth"] += 1
+        st.scans[trigger] += 1
         st.targeted_scans += 1
         st.hypercall_seconds.observe(t1 - t0)
         st.scan_seconds.observe(t2 - t0)
@@ -233,12 +233,9 @@ class ScanLoop:
         news = [ev for ev in events if ev.kind == "new"]
         if news and self.name_reader is not None:
             await self.fill_names(news)
-        self.fanout.publish(events)
+        self.fanout.publish(events)  # which counts them by kind (Fanout.events_by_kind)
         if fired_at is not None:
             self.stats.notify_seconds.observe(time.monotonic() - fired_at)
-        counts = self.stats.events
-        for ev in events:
-            counts[ev.kind] += 1
 
     async def fill_names(self, news: list) -> None:
         async def one(ev) -> None:

@@ -296,7 +296,7 @@ class ClientConnection(asyncio.Protocol):
                     # Creation fires nothing: ask the hypervisor before saying "absent".
                     events = []
                     for x in unknown:
-                        events.extend(d.scanloop.probe(x))
+                        events.extend(d.scanloop.probe(x, "subscribe"))
                     await d.scanloop._publish(events, None)
             snapshot = d.table.snapshot(domids)
             seq = d.table.seq

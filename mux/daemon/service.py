@@ -68,6 +68,7 @@ class Daemon:
 
     def stats_dict(self) -> dict:
         self.stats.frames_sent = self.fanout.frames_sent
+        self.stats.events = self.fanout.events_by_kind()
         d = self.stats.as_dict(
             subscribers=self.fanout.subscriber_count, domains=self.table.counts()
         )
