@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
 from mux.hypervisor import HypervisorError, ScanBuffer
@@ -119,12 +120,7 @@ class ScanLoop:
         for h in (self._poll_handle, self._full_handle):
             if h is not None:
                 h.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         for w in self._waiters:
             if not w.done():
                 w.cancel()

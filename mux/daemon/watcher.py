@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 
+from mux.daemon.aio import cancel_and_wait
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.stats import Stats
 from mux.xenstore import wire
@@ -49,12 +50,7 @@ class Watcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self.client is not None:
             await self.client.close()
 
