@@ -11,6 +11,7 @@ every scenario and model. Exit status 1 when any notification was lost or a run 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -115,6 +116,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="the simulated hosts' seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rebuild results.md and the plots from --out DIR/results.json",
+    )
+    p.add_argument(
         "--keep-temp", action="store_true", help=argparse.SUPPRESS
     )  # debugging: keep the temporary directory
 
@@ -155,7 +161,29 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Linux {platform.release()}"
 
 
+def _report_only(args: argparse.Namespace) -> int:
+    from mux.bench import report
+
+    path = os.path.join(args.out, "results.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        print(f"xenmux bench: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    written = report.write(args.out, data["rows"], data["meta"])
+    if not args.no_plots:
+        pngs, skipped = report.plots(args.out, data["rows"])
+        written += pngs
+        if skipped:
+            print(f"xenmux bench: {skipped}", file=sys.stderr)
+    print(f"results: {', '.join(written)}", flush=True)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        return _report_only(args)
     from mux.bench import report, runner
     from mux.bench.build import BuildError, build
     from mux.bench.procs import ProcessSet

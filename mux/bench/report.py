@@ -302,6 +302,24 @@ def plots(out_dir: str, rows: list[dict]) -> tuple[list[str], str | None]:
                             color=color,
                             label=f"{model}, {TITLES[sc]}",
                         )
+            pts = sorted(
+                (r["n"], _lat(r).get(q))
+                for r in rows
+                if r["xenstored"] == xs
+                and r["scenario"] == "one"
+                and r["model"] == "host"
+                and _lat(r).get(q) is not None
+            )
+            if pts:
+                color, ls = styles["host"]
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    ls,
+                    marker="o",
+                    color=color,
+                    label="host floor: a watcher doing nothing (one lifecycle)",
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("domains")
