@@ -9,6 +9,7 @@ asks for a targeted scan of it; when more targeted scans are pending than a full
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -234,19 +235,24 @@ class ScanLoop:
             self.stats.notify_seconds.observe(time.monotonic() - fired_at)
 
     async def fill_names(self, news: list) -> None:
+        """Names from xenstore for `new` events, waited for at most NAME_TIMEOUT: a slow
+        xenstored must not hold the other events back. A late name still reaches the table
+        (and so snapshots, `list` and later events), just not the frame already sent."""
+
         async def one(ev) -> None:
             name = await self.name_reader(ev.domid)
-            if name is not None:
+            if name is None:
+                return
+            with contextlib.suppress(AttributeError):  # its frame went out without it
                 ev.name = name
+            rows = self.table.snapshot([ev.domid])
+            if rows and rows[0]["uuid"] == ev.uuid:  # still that incarnation
                 self.table.set_name(ev.domid, name)
 
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(one(ev) for ev in news), return_exceptions=True),
-                self.NAME_TIMEOUT,
-            )
-        except TimeoutError:
-            log.warning("xenstored was slow to give names of %d new domains", len(news))
+        tasks = [asyncio.ensure_future(one(ev)) for ev in news]
+        _done, pending = await asyncio.wait(tasks, timeout=self.NAME_TIMEOUT)
+        if pending:
+            log.warning("xenstored was slow to give names of %d new domains", len(pending))
 
     # -- timers --------------------------------------------------------------------------
 
