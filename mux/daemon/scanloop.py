@@ -196,11 +196,11 @@ class ScanLoop:
         st.scan_seconds.observe(t2 - t0)
         return events
 
-    def _targeted(self, domids: set[int]) -> list:
+    def _targeted(self, domids: set[int], trigger: str = "depth") -> list:
         events: list = []
         for domid in sorted(domids):
             try:
-                events.extend(self.probe(domid))
+                events.extend(self.probe(domid, trigger))
             except HypervisorError as exc:
                 # The events already diffed must still go out; a full scan catches up.
                 self.stats.hypercall_errors += 1
@@ -223,6 +223,11 @@ class ScanLoop:
         st.hypercall_seconds.observe(t1 - t0)
         st.scan_seconds.observe(t2 - t0)
         return events
+
+    async def probe_and_publish(self, domids: set[int], trigger: str) -> None:
+        """Targeted scans of `domids`, their events sent; the caller holds `lock`.
+        A failing query is counted and leaves a full scan requested, as for firings."""
+        await self._publish(self._targeted(domids, trigger), None)
 
     async def _publish(self, events: list, fired_at: float | None) -> None:
         if not events:

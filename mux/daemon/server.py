@@ -291,13 +291,10 @@ class ClientConnection(asyncio.Protocol):
         # and the registration below see one consistent seq.
         async with d.scanloop.lock:
             if domids is not None:
-                unknown = [x for x in dict.fromkeys(domids) if x not in d.table]
+                unknown = {x for x in domids if x not in d.table}
                 if unknown:
                     # Creation fires nothing: ask the hypervisor before saying "absent".
-                    events = []
-                    for x in unknown:
-                        events.extend(d.scanloop.probe(x, "subscribe"))
-                    await d.scanloop._publish(events, None)
+                    await d.scanloop.probe_and_publish(unknown, "subscribe")
             snapshot = d.table.snapshot(domids)
             seq = d.table.seq
             d.fanout.subscribe(self, domids, mask)
