@@ -2,7 +2,7 @@
 
 `xc_domaininfo_t` is `struct xen_domctl_getdomaininfo` (xen/domctl.h); its x86-64 layout is
 the same from Xen 4.17 to 4.22. Only the fields the monitor reads are named here; the test
-`tests/test_records_abi.py` compiles against Debian's `xenctrl.h` and checks every number.
+`tests/unit/test_records_abi.py` compiles against Debian's `xenctrl.h` and checks every number.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The sim's xenstored and our xenstore client give the real C xenstored 4.17's answers.
 
 `tests/data/xenstored_conformance.json` holds the raw replies of Debian's C xenstored (and of
-oxenstored, which the sim does not model) to the requests of `test_real_xenstored.STEPS`,
+oxenstored, which the sim does not model) to the requests of `xsconformance.STEPS`,
 recorded by that module from the live servers. Here:
 
 1. the same requests, byte for byte, go to the sim's xenstored set up as the recording was
@@ -20,7 +20,7 @@ import json
 import pytest
 import realxen
 from realxen import XsConnection
-from test_real_xenstored import CONFORMANCE, run_steps
+from xsconformance import CONFORMANCE, run_steps
 
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreClient
@@ -35,7 +35,7 @@ DELIBERATE: dict[str, tuple[list[dict], str]] = {
         [{"type": wire.XS_ERROR, "name": "XS_ERROR", "payload": "EINVAL\0"}],
         "A path without its terminating NUL is malformed. C xenstored's onearg() rejects it "
         "and the lookup of the missing argument then reports ENOENT; the sim says EINVAL, as "
-        "oxenstored does (and as tests/test_sim_xenstored.py asserts). libxenstore and our "
+        "oxenstored does (and as tests/sim/test_sim_xenstored.py asserts). libxenstore and our "
         "client always terminate paths, so no real client meets either answer.",
     ),
     "read-empty-payload": (

@@ -6,8 +6,8 @@ The cost is measured against the same code with the counters taken out: `bare()`
 the hot-path methods from their live source without the statements that record anything,
 so the comparison follows the code as it changes. Figures for docs/metrics.md:
 
-    .venv/bin/python tests/test_metrics.py              # wall time, best of interleaved rounds
-    .venv/bin/python tests/test_metrics.py --callgrind  # instructions per iteration (valgrind)
+    .venv/bin/python tests/daemon/test_metrics.py  # wall time, best of interleaved rounds
+    .venv/bin/python tests/daemon/test_metrics.py --callgrind  # instructions (valgrind)
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from mux.records import SHUTDOWN_SUSPEND, DomainRecord, make_flags, pack_all
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreProtocol
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
@@ -596,7 +596,7 @@ def test_recording_costs_the_hot_path_a_few_percent():
         assert overhead < 0.20, report[scenario]
 
 
-# -- `python tests/test_metrics.py`: the figures for docs/metrics.md ---------------------------
+# -- `python tests/daemon/test_metrics.py`: the figures for docs/metrics.md -------------------
 
 
 def _callgrind(variant: str, scenario: str, iterations: int) -> int:

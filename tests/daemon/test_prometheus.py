@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from simhelpers import sim_command
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "grafana" / "xenmux.json"
 PROVISIONING = REPO / "grafana" / "provisioning"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
