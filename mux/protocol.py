@@ -1,0 +1,102 @@
+"""The subscriber protocol's vocabulary, defined once: the project's own `xs_wire.h`.
+
+Every name that crosses the daemon's socket (event kinds, snapshot states, request ops,
+error codes), the default socket and the protocol version live here and are imported by
+the daemon, the client library, the commands, the scanner twins, the metrics and the demo.
+`mux._fast` checks its C enum of event kinds against `EVENT_KINDS` at import, as it checks
+its record layout against `mux.records`. docs/protocol.md documents each name; a test
+checks that it names every one of them, so a new name cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+PROTOCOL_VERSION = 1
+SERVER_NAME = "xen-watch-mux"
+
+DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
+SOCKET_ENV = "XENMUX_SOCKET"  # what the commands and the client library read first
+
+# -- events ----------------------------------------------------------------------------------
+
+# Event kinds, in the order one domain incarnation's events can follow each other. A kind's
+# bit in a subscription mask is 1 << its index here, so the order is part of the C core's ABI
+# (mux/_fast checks its enum against this tuple at import).
+NEW = "new"
+SHUTDOWN = "shutdown"
+RESUMED = "resumed"
+DEATH = "death"
+RELEASED = "released"
+EVENT_KINDS: tuple[str, ...] = (NEW, SHUTDOWN, RESUMED, DEATH, RELEASED)
+
+KIND_BITS: dict[str, int] = {kind: 1 << i for i, kind in enumerate(EVENT_KINDS)}
+ALL_KINDS_MASK = (1 << len(EVENT_KINDS)) - 1
+
+# Not an event of a domain: the frame that tells a subscriber it was cut off.
+OVERFLOW = "overflow"
+
+# -- snapshot rows ---------------------------------------------------------------------------
+
+# `state` of a snapshot row; `shutdown` is also the event kind that leads to it.
+RUNNING = "running"
+DEAD = "dead"  # dying, or dead and not yet released
+DOMAIN_STATES: tuple[str, ...] = (RUNNING, SHUTDOWN, DEAD)
+
+# -- requests --------------------------------------------------------------------------------
+
+OP_HELLO = "hello"
+OP_SUBSCRIBE = "subscribe"
+OP_UNSUBSCRIBE = "unsubscribe"
+OP_LIST = "list"
+OP_RESCAN = "rescan"
+OP_STATS = "stats"
+OP_PING = "ping"
+OPS: tuple[str, ...] = (
+    OP_HELLO,
+    OP_SUBSCRIBE,
+    OP_UNSUBSCRIBE,
+    OP_LIST,
+    OP_RESCAN,
+    OP_STATS,
+    OP_PING,
+)
+
+# -- error codes -----------------------------------------------------------------------------
+
+ERR_BAD_JSON = "bad-json"
+ERR_LINE_TOO_LONG = "line-too-long"
+ERR_UNKNOWN_OP = "unknown-op"
+ERR_BAD_REQUEST = "bad-request"
+ERR_BAD_DOMID = "bad-domid"
+ERR_TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
+ERR_PERMISSION_DENIED = "permission-denied"
+ERR_TOO_MANY_CLIENTS = "too-many-clients"
+ERROR_CODES: tuple[str, ...] = (
+    ERR_BAD_JSON,
+    ERR_LINE_TOO_LONG,
+    ERR_UNKNOWN_OP,
+    ERR_BAD_REQUEST,
+    ERR_BAD_DOMID,
+    ERR_TOO_MANY_SUBSCRIPTIONS,
+    ERR_PERMISSION_DENIED,
+    ERR_TOO_MANY_CLIENTS,
+)
+
+
+def kinds_mask(kinds: Iterable[str] | None) -> int:
+    """The subscription mask of some event kinds (None: all of them).
+
+    Raises ValueError naming the first unknown kind and the known ones.
+    """
+    if kinds is None:
+        return ALL_KINDS_MASK
+    mask = 0
+    for kind in kinds:
+        try:
+            mask |= KIND_BITS[kind]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown event kind {kind!r}: use some of {', '.join(EVENT_KINDS)}"
+            ) from None
+    return mask

@@ -1,0 +1,30 @@
+"""Where a simulated host keeps its files: one function names them all.
+
+Every part of the simulator, the sim backend, the demo, the bench and the tests find a
+simulated host's files through `sim_paths(DIR)`; no other module spells a file name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SimPaths:
+    directory: str
+    shm: str  # the hypervisor's domain table (docs/internals.md)
+    xenstored: str  # the sim's xenstored socket; its existence means the sim is ready
+    control: str  # `xenmux sim-ctl`'s socket
+    state: str  # the daemon's default --state-dir for this simulated host
+
+
+def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
+    d = os.fspath(directory)
+    return SimPaths(
+        directory=d,
+        shm=os.path.join(d, "domains.shm"),
+        xenstored=os.path.join(d, "xenstored.sock"),
+        control=os.path.join(d, "control.sock"),
+        state=os.path.join(d, "xenmux-state"),
+    )
