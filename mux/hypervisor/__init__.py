@@ -1,24 +1,44 @@
-"""Where domain records come from: the real hypercall (`xenctrl`) or the simulated host."""
+"""Where domain records come from: backends found by name.
+
+`xenctrl` (the real hypercall through libxenctrl) and `sim` (the simulated host's table) are
+the entry points of the group `xenmux.backends` (pyproject.toml); `open_backend` looks the
+name up there, so the daemon never imports a backend's module, the simulator's least of all.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 
-from mux.hypervisor.base import Backend, HypervisorError, ScanBuffer
+from mux.hypervisor.base import Backend, Capabilities, HypervisorError, ScanBuffer
 
 PRIVCMD = "/dev/xen/privcmd"
+ENTRY_POINT_GROUP = "xenmux.backends"
 
-__all__ = ["Backend", "HypervisorError", "NotADom0Error", "ScanBuffer", "open_backend"]
+__all__ = [
+    "Backend",
+    "Capabilities",
+    "HypervisorError",
+    "NotADom0Error",
+    "ScanBuffer",
+    "backend_names",
+    "open_backend",
+]
 
 
 class NotADom0Error(RuntimeError):
     pass
 
 
+def backend_names() -> list[str]:
+    """The backends this installation offers."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
 def open_backend(
     name: str, *, sim_dir: str | None = None, xenctrl_lib: str | None = None
 ) -> Backend:
-    """Open the backend named on the command line (`auto`, `xenctrl` or `sim`)."""
+    """Open the backend named on the command line (`auto`, or one of `backend_names()`)."""
     if name == "auto":
         if os.path.exists(PRIVCMD):
             name = "xenctrl"
@@ -30,14 +50,9 @@ def open_backend(
                 "start `xenmux sim --dir DIR --domains N` and use `xenmux serve --backend sim "
                 "--sim-dir DIR`"
             )
-    if name == "sim":
-        if not sim_dir:
-            raise ValueError("--backend sim needs --sim-dir DIR (the directory of `xenmux sim`)")
-        from mux.hypervisor.sim import SimBackend
-
-        return SimBackend(sim_dir)
-    if name == "xenctrl":
-        from mux.hypervisor.xenctrl import XenctrlBackend
-
-        return XenctrlBackend(xenctrl_lib)
-    raise ValueError(f"unknown backend {name!r}: use auto, xenctrl or sim")
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        names = ", ".join(["auto", *backend_names()])
+        raise ValueError(f"unknown backend {name!r}: use {names}")
+    factory = next(iter(found)).load()
+    return factory(sim_dir=sim_dir, xenctrl_lib=xenctrl_lib)

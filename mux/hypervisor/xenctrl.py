@@ -28,7 +28,7 @@ import re
 import time
 
 from mux import _fast
-from mux.hypervisor.base import HypervisorError
+from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
 from mux.records import RECORD_SIZE
 
 log = logging.getLogger("xenmux.xenctrl")
@@ -159,11 +159,24 @@ class XenctrlBackend:
     """Domain records from the real hypervisor, through libxenctrl (Backend protocol)."""
 
     name = "xenctrl"
+    # getinfolist(domid, 1) walks the hypervisor's list from `domid` under its lock (Xen
+    # 4.17's XEN_SYSCTL_getdomaininfolist): not the cheap exact lookup of `one_domain`.
+    capabilities = Capabilities(full_scan=True, one_domain=False, changed_feed=False)
+    xenstore_path: str | None = None  # the host's own xenstored
+    state_dir: str | None = None  # the default, /var/lib/xenmux
 
-    def __init__(self, library: str | None = None, *, open_retry: float = OPEN_RETRY_SECONDS):
-        self._xc = _load(library)
+    def __init__(
+        self,
+        library: str | None = None,
+        *,
+        open_retry: float = OPEN_RETRY_SECONDS,
+        xenctrl_lib: str | None = None,
+        **_options: object,
+    ):
+        self._xc = _load(library or xenctrl_lib)
         self.library = self._xc.library
         self._buf = bytearray((_fast.GETINFOLIST_BATCH + _fast.SCAN_SLACK) * RECORD_SIZE)
+        self._one = bytearray(RECORD_SIZE)
         self._count = 0
         try:
             self._first_scan(open_retry)
@@ -196,14 +209,20 @@ class XenctrlBackend:
         except _fast.XenctrlError as exc:
             raise _call_error(exc) from None
 
+    def query_one(self, domid: int) -> tuple[bytearray, int]:
+        """getinfolist(domid, 1): the record it hands back may be the next domid's; the
+        scanner's diff_one checks."""
+        return self._one, self.getinfolist(domid, 1, self._one)
+
+    def watch_changed(self, callback: ChangedCallback) -> None:
+        raise NotImplementedError("libxenctrl has no changed-domain feed that xenmux may use")
+
     def domain_count_hint(self) -> int:
         """The count of the latest scan_all (the one at start-up, at least)."""
         return self._count
 
     def close(self) -> None:
         self._xc.close()
-
-    # Extras ---------------------------------------------------------------------------------
 
     def scan_all(self) -> tuple[bytearray, int]:
         """Every domain in one C loop (batches of 1024) into the backend's own buffer, which

@@ -214,8 +214,8 @@ def test_scan_buffer_keeps_earlier_batches_when_the_host_outgrows_it(sim_factory
     """The daemon's scan buffer is sized at start-up; a host that grew past it (boot storm)
     must still be read whole: growing the buffer mid-scan keeps the batches already read."""
     from mux.hypervisor.base import ScanBuffer
-    from mux.hypervisor.sim import SimBackend
     from mux.records import unpack_all
+    from mux.sim.backend import SimBackend
 
     host = sim_factory(domains=10)
     backend = SimBackend(str(host.dir))
