@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from mux.sim.ctl import SimControl
+from mux.sim.paths import sim_paths
 
 REPO = Path(__file__).resolve().parent.parent
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the sim's temporary names
@@ -63,9 +64,10 @@ class SimHandle:
         self.proc = proc
         self.pid = proc.pid
         self.ready = ready
-        self.xenstored = str(directory / "xenstored.sock")
-        self.control_path = str(directory / "control.sock")
-        self.shm = str(directory / "domains.shm")
+        paths = sim_paths(directory)
+        self.xenstored = paths.xenstored
+        self.control_path = paths.control
+        self.shm = paths.shm
         self.ctl = SimControl(str(directory))
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -106,7 +108,7 @@ def start_sim(
     extra_args: tuple[str, ...] | list[str] = (),
     timeout: float = 60.0,
 ) -> SimHandle:
-    """Start `xenmux sim` and wait (at most `timeout`) until xenstored.sock exists."""
+    """Start `xenmux sim` and wait (at most `timeout`) until its xenstored socket exists."""
     directory.mkdir(parents=True, exist_ok=True)
     cmd = [
         *sim_command(),
@@ -120,7 +122,7 @@ def start_sim(
         *extra_args,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    sock = directory / "xenstored.sock"
+    sock = Path(sim_paths(directory).xenstored)
     deadline = time.monotonic() + timeout
     try:
         while not sock.exists():
@@ -155,7 +157,7 @@ def start_sim(
 def short_dir(tmp_path: Path, name: str = "sim") -> Path:
     """tmp_path/name, or a shorter directory when socket paths there would be too long."""
     directory = tmp_path / name
-    if len(str(directory / "xenstored.sock")) + 16 <= SOCKET_PATH_MAX:
+    if len(sim_paths(directory).xenstored) + 16 <= SOCKET_PATH_MAX:
         return directory
     return Path(tempfile.mkdtemp(prefix="xmsim-"))
 

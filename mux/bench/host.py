@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from mux.bench.procs import ProcessSet
 from mux.sim.ctl import SimControl, SimControlError
+from mux.sim.paths import sim_paths
 
 OFF_SEQ = 24
 OFF_STAMP = 32
@@ -95,8 +96,9 @@ class SimHost:
         self.pid: int | None = None
         self.ctl: SimControl | None = None
         self._mm: mmap.mmap | None = None
-        self.xenstored_path = os.path.join(directory, "xenstored.sock")
-        self.shm_path = os.path.join(directory, "domains.shm")
+        paths = sim_paths(directory)
+        self.xenstored_path = paths.xenstored
+        self.shm_path = paths.shm
 
     def start(self, timeout: float = 120.0) -> None:
         argv = python_command(

@@ -22,7 +22,8 @@ import socket
 import sys
 from typing import Any
 
-CONTROL_SOCKET = "control.sock"
+from mux.sim.paths import sim_paths
+
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -32,7 +33,7 @@ class SimControlError(Exception):
 
 def control_path(dir_or_socket: str) -> str:
     if os.path.isdir(dir_or_socket):
-        return os.path.join(dir_or_socket, CONTROL_SOCKET)
+        return sim_paths(dir_or_socket).control
     return dir_or_socket
 
 

@@ -30,24 +30,15 @@ from collections.abc import Iterable
 from mux.records import parse_reason
 from mux.sim.churn import Churn
 from mux.sim.host import Hypervisor, SimError, SimHost
-from mux.sim.shm import SHM_NAME, ShmTable
+from mux.sim.paths import sim_paths
+from mux.sim.shm import ShmTable
 from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
 from mux.sim.xenstored import Xenstored, serve_unix
 from mux.xenstore.wire import XenstoreError
 
 log = logging.getLogger("mux.sim")
 
-XENSTORED_SOCKET = "xenstored.sock"
-CONTROL_SOCKET = "control.sock"
 CONTROL_LINE_MAX = 1 << 20
-
-
-def sim_paths(directory: str) -> dict[str, str]:
-    return {
-        "xenstored": os.path.join(directory, XENSTORED_SOCKET),
-        "control": os.path.join(directory, CONTROL_SOCKET),
-        "shm": os.path.join(directory, SHM_NAME),
-    }
 
 
 def _live(path: str) -> bool:
@@ -221,7 +212,7 @@ class Sim:
         self.rng = random.Random(seed)
         self.seed = seed
         self.external = external_xenstored
-        self.shm = ShmTable(self.paths["shm"])
+        self.shm = ShmTable(self.paths.shm)
         # The sim's own xenstored exists in both modes (counters, `list`), but with an
         # external one it is neither served nor told of VIRQs.
         if external_xenstored:
@@ -266,8 +257,8 @@ class Sim:
             self.host.create(count=self.n_domains)
 
     async def serve(self) -> None:
-        control = bind_unix(self.paths["control"])
-        self._bound.append(self.paths["control"])
+        control = bind_unix(self.paths.control)
+        self._bound.append(self.paths.control)
         self._servers.append(
             await asyncio.start_unix_server(
                 self._control_client, sock=control, limit=CONTROL_LINE_MAX
@@ -275,8 +266,8 @@ class Sim:
         )
         if self.external:
             return
-        xs_sock = bind_unix(self.paths["xenstored"])
-        self._bound.append(self.paths["xenstored"])
+        xs_sock = bind_unix(self.paths.xenstored)
+        self._bound.append(self.paths.xenstored)
         self._servers.append(await serve_unix(self.xs, xs_sock))
 
     def ready_line(self) -> dict:
@@ -284,10 +275,10 @@ class Sim:
             "ready": True,
             "domains": self.n_domains,
             "xs_version": self.xs.xs_version,
-            "xenstored": self.external or self.paths["xenstored"],
+            "xenstored": self.external or self.paths.xenstored,
             "external_xenstored": bool(self.external),
-            "control": self.paths["control"],
-            "shm": self.paths["shm"],
+            "control": self.paths.control,
+            "shm": self.paths.shm,
             "pid": os.getpid(),
         }
 
@@ -466,7 +457,7 @@ class Sim:
         down = float(req.get("down", 0.2))
         if not 0 <= down <= 60:
             raise SimError(f"down must be 0..60 seconds, not {down}")
-        path = self.paths["xenstored"]
+        path = self.paths.xenstored
         server = self._servers[-1]
         os.unlink(path)
         server.close()
@@ -527,8 +518,8 @@ def main(
     external_xenstored: str | None = None,
 ) -> int:
     os.makedirs(directory, exist_ok=True)
-    for name in (XENSTORED_SOCKET, CONTROL_SOCKET):
-        path = os.path.join(directory, name)
+    paths = sim_paths(directory)
+    for path in (paths.xenstored, paths.control):
         if os.path.lexists(path) and _live(path):
             print(f"xenmux sim: {path} is in use: another sim runs in {directory}", file=sys.stderr)
             return 1

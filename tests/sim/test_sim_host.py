@@ -12,6 +12,7 @@ import pytest
 from mux import records
 from mux.sim import shm as shmmod
 from mux.sim.host import Hypervisor, SimError, SimHost
+from mux.sim.paths import sim_paths
 from mux.sim.shm import ShmReader, ShmTable
 from mux.sim.toolstack import LocalToolstack
 from mux.sim.xenstored import Xenstored
@@ -19,7 +20,7 @@ from mux.sim.xenstored import Xenstored
 
 class Host:
     def __init__(self, directory, **kwargs) -> None:
-        self.path = os.path.join(directory, "domains.shm")
+        self.path = sim_paths(directory).shm
         self.shm = ShmTable(self.path)
         self.hv = Hypervisor(self.shm, **kwargs)
         self.xs = Xenstored(self.hv)
