@@ -2,7 +2,7 @@
 
 These prove the fixture of tests/realxen.py: the real clients work against the real servers,
 @releaseDomain fires from our shared-memory table and VIRQ datagrams, and the two servers'
-firing rules are the ones DESIGN.md builds on. They also keep tests/data/
+firing rules are the ones docs/architecture.md builds on. They also keep tests/data/
 xenstored_conformance.json (the servers' raw replies) true.
 """
 
