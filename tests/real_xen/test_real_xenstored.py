@@ -459,7 +459,7 @@ def test_conformance_record(xenstub_libs, kind):
     if os.environ.get("XENMUX_RECORD_CONFORMANCE"):
         data = json.loads(CONFORMANCE.read_text()) if CONFORMANCE.exists() else {}
         data["about"] = (
-            "Raw replies of Debian bookworm's Xen 4.17 servers (run under tests/xenstub, see "
+            "Raw replies of Debian bookworm's Xen 4.17 servers (run under mux/realxen/xenstub, see "
             "docs/real-xen.md) to the requests of tests/xsconformance.py:STEPS, sent in order "
             "on one socket connection (dom0 privileges) after dom0 and guests 1-4 were "
             "set up and 1-3 introduced. Payloads are the bytes as latin-1 strings. "

@@ -4,7 +4,7 @@ on it (issue 5).
 Three libraries stand in for the hypervisor here, none of them Xen:
 - Debian's real `libxenctrl.so.4.17` (libxen-dev): it loads, its three functions resolve,
   and `xc_interface_open` fails because this machine has no /dev/xen/privcmd;
-- `libxenctrl_stub.so` (tests/xenstub): the same ABI, serving a domain table in shared memory
+- `libxenctrl_stub.so` (mux/realxen/xenstub): the same ABI, serving a domain table in shared memory
   (the sim's `domains.shm` or a `mux.realxen.ShmTable`), with failure injection;
 - `fakexc.so`, built below from FAKE_XC: a misbehaving libxenctrl (bad batches, slow calls,
   an open that fails with a chosen errno).
