@@ -14,8 +14,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# Editable install so that tests import the freshly built extension in place.
-$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py mux/_fast.pyx mux/_fast.pxd
+# What the C extensions are built from: mux._fast (mux/fastcore/ holds its concern files
+# and headers), the sim's mux.sim._simfast and the bench's mux.bench._floor.
+EXT_SRC := mux/_fast.pyx mux/_fast.pxd $(wildcard mux/fastcore/*.pxi mux/fastcore/*.h) \
+	mux/sim/_simfast.pyx mux/sim/shm_layout.h mux/bench/_floor.pyx mux/bench/floor.h
+
+# Editable install so that tests import the freshly built extensions in place.
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SRC)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -47,4 +52,4 @@ bench: build deb-packages
 	$(BIN)/python -m pytest -q bench --benchmark-only
 
 clean:
-	rm -rf build *.egg-info mux/_fast.c mux/_fast*.so
+	rm -rf build *.egg-info mux/_fast.c mux/_fast*.so mux/sim/_simfast*.so mux/bench/_floor*.so

@@ -1,53 +1,30 @@
 # cython: language_level=3
-# C-level declarations of the scanner core (mux/_fast.pyx). The numbers are those of
-# mux/records.py; _fast checks at import that the two agree.
+# C-level declarations of the scanner core (mux/_fast.pyx). The record layout's numbers are
+# those of fastcore/xm_record.h, checked against mux/records.py at import; the event kinds'
+# enum is checked against mux.protocol.EVENT_KINDS at import.
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-
-cdef enum:
-    # xc_domaininfo_t (struct xen_domctl_getdomaininfo), x86-64
-    XC_RECORD_SIZE = 112
-    XC_OFF_DOMAIN = 0
-    XC_OFF_FLAGS = 4
-    XC_OFF_CPU_TIME = 56
-    XC_OFF_HANDLE = 76
-    # XEN_DOMINF_*
-    XEN_DOMINF_dying = 0x1
-    XEN_DOMINF_shutdown = 0x4
-    XEN_DOMINF_shutdownshift = 16
-    XEN_DOMINF_shutdownmask = 0xff
-    SHUTDOWN_CODE_NONE = 0xff
-    DOMID_FIRST_RESERVED = 0x7FF0
-    # The flag bits that can make an event: everything else (running, blocked, paused...)
-    # changes all the time and is only copied.
-    EVENT_FLAGS_MASK = XEN_DOMINF_dying | XEN_DOMINF_shutdown | (XEN_DOMINF_shutdownmask << XEN_DOMINF_shutdownshift)
-
-    # The shared-memory table of the simulated host (docs/internals.md)
-    SHM_HEADER_SIZE = 128
-    SHM_OFF_VERSION = 8
-    SHM_OFF_RECORD_SIZE = 12
-    SHM_OFF_CAPACITY = 16
-    SHM_OFF_COUNT = 20
-    SHM_OFF_SEQLOCK = 24
-    SHM_OFF_CHANGE_STAMP = 32
+include "fastcore/xm_helpers.pxi"
 
 
-# Entry states; ST_ABSENT marks a free slot.
+# Entry states; ST_ABSENT marks a free slot. The others are mux.protocol.DOMAIN_STATES, in order.
 cdef enum:
     ST_ABSENT = 0
     ST_RUNNING = 1
     ST_SHUTDOWN = 2
     ST_DEAD = 3
+    N_STATES = 4
 
 
-# Event kinds, in the order one domain's events can follow each other.
+# Event kinds: mux.protocol.EVENT_KINDS, in its order (a kind's subscription bit is its index).
 cdef enum:
     EV_NEW = 0
     EV_SHUTDOWN = 1
     EV_RESUMED = 2
     EV_DEATH = 3
     EV_RELEASED = 4
+    N_EVENT_KINDS = 5
 
 
 # One slot of the domain table: 32 bytes, two to a cache line, what an unchanged domain's
@@ -77,7 +54,7 @@ cdef class Event:
     cdef readonly double time
     cdef int _kind
     cdef int _reason
-    cdef unsigned char _handle[16]
+    cdef unsigned char _handle[XM_HANDLE_SIZE]
     cdef object _name
     cdef object _frame
 
@@ -93,7 +70,7 @@ cdef class DomainTable:
     cdef uint32_t _epoch
     cdef unsigned int _hi      # every present domid is below this
     cdef unsigned int _n_present
-    cdef unsigned int _n_state[4]
+    cdef unsigned int _n_state[N_STATES]
     cdef uint32_t _gen_counter
     cdef unsigned long long _seq
     cdef dict _names

@@ -6,12 +6,14 @@ from typing import Literal
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
-Kind = Literal["new", "shutdown", "resumed", "death", "released"]
-State = Literal["running", "shutdown", "dead"]
+Kind = Literal["new", "shutdown", "resumed", "death", "released"]  # mux.protocol.EVENT_KINDS
+State = Literal["running", "shutdown", "dead"]  # mux.protocol.DOMAIN_STATES
 
-SHM_MAGIC: bytes
-SHM_VERSION: int
-SHM_LOCK_TIMEOUT: float
+# The import guard (mux/fastcore/records.pxi, mux/fastcore/events.pxi): ImportError on a
+# mismatch of the C side with mux.records or mux.protocol.EVENT_KINDS.
+def _record_layout() -> dict[str, int]: ...
+def _check_record_layout(records: object) -> None: ...
+def _check_event_kinds(kinds: Iterable[str]) -> None: ...
 
 class Event:
     """One change of one domain incarnation; `frame()` is encoded once and cached."""
@@ -63,10 +65,6 @@ class DomainTable:
     def counts(self) -> dict[State, int]: ...
     def __len__(self) -> int: ...
     def __contains__(self, domid: object) -> bool: ...
-
-def shm_getinfolist(shm: ReadableBuffer, first: int, max: int, out: WriteableBuffer) -> int: ...
-def shm_change_stamp(shm: ReadableBuffer) -> int: ...
-def _floor_scan(buffer: ReadableBuffer, count: int) -> int: ...
 
 # libxenctrl, loaded at run time (dlopen/dlsym); calls run with the GIL released.
 GETINFOLIST_BATCH: int  # 1024, libxl's batch

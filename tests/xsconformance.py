@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realxen import XenstoredUnderStub
-
+from mux.realxen import XenstoredUnderStub
 from mux.xenstore import wire
 
 CONFORMANCE = Path(__file__).resolve().parent / "data" / "xenstored_conformance.json"

@@ -1,4 +1,8 @@
-"""Compile the harness's C programs (shipped inside the package) with the system's cc."""
+"""Compile the harness's C programs (shipped inside the package) with the system's cc.
+
+The monitor reads the simulated host's table through mux/sim/shm_layout.h, found on the
+include path the package ships it in.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import importlib.resources
 import os
 import shutil
 import subprocess
+
+from mux.sim.shm import LAYOUT_INCLUDE_DIR
 
 # program -> extra link flags
 PROGRAMS = {
@@ -35,7 +41,16 @@ def build(outdir: str, programs: tuple[str, ...] = tuple(PROGRAMS)) -> dict[str,
         source = package / f"{name}.c"
         exe = os.path.join(outdir, name)
         with importlib.resources.as_file(source) as path:
-            argv = [cc, *CFLAGS, "-o", exe, str(path), *PROGRAMS[name]]
+            argv = [
+                cc,
+                *CFLAGS,
+                "-I",
+                str(LAYOUT_INCLUDE_DIR),
+                "-o",
+                exe,
+                str(path),
+                *PROGRAMS[name],
+            ]
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             hint = ""

@@ -45,15 +45,11 @@
 #include <xenctrl.h>
 #include <xenstore.h>
 
-#define SHM_MAGIC "XMUXSHM1"
-#define SHM_HEADER 128
-#define OFF_CAPACITY 16
-#define OFF_COUNT 20
-#define OFF_SEQ 24
-#define RECORD 112
+#include "shm_layout.h" /* mux/sim: the table's layout and its seqlocked read */
+
 #define TOKEN "xl-death"
 
-_Static_assert(sizeof(xc_domaininfo_t) == RECORD, "xc_domaininfo_t is not 112 bytes");
+_Static_assert(sizeof(xc_domaininfo_t) == XM_RECORD_SIZE, "xc_domaininfo_t is not XM_RECORD_SIZE");
 
 enum state { UNKNOWN, RUNNING, SHUTDOWN, DEAD };
 
@@ -105,7 +101,8 @@ static void map_table(const char *path)
 		fail("mmap-shm");
 	table = p;
 	table_len = (size_t)st.st_size;
-	if (table_len < SHM_HEADER || memcmp(table, SHM_MAGIC, 8) != 0) {
+	if (table_len < XM_SHM_HEADER_SIZE ||
+	    memcmp(table + XM_SHM_OFF_MAGIC, XM_SHM_MAGIC, XM_SHM_MAGIC_SIZE) != 0) {
 		errno = EINVAL;
 		fail("bad-shm");
 	}
@@ -122,45 +119,14 @@ static uint32_t u32_at(size_t off)
  */
 static int getinfo_one(unsigned first, xc_domaininfo_t *info)
 {
-	uint32_t capacity = u32_at(OFF_CAPACITY);
-	const uint64_t *seqp = (const uint64_t *)(table + OFF_SEQ);
+	uint32_t capacity = u32_at(XM_SHM_OFF_CAPACITY);
+	long n;
 
-	if (SHM_HEADER + (size_t)capacity * RECORD > table_len)
-		capacity = (uint32_t)((table_len - SHM_HEADER) / RECORD);
-	for (;;) {
-		uint64_t s1 = __atomic_load_n(seqp, __ATOMIC_ACQUIRE), s2;
-		uint32_t count, lo, hi;
-		int got = 0;
-
-		if (s1 & 1) {
-			__builtin_ia32_pause();
-			continue;
-		}
-		count = u32_at(OFF_COUNT);
-		if (count > capacity)
-			count = capacity;
-		lo = 0;
-		hi = count;
-		while (lo < hi) {
-			uint32_t mid = lo + (hi - lo) / 2;
-			uint16_t d = __atomic_load_n(
-				(const uint16_t *)(table + SHM_HEADER + (size_t)mid * RECORD),
-				__ATOMIC_RELAXED);
-
-			if (d < first)
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		if (lo < count) {
-			memcpy(info, table + SHM_HEADER + (size_t)lo * RECORD, RECORD);
-			got = 1;
-		}
-		__atomic_thread_fence(__ATOMIC_ACQUIRE);
-		s2 = __atomic_load_n(seqp, __ATOMIC_RELAXED);
-		if (s1 == s2)
-			return got;
-	}
+	if (XM_SHM_OFF_RECORDS + (size_t)capacity * XM_RECORD_SIZE > table_len)
+		capacity = (uint32_t)((table_len - XM_SHM_OFF_RECORDS) / XM_RECORD_SIZE);
+	while ((n = xm_shm_try_copy(table, capacity, first, 1, (unsigned char *)info)) < 0)
+		xm_cpu_relax(); /* the sim is inside a change: it takes microseconds */
+	return (int)n;
 }
 
 int main(int argc, char **argv)

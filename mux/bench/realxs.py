@@ -1,8 +1,8 @@
-"""Debian's real C xenstored as the host's xenstored, under the test stand-in hypervisor.
+"""Debian's real C xenstored as the host's xenstored, under the hypervisor stand-in.
 
-The stand-in (`tests/xenstub/hvstub.so`, driven by `tests/realxen.py`, see docs/real-xen.md)
-lives in the source tree, not in the installed package, so this works from a checkout only:
-anywhere else the harness says why it measured the sim's xenstored alone.
+The stand-in (mux.realxen, see docs/real-xen.md) is support code shipped with the package, so
+this works from any installation that has Debian's xen-utils-4.17 and libxen-dev and a C
+compiler; without them the harness says why it measured the sim's xenstored alone.
 
 The simulated host keeps its domain table and sends each VIRQ_DOM_EXC to the real xenstored's
 event-channel socket (`xenmux sim --virq-socket`); the real xenstored reads the table through
@@ -13,49 +13,23 @@ real xenstored only.
 
 from __future__ import annotations
 
-import importlib
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import mux
-
-XENSTORED = Path("/usr/lib/xen-4.17/bin/xenstored")
+from mux.realxen import XENSTORED, RealXenError, StubLibs, XenstoredUnderStub, build_stubs
 
 
-def _tests_dir() -> Path | None:
-    candidates = [Path(mux.__file__).resolve().parent.parent / "tests", Path.cwd() / "tests"]
-    for d in candidates:
-        if (d / "realxen.py").exists() and (d / "xenstub" / "Makefile").exists():
-            return d
-    return None
-
-
-def factory(tmp_root: str):
+def factory(tmp_root: str) -> tuple[Callable[[str], RealXenstored] | None, str | None]:
     """(make(workdir) -> RealXenstored, None), or (None, why it cannot be measured)."""
     if not XENSTORED.exists():
         return None, f"{XENSTORED} is missing (Debian: apt-get install xen-utils-4.17)"
-    tests = _tests_dir()
-    if tests is None:
-        return None, (
-            "the stand-in fixture tests/realxen.py is not here: it lives in the source tree "
-            "(run from a checkout)"
-        )
-    sys.path.insert(0, str(tests))
     try:
-        realxen = importlib.import_module("realxen")
-    except ImportError as exc:
-        return None, f"tests/realxen.py cannot be imported ({exc}); pip install pytest"
-    finally:
-        sys.path.remove(str(tests))
-    try:
-        libs = realxen.build_stubs(Path(tmp_root) / "xenstub")
-    except BaseException as exc:  # pytest.fail raises an outcome, not an Exception
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        libs = build_stubs(Path(tmp_root) / "xenstub")
+    except RealXenError as exc:
         return None, f"building the stand-in failed: {exc}"
 
     def make(workdir: str) -> RealXenstored:
-        return RealXenstored(realxen, libs, workdir)
+        return RealXenstored(libs, workdir)
 
     return make, None
 
@@ -63,11 +37,14 @@ def factory(tmp_root: str):
 class RealXenstored:
     """One C xenstored under the stand-in, reading the simulated host's table."""
 
-    def __init__(self, realxen, libs, workdir: str) -> None:
-        self.realxen = realxen
+    def __init__(self, libs: StubLibs, workdir: str) -> None:
         self.dir = Path(workdir) / "cxs"
         self.dir.mkdir()
-        self.xsd = _Untraced(realxen)("xenstored", libs, self.dir, shm_path=Path("unset"))
+        # As a host runs it: without the trace of every message (-T), which would cost the
+        # daemon a write per watch event. Its table is the sim's, known once that is up.
+        self.xsd = XenstoredUnderStub(
+            "xenstored", libs, self.dir, shm_path=Path("unset"), trace=False
+        )
         self.virq_path = str(self.xsd.virq_path)
         self.socket_path = str(self.xsd.socket_path)
         self.pid: int | None = None
@@ -99,14 +76,3 @@ class RealXenstored:
             self.xsd.stop()
         finally:
             self.pid = None
-
-
-def _untraced_argv(self) -> list[str]:
-    # As a host runs it: in the foreground (-N), without the fixture's trace of every
-    # message (-T), which would cost the daemon a write per watch event.
-    return [str(XENSTORED), "-N"]
-
-
-def _Untraced(realxen):
-    cls = realxen.XenstoredUnderStub
-    return type("UntracedXenstored", (cls,), {"argv": _untraced_argv})

@@ -11,12 +11,12 @@ import errno
 import mmap
 import os
 
-from mux import _fast
 from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
 from mux.records import RECORD_SIZE
+from mux.sim import _simfast
 from mux.sim.paths import sim_paths
 
-_OFF_COUNT = 20
+_OFF_COUNT = _simfast.SHM_OFF_COUNT
 _SLACK = 256  # records of room the scan buffer keeps beyond the table's count
 
 
@@ -52,7 +52,7 @@ class SimBackend:
     def getinfolist(self, first: int, max_domains: int, out: bytearray, offset: int = 0) -> int:
         view = memoryview(out)[offset:]
         try:
-            return _fast.shm_getinfolist(self._shm, first, max_domains, view)
+            return _simfast.shm_getinfolist(self._shm, first, max_domains, view)
         finally:
             view.release()
 
@@ -80,7 +80,7 @@ class SimBackend:
 
     def change_stamp(self) -> int:
         """CLOCK_MONOTONIC ns of the sim's latest change (for latency measurements)."""
-        return _fast.shm_change_stamp(self._shm)
+        return _simfast.shm_change_stamp(self._shm)
 
     def close(self) -> None:
         self._shm.release()

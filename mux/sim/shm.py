@@ -1,10 +1,11 @@
 """The simulated hypervisor's domain table in shared memory (`DIR/domains.shm`).
 
-The layout is fixed by docs/internals.md: a 128-byte header, then `capacity` records of
-`xc_domaininfo_t` (112 bytes, see mux.records), the first `count` valid and sorted by domid.
-The host is the only writer. Every change happens inside a seqlock section: the sequence
-number at offset 24 is odd while the table is being written, and readers retry when it was
-odd or moved while they copied.
+The layout is declared once, in mux/sim/shm_layout.h (described in docs/internals.md); its
+numbers come from there through mux.sim._simfast. A header, then `capacity` records of
+`xc_domaininfo_t` (see mux.records), the first `count` valid and sorted by domid. The host
+is the only writer. Every change happens inside a seqlock section: the sequence number is
+odd while the table is being written, and readers retry when it was odd or moved while
+they copied.
 
 The file keeps its inode and size for the whole life of the sim, so a reader may map it once.
 """
@@ -16,34 +17,38 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from mux.records import DOMID_FIRST_RESERVED, RECORD_SIZE, DomainRecord, unpack_all
+from mux.sim._simfast import (
+    SHM_MAGIC,
+    SHM_OFF_CAPACITY,
+    SHM_OFF_CHANGE_STAMP,
+    SHM_OFF_CHANGES,
+    SHM_OFF_COUNT,
+    SHM_OFF_MAGIC,
+    SHM_OFF_RECORD_SIZE,
+    SHM_OFF_RECORDS,
+    SHM_OFF_SEQLOCK,
+    SHM_OFF_VERSION,
+    SHM_OFF_VIRQS,
+    SHM_VERSION,
+)
 
 SHM_NAME = "domains.shm"
-MAGIC = b"XMUXSHM1"
-LAYOUT_VERSION = 1
-HEADER_SIZE = 128
 
-OFF_MAGIC = 0
-OFF_VERSION = 8
-OFF_RECORD_SIZE = 12
-OFF_CAPACITY = 16
-OFF_COUNT = 20
-OFF_SEQ = 24
-OFF_STAMP = 32
-OFF_CHANGES = 40
-OFF_VIRQS = 48
+# The directory of shm_layout.h, for the C programs that read the table (compile with -I).
+LAYOUT_INCLUDE_DIR = Path(__file__).resolve().parent
 
 # Every valid domid (0 .. DOMID_FIRST_RESERVED-1) fits, which is more than 32,768 + dom0.
 CAPACITY = max(32768 + 1, DOMID_FIRST_RESERVED)
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_HEAD = struct.Struct("<8sIIII")  # magic, version, record size, capacity, count
 
 
 def file_size(capacity: int) -> int:
-    return HEADER_SIZE + capacity * RECORD_SIZE
+    return SHM_OFF_RECORDS + capacity * RECORD_SIZE
 
 
 class ShmTable:
@@ -74,7 +79,10 @@ class ShmTable:
         self._changes = 0
         self._virqs = 0
         self._open = False
-        _HEAD.pack_into(self._mm, 0, MAGIC, LAYOUT_VERSION, RECORD_SIZE, capacity, 0)
+        self._mm[SHM_OFF_MAGIC : SHM_OFF_MAGIC + len(SHM_MAGIC)] = SHM_MAGIC
+        _U32.pack_into(self._mm, SHM_OFF_VERSION, SHM_VERSION)
+        _U32.pack_into(self._mm, SHM_OFF_RECORD_SIZE, RECORD_SIZE)
+        _U32.pack_into(self._mm, SHM_OFF_CAPACITY, capacity)
 
     # seqlock ----------------------------------------------------------------------------
 
@@ -83,30 +91,30 @@ class ShmTable:
             raise RuntimeError("seqlock section already open")
         self._open = True
         self._seq += 1
-        _U64.pack_into(self._mm, OFF_SEQ, self._seq)
+        _U64.pack_into(self._mm, SHM_OFF_SEQLOCK, self._seq)
 
     def end(self, *, changed: bool = True, virq: bool = False) -> int:
         """Close the section; returns the CLOCK_MONOTONIC stamp written (0 if unchanged)."""
         if not self._open:
             raise RuntimeError("no seqlock section open")
         stamp = 0
-        _U32.pack_into(self._mm, OFF_COUNT, self._count)
+        _U32.pack_into(self._mm, SHM_OFF_COUNT, self._count)
         if changed:
             stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             self._changes += 1
-            _U64.pack_into(self._mm, OFF_STAMP, stamp)
-            _U64.pack_into(self._mm, OFF_CHANGES, self._changes)
+            _U64.pack_into(self._mm, SHM_OFF_CHANGE_STAMP, stamp)
+            _U64.pack_into(self._mm, SHM_OFF_CHANGES, self._changes)
         if virq:
             self.count_virq()
         self._seq += 1
-        _U64.pack_into(self._mm, OFF_SEQ, self._seq)
+        _U64.pack_into(self._mm, SHM_OFF_SEQLOCK, self._seq)
         self._open = False
         return stamp
 
     def count_virq(self) -> None:
         """Count one VIRQ_DOM_EXC (a counter readers may watch; not part of the records)."""
         self._virqs += 1
-        _U64.pack_into(self._mm, OFF_VIRQS, self._virqs)
+        _U64.pack_into(self._mm, SHM_OFF_VIRQS, self._virqs)
 
     # records (inside a section) ------------------------------------------------------------
 
@@ -121,14 +129,14 @@ class ShmTable:
     def put(self, index: int, record: DomainRecord) -> None:
         """Overwrite the record at `index` (< count)."""
         self._check()
-        record.pack_into(self._mm, HEADER_SIZE + index * RECORD_SIZE)
+        record.pack_into(self._mm, SHM_OFF_RECORDS + index * RECORD_SIZE)
 
     def insert(self, index: int, record: DomainRecord) -> None:
         """Insert a record at `index`, moving the ones behind it up by one."""
         self._check()
         if self._count >= self.capacity:
             raise OverflowError("the domain table is full")
-        start = HEADER_SIZE + index * RECORD_SIZE
+        start = SHM_OFF_RECORDS + index * RECORD_SIZE
         tail = (self._count - index) * RECORD_SIZE
         if tail:
             self._mm.move(start + RECORD_SIZE, start, tail)
@@ -138,12 +146,12 @@ class ShmTable:
     def remove(self, index: int) -> None:
         """Remove the record at `index`, moving the ones behind it down by one."""
         self._check()
-        start = HEADER_SIZE + index * RECORD_SIZE
+        start = SHM_OFF_RECORDS + index * RECORD_SIZE
         tail = (self._count - index - 1) * RECORD_SIZE
         if tail:
             self._mm.move(start, start + RECORD_SIZE, tail)
         self._count -= 1
-        end = HEADER_SIZE + self._count * RECORD_SIZE
+        end = SHM_OFF_RECORDS + self._count * RECORD_SIZE
         self._mm[end : end + RECORD_SIZE] = bytes(RECORD_SIZE)
 
     def rewrite(self, records: list[DomainRecord]) -> None:
@@ -152,9 +160,9 @@ class ShmTable:
         if len(records) > self.capacity:
             raise OverflowError("the domain table is full")
         packed = b"".join(r.pack() for r in records)
-        self._mm[HEADER_SIZE : HEADER_SIZE + len(packed)] = packed
-        old_end = HEADER_SIZE + self._count * RECORD_SIZE
-        new_end = HEADER_SIZE + len(packed)
+        self._mm[SHM_OFF_RECORDS : SHM_OFF_RECORDS + len(packed)] = packed
+        old_end = SHM_OFF_RECORDS + self._count * RECORD_SIZE
+        new_end = SHM_OFF_RECORDS + len(packed)
         if old_end > new_end:
             self._mm[new_end:old_end] = bytes(old_end - new_end)
         self._count = len(records)
@@ -197,10 +205,13 @@ class ShmReader:
             self._mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
-        magic, version, rsize, capacity, _count = _HEAD.unpack_from(self._mm, 0)
-        if magic != MAGIC or version != LAYOUT_VERSION or rsize != RECORD_SIZE:
+        magic = self._mm[SHM_OFF_MAGIC : SHM_OFF_MAGIC + len(SHM_MAGIC)]
+        version = _U32.unpack_from(self._mm, SHM_OFF_VERSION)[0]
+        rsize = _U32.unpack_from(self._mm, SHM_OFF_RECORD_SIZE)[0]
+        capacity = _U32.unpack_from(self._mm, SHM_OFF_CAPACITY)[0]
+        if magic != SHM_MAGIC or version != SHM_VERSION or rsize != RECORD_SIZE:
             self._mm.close()
-            raise ValueError(f"{path} is not a version {LAYOUT_VERSION} domain table")
+            raise ValueError(f"{path} is not a version {SHM_VERSION} domain table")
         if len(self._mm) < file_size(capacity):
             self._mm.close()
             raise ValueError(f"{path} is shorter than its capacity of {capacity} records")
@@ -210,12 +221,14 @@ class ShmReader:
         mm = self._mm
         deadline = time.monotonic() + timeout
         while True:
-            s1 = _U64.unpack_from(mm, OFF_SEQ)[0]
+            s1 = _U64.unpack_from(mm, SHM_OFF_SEQLOCK)[0]
             if not s1 & 1:
-                count = min(_U32.unpack_from(mm, OFF_COUNT)[0], self.capacity)
-                records = mm[HEADER_SIZE : HEADER_SIZE + count * RECORD_SIZE]
-                stamp, changes, virqs = struct.unpack_from("<QQQ", mm, OFF_STAMP)
-                if _U64.unpack_from(mm, OFF_SEQ)[0] == s1:
+                count = min(_U32.unpack_from(mm, SHM_OFF_COUNT)[0], self.capacity)
+                records = mm[SHM_OFF_RECORDS : SHM_OFF_RECORDS + count * RECORD_SIZE]
+                stamp = _U64.unpack_from(mm, SHM_OFF_CHANGE_STAMP)[0]
+                changes = _U64.unpack_from(mm, SHM_OFF_CHANGES)[0]
+                virqs = _U64.unpack_from(mm, SHM_OFF_VIRQS)[0]
+                if _U64.unpack_from(mm, SHM_OFF_SEQLOCK)[0] == s1:
                     return Snapshot(s1, count, records, stamp, changes, virqs)
             if time.monotonic() > deadline:
                 raise TimeoutError("the table's seqlock stayed busy")

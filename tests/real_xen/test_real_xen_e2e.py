@@ -35,9 +35,9 @@ import pytest
 import realxen
 import test_xenctrl_backend
 from daemonhelpers import quiet, take, until
-from realxen import OXENSTORED, XENSTORED, XenstoredUnderStub
 from simhelpers import REPO, SimHandle, sim_command
 
+from mux.realxen import OXENSTORED, XENSTORED, StubLibs, XenstoredUnderStub, private_dir
 from mux.sim.ctl import SimControlError
 
 # Fixtures of other modules, registered for this one.
@@ -47,21 +47,10 @@ serve_factory = test_xenctrl_backend.serve_factory
 REASONS = ["poweroff", "reboot", "suspend", "crash", "watchdog", "soft_reset"]
 
 
-class QuietXenstored(XenstoredUnderStub):
-    """The fixture's server without C xenstored's `-T` trace: that trace writes every
-    domain's write-rate-limit state on every poll round, which makes each request cost
-    milliseconds once a thousand domains are introduced."""
-
-    def argv(self) -> list[str]:
-        if self.kind == "xenstored":
-            return [str(XENSTORED), "-N"]
-        return super().argv()
-
-
 class RealHost:
     """A real xenstored under the stand-in hypervisor + `xenmux sim --external-xenstored`."""
 
-    def __init__(self, kind: str, libs: realxen.StubLibs, workdir: Path, domains: int) -> None:
+    def __init__(self, kind: str, libs: StubLibs, workdir: Path, domains: int) -> None:
         self.kind = kind
         self.libs = libs
         self.workdir = workdir
@@ -69,7 +58,10 @@ class RealHost:
         xsdir = workdir / "xs"
         simdir.mkdir()
         xsdir.mkdir()
-        self.xsd = QuietXenstored(kind, libs, xsdir, shm_path=simdir / "domains.shm")
+        # Without C xenstored's `-T` trace: with a thousand domains it makes each request slow.
+        self.xsd = XenstoredUnderStub(
+            kind, libs, xsdir, shm_path=simdir / "domains.shm", trace=False
+        )
         self.xsd.start()  # its table does not exist yet: it sees no domain until the sim starts
         self.sim = start_external_sim(simdir, domains, self.xsd)
 
@@ -148,7 +140,7 @@ def start_external_sim(directory: Path, domains: int, xsd: XenstoredUnderStub) -
 
 @contextlib.contextmanager
 def real_host(kind: str, libs, domains: int):
-    with realxen.private_dir() as d:
+    with private_dir() as d:
         host = RealHost(kind, libs, d, domains)
         try:
             yield host

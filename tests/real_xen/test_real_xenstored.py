@@ -1,9 +1,9 @@
 """Debian's real xenstored / oxenstored 4.17 under our hypervisor stand-in (docs/real-xen.md).
 
-These prove the fixture of tests/realxen.py: the real clients work against the real servers,
-@releaseDomain fires from our shared-memory table and VIRQ datagrams, and the two servers'
-firing rules are the ones DESIGN.md builds on. They also keep tests/data/
-xenstored_conformance.json (the servers' raw replies) true.
+These prove the stand-in (mux.realxen) and its fixtures (tests/realxen.py): the real clients
+work against the real servers, @releaseDomain fires from our shared-memory table and VIRQ
+datagrams, and the two servers' firing rules are the ones docs/architecture.md builds on.
+They also keep tests/data/xenstored_conformance.json (the servers' raw replies) true.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ from pathlib import Path
 
 import pytest
 import realxen
-from realxen import STEP_TIMEOUT, ShmTable, XenstoredUnderStub, XsConnection, dom0, guest, running
 from xsconformance import CONFORMANCE, run_steps
 
 from mux import records
+from mux.realxen import (
+    STEP_TIMEOUT,
+    ShmTable,
+    XenstoredUnderStub,
+    XsConnection,
+    dom0,
+    guest,
+    private_dir,
+    running,
+)
 from mux.records import DomainRecord
 
 # The fixtures of tests/realxen.py, registered for this module.
@@ -377,7 +386,7 @@ class XenctrlStub:
 @pytest.fixture
 def scratch():
     """A private directory removed after the test (pytest's tmp_path dirs are kept)."""
-    with realxen.private_dir() as d:
+    with private_dir() as d:
         yield d
 
 
@@ -450,7 +459,7 @@ def test_conformance_record(xenstub_libs, kind):
     if os.environ.get("XENMUX_RECORD_CONFORMANCE"):
         data = json.loads(CONFORMANCE.read_text()) if CONFORMANCE.exists() else {}
         data["about"] = (
-            "Raw replies of Debian bookworm's Xen 4.17 servers (run under tests/xenstub, see "
+            "Raw replies of Debian bookworm's Xen 4.17 servers (run under mux/realxen/xenstub, see "
             "docs/real-xen.md) to the requests of tests/xsconformance.py:STEPS, sent in order "
             "on one socket connection (dom0 privileges) after dom0 and guests 1-4 were "
             "set up and 1-3 introduced. Payloads are the bytes as latin-1 strings. "

@@ -4,8 +4,8 @@ on it (issue 5).
 Three libraries stand in for the hypervisor here, none of them Xen:
 - Debian's real `libxenctrl.so.4.17` (libxen-dev): it loads, its three functions resolve,
   and `xc_interface_open` fails because this machine has no /dev/xen/privcmd;
-- `libxenctrl_stub.so` (tests/xenstub): the same ABI, serving a domain table in shared memory
-  (the sim's `domains.shm` or a `realxen.ShmTable`), with failure injection;
+- `libxenctrl_stub.so` (mux/realxen/xenstub): the same ABI, serving a domain table in shared memory
+  (the sim's `domains.shm` or a `mux.realxen.ShmTable`), with failure injection;
 - `fakexc.so`, built below from FAKE_XC: a misbehaving libxenctrl (bad batches, slow calls,
   an open that fails with a chosen errno).
 """
@@ -25,13 +25,13 @@ from pathlib import Path
 import pytest
 import realxen
 from daemonhelpers import DaemonHandle, _accepts, brief, take, until
-from realxen import ShmTable, dom0, guest
 from simhelpers import REPO, sim_command
 
 from mux import _fast, records
 from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
 from mux.hypervisor import xenctrl as xenctrl_mod
 from mux.hypervisor.xenctrl import XenctrlBackend, candidate_libraries
+from mux.realxen import ShmTable, dom0, guest, private_dir
 
 xenstub_libs = realxen.xenstub_libs  # the session fixture, registered for this module
 
@@ -155,7 +155,7 @@ def system_libxenctrl() -> str:
 
 @pytest.fixture(scope="module")
 def fakexc():
-    with realxen.private_dir() as d:
+    with private_dir() as d:
         src = d / "fakexc.c"
         src.write_text(FAKE_XC)
         out = d / "fakexc.so"
@@ -179,7 +179,7 @@ def stub_copy(xenstub_libs, scratch):
 
 @pytest.fixture
 def scratch():
-    with realxen.private_dir() as d:
+    with private_dir() as d:
         yield d
 
 

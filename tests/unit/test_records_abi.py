@@ -1,16 +1,20 @@
-"""records.py against Debian's real xenctrl.h: sizes, offsets and constants must agree."""
+"""records.py against Debian's real xenctrl.h, and the C side's header against records.py:
+sizes, offsets and constants must agree."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from mux import records
+from mux import _fast, records
 
 HEADER = "/usr/include/xenctrl.h"
+RECORD_H = Path(__file__).resolve().parents[2] / "mux" / "fastcore" / "xm_record.h"
 
 PROGRAM = r"""
 #include <stddef.h>
@@ -126,3 +130,18 @@ def test_pack_places_fields_where_the_header_says(from_header):
     assert raw[from_header["off_handle"] :][:16] == handle
     assert int.from_bytes(raw[from_header["off_cpupool"] :][:4], "little") == 5
     assert records.DomainRecord.unpack_from(raw) == rec
+
+
+def test_c_record_header_is_records_py():
+    """Every number of mux/fastcore/xm_record.h is records.py's, and every one is in the list
+    the extensions' import guard walks (a number left out of it would go unchecked)."""
+    defines = {
+        name: int(value, 0)
+        for name, value in re.findall(
+            r"^#define XM_(\w+)[ \t]+(0x[0-9a-fA-F]+|\d+)\b", RECORD_H.read_text(), re.MULTILINE
+        )
+    }
+    assert len(defines) == 12
+    for name, value in defines.items():
+        assert getattr(records, name) == value, name
+    assert _fast._record_layout() == defines

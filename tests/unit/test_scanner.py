@@ -1,4 +1,5 @@
-"""The scanner's rules (DESIGN.md "Event model"), run on both twins: mux._fast and mux.reference."""
+"""The scanner's rules (docs/architecture.md, "Event model"), run on both twins: mux._fast
+and mux.reference."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import gc
 import json
 import mmap
 import random
-import struct
 import sys
-import threading
 import time
+import types
 import uuid
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mux import _fast, reference
+from mux import _fast, protocol, reference
+from mux.bench import _floor
 from mux.records import (
     DOMID_FIRST_RESERVED,
     DOMINF_BLOCKED,
@@ -572,83 +573,27 @@ def test_twins_frame_the_same_bytes(t, name, seq, domid, kind, reason, h):
 
 def test_c_constants_match_records():
     # _fast refuses to import on a mismatch; this is the proof it looks.
-    assert _fast.SHM_MAGIC == b"XMUXSHM1"
-    assert _fast._floor_scan(*batch(rec(1), rec(2))) != _fast._floor_scan(*batch(rec(1), rec(3)))
+    assert _fast._record_layout()["RECORD_SIZE"] == RECORD_SIZE
+    fake = types.SimpleNamespace(**{**_fast._record_layout(), "OFF_CPU_TIME": 64})
+    with pytest.raises(ImportError, match=r"built with OFF_CPU_TIME=56, mux/records\.py says 64"):
+        _fast._check_record_layout(fake)
+    del fake.OFF_CPU_TIME
+    with pytest.raises(ImportError, match=r"OFF_CPU_TIME=56, mux/records\.py says nothing"):
+        _fast._check_record_layout(fake)
+    # The floor loop (mux.bench._floor) reads the same fields through the same header.
+    assert _floor.floor_scan(*batch(rec(1), rec(2))) != _floor.floor_scan(*batch(rec(1), rec(3)))
     with pytest.raises(ValueError):
-        _fast._floor_scan(b"\0" * RECORD_SIZE, 2)
+        _floor.floor_scan(b"\0" * RECORD_SIZE, 2)
 
 
-# -- the sim's shared-memory table (mux._fast only) ----------------------------------------------
-
-HEADER = struct.Struct("<8sIIIIQQQQ")
-
-
-def make_shm(records, capacity=None, magic=b"XMUXSHM1", record_size=RECORD_SIZE, seq=0):
-    capacity = len(records) if capacity is None else capacity
-    buf = bytearray(128 + capacity * RECORD_SIZE)
-    HEADER.pack_into(buf, 0, magic, 1, record_size, capacity, len(records), seq, 123456789, 3, 2)
-    for i, r in enumerate(records):
-        r.pack_into(buf, 128 + i * RECORD_SIZE)
-    return buf
-
-
-def decode(out, n):
-    return [struct.unpack_from("<H", out, i * RECORD_SIZE)[0] for i in range(n)]
-
-
-def test_shm_getinfolist_semantics():
-    shm = make_shm([rec(d) for d in (0, 2, 5, 9)], capacity=6)
-    out = bytearray(4 * RECORD_SIZE)
-    assert _fast.shm_getinfolist(shm, 0, 4, out) == 4 and decode(out, 4) == [0, 2, 5, 9]
-    assert _fast.shm_getinfolist(shm, 3, 4, out) == 2 and decode(out, 2) == [5, 9]
-    assert _fast.shm_getinfolist(shm, 5, 1, out) == 1 and decode(out, 1) == [5]
-    assert _fast.shm_getinfolist(shm, 10, 4, out) == 0
-    assert _fast.shm_getinfolist(shm, 1 << 20, 4, out) == 0
-    assert _fast.shm_getinfolist(shm, 0, 0, out) == 0
-    assert bytes(out[:RECORD_SIZE]) == rec(5).pack()
-    assert _fast.shm_change_stamp(shm) == 123456789
-    # Straight into a scan.
-    n = _fast.shm_getinfolist(shm, 0, 4, out)
-    table = _fast.DomainTable()
-    assert summary(table.diff(out, n)) == [("new", d, None) for d in (0, 2, 5, 9)]
-
-
-@pytest.mark.parametrize(
-    ("shm", "out", "message"),
-    [
-        (make_shm([rec(1)], magic=b"NOTMUX!!"), bytearray(RECORD_SIZE), "magic"),
-        (make_shm([rec(1)], record_size=104), bytearray(RECORD_SIZE), "record size 104"),
-        (make_shm([rec(1)])[:100], bytearray(RECORD_SIZE), "too small"),
-        (make_shm([rec(1)], capacity=4)[:300], bytearray(RECORD_SIZE), "claims 4 records"),
-        (make_shm([rec(1)]), bytearray(RECORD_SIZE - 1), "out holds 111 bytes"),
-    ],
-)
-def test_shm_getinfolist_rejects(shm, out, message):
-    with pytest.raises(ValueError, match=message):
-        _fast.shm_getinfolist(shm, 0, 1, out)
-
-
-def test_shm_getinfolist_waits_for_the_writer():
-    shm = make_shm([rec(1), rec(2)], seq=7)  # odd: a change is under way
-    out = bytearray(2 * RECORD_SIZE)
-
-    def finish():
-        time.sleep(0.05)
-        rec(2, reason=SHUTDOWN_SUSPEND).pack_into(shm, 128 + RECORD_SIZE)
-        struct.pack_into("<Q", shm, 24, 8)
-
-    writer = threading.Thread(target=finish)
-    writer.start()
-    try:
-        start = time.monotonic()
-        assert _fast.shm_getinfolist(shm, 0, 2, out) == 2  # releases the GIL while it waits
-        assert time.monotonic() - start >= 0.04
-    finally:
-        writer.join()
-    assert bytes(out[RECORD_SIZE:]) == rec(2, reason=SHUTDOWN_SUSPEND).pack()
-
-
-def test_shm_getinfolist_gives_up_on_a_stuck_writer():
-    shm = make_shm([rec(1)], seq=1)
-    with pytest.raises(TimeoutError):
-        _fast.shm_getinfolist(shm, 0, 1, bytearray(RECORD_SIZE))
+def test_c_event_kinds_follow_the_protocol():
+    """Adding an event kind to mux.protocol without its C twin fails at import, by name."""
+    _fast._check_event_kinds(protocol.EVENT_KINDS)
+    with pytest.raises(ImportError, match="not in the C enum: migrated"):
+        _fast._check_event_kinds((*protocol.EVENT_KINDS, "migrated"))
+    swapped = ("new", "resumed", "shutdown", "death", "released")
+    with pytest.raises(ImportError, match=r"kind 1 is 'resumed' in mux\.protocol but 'shutdown'"):
+        _fast._check_event_kinds(swapped)
+    assert [_fast.Event(1, k, 1, uuid_of(1), None, NOW).kind for k in protocol.EVENT_KINDS] == list(
+        protocol.EVENT_KINDS
+    )

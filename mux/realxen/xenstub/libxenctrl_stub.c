@@ -1,6 +1,7 @@
 /*
  * libxenctrl_stub.so: a stand-in libxenctrl for xenmux's `xenctrl` backend
- * (`--xenctrl-lib PATH`), serving the simulated host's table. Test fixture only.
+ * (`--xenctrl-lib PATH`), serving the simulated host's table. Stand-in code (mux.realxen),
+ * for tests and the bench, never a real host.
  *
  *   xc_interface_open(NULL, NULL, 0)        -> a handle (never NULL)
  *   xc_domain_getinfolist(xch, first, max, buf)

@@ -1,6 +1,7 @@
 /*
  * hvstub.so: the hypervisor interfaces the real xenstored / oxenstored (Xen 4.17) call,
- * faked for a machine without Xen. Loaded with LD_PRELOAD; test fixture only.
+ * faked for a machine without Xen. Loaded with LD_PRELOAD; stand-in code (mux.realxen),
+ * for tests and the bench, never a real host.
  *
  *   xenctrl    xc_interface_open/close, xc_domain_getinfo (C xenstored),
  *              xc_domain_getinfolist (oxenstored), xc_get_last_error,

@@ -1,4 +1,4 @@
-/* Seqlocked reader of DIR/domains.shm. See shmtable.h and docs/internals.md. */
+/* Seqlocked reader of DIR/domains.shm. See shmtable.h and mux/sim/shm_layout.h. */
 #define _GNU_SOURCE
 #include "shmtable.h"
 
@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,13 @@
 #include <time.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(xc_domaininfo_t) == 112, "xc_domaininfo_t is not 112 bytes");
+/* The layout the table was written with is the one of this Xen's xenctrl.h. */
+_Static_assert(sizeof(xc_domaininfo_t) == XM_RECORD_SIZE, "xc_domaininfo_t is not XM_RECORD_SIZE");
+_Static_assert(offsetof(xc_domaininfo_t, domain) == XM_OFF_DOMAIN, "domain moved");
+_Static_assert(offsetof(xc_domaininfo_t, flags) == XM_OFF_FLAGS, "flags moved");
+_Static_assert(offsetof(xc_domaininfo_t, cpu_time) == XM_OFF_CPU_TIME, "cpu_time moved");
+_Static_assert(offsetof(xc_domaininfo_t, handle) == XM_OFF_HANDLE, "handle moved");
+_Static_assert(DOMID_FIRST_RESERVED == XM_DOMID_FIRST_RESERVED, "DOMID_FIRST_RESERVED moved");
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static const unsigned char *map;
@@ -60,7 +67,7 @@ static int remap(void)
 		munmap((void *)map, map_len);
 		map = NULL;
 	}
-	if ((size_t)st.st_size < SHM_HEADER) {
+	if ((size_t)st.st_size < XM_SHM_HEADER_SIZE) {
 		errno = EIO;
 		return -1;
 	}
@@ -83,67 +90,37 @@ static uint32_t u32_at(size_t off)
 	return __atomic_load_n((const uint32_t *)(map + off), __ATOMIC_RELAXED);
 }
 
-static uint64_t seq_now(void)
-{
-	return __atomic_load_n((const uint64_t *)(map + SHM_OFF_SEQ), __ATOMIC_ACQUIRE);
-}
-
-static uint16_t domid_at(uint32_t i)
-{
-	return __atomic_load_n((const uint16_t *)(map + SHM_HEADER + (size_t)i * 112),
-			       __ATOMIC_RELAXED);
-}
-
 static int copy_locked(uint32_t first, unsigned int max, xc_domaininfo_t *out)
 {
 	struct timespec start, now, nap = { 0, 50000 };
-	uint32_t capacity, count, lo, hi, n;
-	uint64_t s1, s2;
+	uint32_t capacity;
+	long n;
 
-	if (memcmp(map, SHM_MAGIC, 8) || u32_at(8) != SHM_VERSION || u32_at(12) != 112) {
-		stub_warn("%s is not a version %d table of 112-byte records", getenv(SHM_ENV),
-			  SHM_VERSION);
+	if (memcmp(map + XM_SHM_OFF_MAGIC, XM_SHM_MAGIC, XM_SHM_MAGIC_SIZE) ||
+	    u32_at(XM_SHM_OFF_VERSION) != XM_SHM_VERSION ||
+	    u32_at(XM_SHM_OFF_RECORD_SIZE) != XM_RECORD_SIZE) {
+		stub_warn("%s is not a version %d table of %d-byte records", getenv(SHM_ENV),
+			  XM_SHM_VERSION, XM_RECORD_SIZE);
 		errno = EIO;
 		return -1;
 	}
-	capacity = u32_at(16);
-	if (SHM_HEADER + (size_t)capacity * 112 > map_len) {
+	capacity = u32_at(XM_SHM_OFF_CAPACITY);
+	if (XM_SHM_OFF_RECORDS + (size_t)capacity * XM_RECORD_SIZE > map_len) {
 		errno = EIO;
 		return -1;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;) {
-		s1 = seq_now();
-		if (!(s1 & 1)) {
-			count = u32_at(20);
-			if (count > capacity)
-				count = capacity;
-			/* first record with domid >= first */
-			lo = 0;
-			hi = count;
-			while (lo < hi) {
-				uint32_t mid = lo + (hi - lo) / 2;
-				if (domid_at(mid) < first)
-					lo = mid + 1;
-				else
-					hi = mid;
-			}
-			n = count - lo;
-			if (n > max)
-				n = max;
-			memcpy(out, map + SHM_HEADER + (size_t)lo * 112, (size_t)n * 112);
-			__atomic_thread_fence(__ATOMIC_ACQUIRE);
-			s2 = seq_now();
-			if (s1 == s2)
-				return (int)n;
-		}
+		n = xm_shm_try_copy(map, capacity, first, max, (unsigned char *)out);
+		if (n >= 0)
+			return (int)n;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (now.tv_sec - start.tv_sec > 2) {
 			stub_warn("the table's seqlock stayed busy for 2 s");
 			errno = EAGAIN;
 			return -1;
 		}
-		if (s1 & 1)
+		if (n == XM_SHM_BUSY)
 			nanosleep(&nap, NULL);
 		else
 			sched_yield();

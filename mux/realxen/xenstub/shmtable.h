@@ -1,8 +1,10 @@
 /*
- * Reader of the simulated host's domain table (DIR/domains.shm, docs/internals.md).
+ * Reader of the simulated host's domain table (DIR/domains.shm, docs/internals.md), whose
+ * layout and seqlocked read come from mux/sim/shm_layout.h (compile with -I to mux/sim).
  *
- * Test fixture only. Both stand-ins (hvstub.so, libxenctrl_stub.so) serve the hypervisor's
- * domain list from this table, so they answer exactly what the simulated host holds.
+ * Stand-in code (tests and bench, never a real host). Both stand-ins (hvstub.so,
+ * libxenctrl_stub.so) serve the hypervisor's domain list from this table, so they answer
+ * exactly what the simulated host holds.
  */
 #ifndef XENMUX_SHMTABLE_H
 #define XENMUX_SHMTABLE_H
@@ -10,10 +12,7 @@
 #include <stdint.h>
 #include <xenctrl.h>
 
-#define SHM_MAGIC "XMUXSHM1"
-#define SHM_VERSION 1
-#define SHM_HEADER 128
-#define SHM_OFF_SEQ 24
+#include "shm_layout.h"
 
 /* The environment variable naming the table; both stand-ins read it. */
 #define SHM_ENV "XENMUX_STUB_SHM"

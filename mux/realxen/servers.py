@@ -1,0 +1,261 @@
+"""Debian's real Xen 4.17 xenstored and oxenstored, run unchanged on a machine without Xen
+under the LD_PRELOAD hypervisor stand-in (docs/real-xen.md).
+
+The domain list comes from a shared-memory table laid out as the simulated host's
+`DIR/domains.shm` (mux/sim/shm_layout.h), and VIRQ_DOM_EXC is one AF_UNIX datagram sent to
+the server's event channel socket. Every process is stopped by its PID; `running()` keeps
+everything in one private temporary directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from mux.realxen.errors import RealXenError
+from mux.realxen.stubs import StubLibs
+from mux.realxen.table import ShmTable, dom0
+from mux.realxen.xsconn import STEP_TIMEOUT, XsConnection
+from mux.records import DomainRecord
+
+XEN_BIN = Path("/usr/lib/xen-4.17/bin")
+XENSTORED = XEN_BIN / "xenstored"
+OXENSTORED = XEN_BIN / "oxenstored"
+
+
+def send_virq(path: Path | str) -> None:
+    """Raise VIRQ_DOM_EXC at a server under hvstub: one datagram, as `xenmux sim` sends it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"V", str(path))
+
+
+OXENSTORED_CONF = """\
+# oxenstored configuration (mux/realxen/servers.py); the rest are built-in defaults.
+pid-file = {rundir}/xenstored.pid
+xenstored-log-file = {rundir}/xenstored.log
+xenstored-log-level = debug
+persistent = false
+xenstored-kva = /proc/xen/xsd_kva
+xenstored-port = /proc/xen/xsd_port
+"""
+
+
+class XenstoredUnderStub:
+    """A real xenstored (kind "xenstored") or oxenstored (kind "oxenstored") under hvstub.
+
+    Files, all inside `workdir`: `domains.shm` (unless `shm_path` is given), `virq.sock`
+    (the server's event channel), `run/socket` (the xenstore socket), `run/` also holds
+    oxenstored's pid file, log and exit dump, and `stderr.log` the server's output.
+
+    `trace=False` runs the C xenstored as a host does, without `-T`: that trace writes every
+    domain's write-rate-limit state on every poll round, which makes each request cost
+    milliseconds once a thousand domains are introduced (and a write per watch event).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        libs: StubLibs,
+        workdir: Path,
+        domains: Iterable[DomainRecord] | None = None,
+        shm_path: Path | None = None,
+        trace: bool = True,
+    ) -> None:
+        if kind not in ("xenstored", "oxenstored"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.trace = trace
+        self.libs = libs
+        self.workdir = Path(workdir)
+        self.rundir = self.workdir / "run"
+        self.socket_path = self.rundir / "socket"
+        self.virq_path = self.workdir / "virq.sock"
+        self.stderr_path = self.workdir / "stderr.log"
+        self.table: ShmTable | None = None
+        if shm_path is None:
+            self.table = ShmTable(self.workdir / "domains.shm")
+            self.table.set_domains(domains if domains is not None else [dom0()])
+            self.shm_path = self.table.path
+        else:
+            self.shm_path = Path(shm_path)
+        self.proc: subprocess.Popen | None = None
+        self._conn: XsConnection | None = None
+
+    @property
+    def binary(self) -> Path:
+        return XENSTORED if self.kind == "xenstored" else OXENSTORED
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LD_PRELOAD": str(self.libs.hvstub),
+            "XENMUX_STUB_SHM": str(self.shm_path),
+            "XENMUX_STUB_VIRQ_SOCKET": str(self.virq_path),
+            "XENMUX_STUB_XSD_PORT": "1",
+        }
+        if self.kind == "xenstored":
+            env["XENSTORED_RUNDIR"] = str(self.rundir)
+        else:
+            env["XENMUX_STUB_REDIRECT"] = f"/var/run/xenstored={self.rundir}"
+        if os.environ.get("XENMUX_STUB_DEBUG"):
+            env["XENMUX_STUB_DEBUG"] = "1"
+        return env
+
+    def argv(self) -> list[str]:
+        if self.kind == "xenstored":
+            # -N foreground, -T trace of every request (read it when a test fails)
+            trace = ["-T", str(self.workdir / "trace.log")] if self.trace else []
+            return [str(XENSTORED), "-N", *trace]
+        conf = self.workdir / "oxenstored.conf"
+        conf.write_text(OXENSTORED_CONF.format(rundir=self.rundir))
+        return [str(OXENSTORED), "--no-fork", "--no-access-log", "--config-file", str(conf)]
+
+    def start(self) -> None:
+        if not self.binary.exists():
+            raise RealXenError(f"{self.binary} is missing: install xen-utils-4.17 (make test does)")
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                env=self.env(),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                # One round trip: only the main loop answers, and it runs after the
+                # event channel (and with it the VIRQ socket) is set up.
+                with XsConnection(self.socket_path, timeout=1.0) as c:
+                    c.sync()
+                break
+            except (FileNotFoundError, ConnectionRefusedError, TimeoutError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"{self.kind} did not answer in time:\n{self.log()}"
+                    ) from None
+                time.sleep(0.02)
+        if not self.virq_path.exists():
+            raise RuntimeError(f"{self.kind} did not open its event channel:\n{self.log()}")
+
+    def log(self) -> str:
+        parts = []
+        for p in (self.stderr_path, self.rundir / "xenstored.log"):
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {p.name}\n" + p.read_text(errors="replace")[-4000:])
+        return "\n".join(parts)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> int | None:
+        """SIGTERM by PID, SIGKILL after a grace period; returns the exit status."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=3)
+        return self.proc.returncode
+
+    # -- talking to it as a toolstack does
+    def connect(self) -> XsConnection:
+        return XsConnection(self.socket_path)
+
+    @property
+    def control(self) -> XsConnection:
+        """A connection kept for the toolstack's own requests (introduce, resume...)."""
+        if self._conn is None:
+            self._conn = self.connect()
+        return self._conn
+
+    def introduce(
+        self, domid: int, name: str | None = None, port: int | None = None, mfn: int | None = None
+    ) -> None:
+        """What libxl does for a new domain: its nodes (owned by it), then XS_INTRODUCE."""
+        c = self.control
+        base = f"/local/domain/{domid}"
+        tx = c.transaction_start()
+        c.mkdir(base, tx)
+        c.set_perms(base, f"n{domid}", "r0", tx=tx)
+        c.write(f"{base}/name", name or f"guest{domid}", tx)
+        c.write(f"{base}/domid", str(domid), tx)
+        c.transaction_end(tx)
+        c.introduce(
+            domid, mfn if mfn is not None else 0x10000 + domid, port if port is not None else 2
+        )
+
+    def raise_virq(self) -> None:
+        if self.table is not None:
+            self.table.count_virq()
+        send_virq(self.virq_path)
+
+    def shutdown_domain(self, domid: int, reason: int) -> None:
+        assert self.table is not None
+        self.table.shutdown(domid, reason)
+        self.raise_virq()
+
+    def kill_domain(self, domid: int) -> None:
+        """The domain reaches DOMDYING_dead (flag `dying`), as on `xl destroy`."""
+        assert self.table is not None
+        self.table.dying(domid)
+        self.raise_virq()
+
+    def close(self) -> None:
+        self.stop()
+        if self.table is not None:
+            self.table.close()
+
+
+@contextlib.contextmanager
+def private_dir() -> Iterator[Path]:
+    """A temporary directory under /tmp (short: socket paths max 107 bytes), removed after."""
+    d = Path(tempfile.mkdtemp(prefix="xenmux-realxen-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(
+    kind: str,
+    libs: StubLibs,
+    domains: Iterable[DomainRecord] | None = None,
+    introduce: Iterable[int] = (),
+) -> Iterator[XenstoredUnderStub]:
+    """Start a real server under the stub in a private directory; stop it and remove all."""
+    with private_dir() as d:
+        xsd = XenstoredUnderStub(kind, libs, d, domains)
+        try:
+            xsd.start()
+            for domid in introduce:
+                xsd.introduce(domid)
+            yield xsd
+        finally:
+            xsd.close()
