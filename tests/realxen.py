@@ -32,17 +32,14 @@ from mux.realxen import (
     RealXenError,
     StubLibs,
     XenstoredUnderStub,
-    XsConnection,
     dom0,
     guest,
     running,
 )
 
-# XsConnection is still taken from here by tests/sim/test_sim_conformance.py.
 __all__ = [
     "DEFAULT_GUESTS",
     "DEFAULT_INTRODUCED",
-    "XsConnection",
     "build_stubs",
     "c_xenstored",
     "oxenstored",

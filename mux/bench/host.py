@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import sys
 import time
 from dataclasses import dataclass
 
 from mux.bench.procs import ProcessSet
+from mux.sim._simfast import shm_change_stamp
 from mux.sim.ctl import SimControl, SimControlError
 from mux.sim.paths import sim_paths
-
-OFF_SEQ = 24
-OFF_STAMP = 32
-_Q = struct.Struct("<Q")
 
 
 class HostError(RuntimeError):
@@ -122,18 +118,12 @@ class SimHost:
             self._mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
+        self._view = memoryview(self._mm)
 
     def stamp(self) -> int:
-        """The CLOCK_MONOTONIC ns of the latest change, read under the seqlock."""
-        mm = self._mm
-        assert mm is not None
-        while True:
-            s1 = _Q.unpack_from(mm, OFF_SEQ)[0]
-            if s1 & 1:
-                continue
-            stamp = _Q.unpack_from(mm, OFF_STAMP)[0]
-            if _Q.unpack_from(mm, OFF_SEQ)[0] == s1:
-                return stamp
+        """The CLOCK_MONOTONIC ns of the latest change (one atomic 64-bit load)."""
+        assert self._mm is not None
+        return shm_change_stamp(self._view)
 
     def op(self, name: str, **fields) -> Op:
         assert self.ctl is not None
@@ -159,6 +149,7 @@ class SimHost:
             self.ctl.close()
             self.ctl = None
         if self._mm is not None:
+            self._view.release()
             self._mm.close()
             self._mm = None
         if self.pid is not None:

@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="serve no xenstored: send the toolstack's xenstore requests (domain nodes, "
         "XS_INTRODUCE, XS_RESUME, XS_RELEASE) to the xenstored socket at PATH, and VIRQs "
-        "only to the --virq-socket paths (a real xenstored under tests/xenstub's stand-in "
+        "only to the --virq-socket paths (a real xenstored under the stand-in of mux.realxen "
         "hypervisor, reading DIR/domains.shm)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for UUIDs and CPU times")

@@ -9,7 +9,7 @@ Start-up order (the socket's existence means ready):
 With `external_xenstored` (`xenmux sim --external-xenstored PATH`) the sim serves no
 xenstored of its own: the toolstack's xenstore side effects go over the wire to the
 xenstored at PATH (for instance Debian's real C xenstored or oxenstored running under
-tests/xenstub's stand-in hypervisor, reading this sim's DIR/domains.shm), and VIRQ_DOM_EXC
+the stand-in hypervisor of mux.realxen, reading this sim's DIR/domains.shm), and VIRQ_DOM_EXC
 reaches it only as the datagrams of `--virq-socket`. Ready is then the ready line, after
 DIR/control.sock is bound.
 """

@@ -19,9 +19,9 @@ import json
 
 import pytest
 import realxen
-from realxen import XsConnection
 from xsconformance import CONFORMANCE, run_steps
 
+from mux.realxen import XsConnection
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreClient
 
