@@ -149,7 +149,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {_fmt(created.get('p50_us'))} / {_fmt(created.get('p99_us'))} "
             f"| {scans} | {mem} | lost={row.get('lost')} | {_fmt(row.get('other_cpu_ms'))} |"
         )
-    lines += ["", "## Targets (DESIGN.md) at N = 1,000", ""]
+    lines += ["", "## Targets (docs/architecture.md) at N = 1,000", ""]
     lines += targets(rows)
     notes = meta.get("notes") or []
     if notes:
