@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from mux.cli import DEFAULT_SOCKET
+from mux.protocol import DEFAULT_SOCKET
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -17,8 +17,9 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
-from mux import PROTOCOL_VERSION, __version__
+from mux import __version__
 from mux.daemon.fanout import Fanout, kinds_mask
+from mux.protocol import PROTOCOL_VERSION
 from mux.records import DOMID_FIRST_RESERVED
 
 if TYPE_CHECKING:
