@@ -1,4 +1,7 @@
-"""The daemon: wires Watcher -> ScanLoop -> Fanout -> Server together and runs them."""
+"""The daemon: wires Watcher -> ScanLoop -> Fanout -> Server together and runs them.
+
+A backend with a feed of changed domids has it wired into the scan loop's targeted scans.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mux.daemon.fanout import Fanout
@@ -14,6 +18,7 @@ from mux.daemon.scanloop import ScanLoop
 from mux.daemon.server import ClientConnection, bind_socket
 from mux.daemon.stats import Stats
 from mux.daemon.watcher import Watcher
+from mux.hypervisor.base import Backend
 
 log = logging.getLogger("xenmux")
 
@@ -40,7 +45,7 @@ def _new_table():
 
 
 class Daemon:
-    def __init__(self, config: Config, backend, table=None) -> None:
+    def __init__(self, config: Config, backend: Backend, table=None) -> None:
         self.config = config
         self.backend = backend
         self.instance = secrets.token_hex(8)
@@ -66,6 +71,10 @@ class Daemon:
         self._sock_ino: int | None = None
         self._stopped = asyncio.Event()
 
+    def _domids_changed(self, domids: Iterable[int]) -> None:
+        for domid in domids:
+            self.scanloop.request_domid(domid, None)
+
     def stats_dict(self) -> dict:
         self.stats.frames_sent = self.fanout.frames_sent
         self.stats.events = self.fanout.events_by_kind()
@@ -86,6 +95,8 @@ class Daemon:
         """Watch first (so no firing is missed), scan, then open the socket: its existence
         means the table is complete (and that is the systemd readiness point)."""
         self.watcher.start()
+        if self.backend.capabilities.changed_feed:
+            self.backend.watch_changed(self._domids_changed)
         try:
             await asyncio.wait_for(self.watcher.connected.wait(), xenstore_wait)
         except TimeoutError:

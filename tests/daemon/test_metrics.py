@@ -52,6 +52,7 @@ from mux.daemon.stats import (
     Stats,
 )
 from mux.daemon.watcher import Watcher
+from mux.hypervisor import Capabilities
 from mux.records import SHUTDOWN_SUSPEND, DomainRecord, make_flags, pack_all
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreProtocol
@@ -402,17 +403,38 @@ def bare(cls: type) -> type:
 
 
 class MemoryBackend:
+    """A host of `n` domains whose records are `data`: a scan copies them into the
+    backend's own buffer, as the sim's seqlock read and the hypercall do."""
+
     name = "memory"
+    capabilities = Capabilities(full_scan=True, one_domain=True, changed_feed=False)
+    xenstore_path = None
+    state_dir = None
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.data = memoryview(b"")
+        self._buf = bytearray(0)
+        self._one = bytearray(0)
 
     def getinfolist(self, first: int, max_domains: int, out, offset: int = 0) -> int:
         k = max(0, min(max_domains, self.n - first))
         size = len(self.data) // self.n
         out[offset : offset + k * size] = self.data[first * size : (first + k) * size]
         return k
+
+    def scan_all(self) -> tuple[bytearray, int]:
+        if len(self._buf) != len(self.data):
+            self._buf = bytearray(len(self.data))
+        return self._buf, self.getinfolist(0, self.n, self._buf)
+
+    def query_one(self, domid: int) -> tuple[bytearray, int]:
+        if not self._one:
+            self._one = bytearray(len(self.data) // self.n)
+        return self._one, self.getinfolist(domid, 1, self._one)
+
+    def watch_changed(self, callback) -> None:
+        raise NotImplementedError
 
     def domain_count_hint(self) -> int:
         return self.n
