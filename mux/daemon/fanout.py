@@ -5,28 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-KIND_BITS = {"new": 1, "shutdown": 2, "resumed": 4, "death": 8, "released": 16}
-ALL_KINDS = 31
-
-
-def kinds_mask(kinds: Iterable[str] | None) -> int:
-    if kinds is None:
-        return ALL_KINDS
-    mask = 0
-    for k in kinds:
-        try:
-            mask |= KIND_BITS[k]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"unknown event kind {k!r}: use some of {', '.join(KIND_BITS)}"
-            ) from None
-    return mask
+from mux.protocol import KIND_BITS
 
 
 class Subscriber(Protocol):
     wild_mask: int
 
-    def send_frame(self, frame: bytes) -> None: ...
+    def send_frame(self, frame: bytes, seq: int) -> None:
+        """Queue one event's frame; `seq` is that event's (what an overflow frame reports)."""
+        ...
 
 
 class Fanout:
@@ -70,8 +57,9 @@ class Fanout:
         sub.wild_mask = 0
         self.wild.discard(sub)
 
-    def domid_count(self, sub: Subscriber) -> int:
-        return len(self.subscriptions.get(sub, ()))
+    def watched(self, sub: Subscriber) -> frozenset[int]:
+        """The domids `sub` watches by name (its wildcard is apart)."""
+        return frozenset(self.subscriptions.get(sub, ()))
 
     @property
     def subscriber_count(self) -> int:
@@ -91,21 +79,21 @@ class Fanout:
         for ev in events:
             bit = KIND_BITS[ev.kind]
             kind_counts[bit] += 1
-            frame = None
+            frame = seq = None
             targets = by_domid.get(ev.domid)
             if targets:
                 for sub, mask in tuple(targets.items()):
                     if (mask | sub.wild_mask) & bit:
                         if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame)
+                            frame, seq = ev.frame(), ev.seq
+                        sub.send_frame(frame, seq)
                         sent += 1
             if wild:
                 for sub in tuple(wild):
                     if sub.wild_mask & bit and not (targets and sub in targets):
                         if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame)
+                            frame, seq = ev.frame(), ev.seq
+                        sub.send_frame(frame, seq)
                         sent += 1
         self.frames_sent += sent
         return sent

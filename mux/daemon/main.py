@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    from mux.daemon.server import resolve_group
+    from mux.daemon.listener import resolve_group
     from mux.daemon.service import Config, Daemon
     from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
     from mux.xenstore.client import default_xenstore_path
