@@ -174,7 +174,7 @@ class NullSubscriber:
         self.fd = fd
         self.wild_mask = 0
 
-    def send_frame(self, frame: bytes, seq: int, _write=os.write) -> None:
+    def send_frame(self, frame: bytes, event, _write=os.write) -> None:
         _write(self.fd, frame)
 
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mux.daemon.fanout import Fanout
+from mux.daemon.fanout import Event, Fanout
 from mux.daemon.listener import peer_credentials, peer_groups
 from mux.daemon.stats import Stats
 from mux.protocol import ERR_LINE_TOO_LONG, ERR_TOO_MANY_CLIENTS, OVERFLOW
@@ -141,13 +141,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- writing -------------------------------------------------------------------------
 
-    def send_frame(self, frame: bytes, seq: int) -> None:
+    def send_frame(self, frame: bytes, event: Event) -> None:
         t = self.transport
         if self.closing or t is None:
             return
         t.write(frame)
         if t.get_write_buffer_size() > self.high_water:
-            self._overflow(seq)
+            self._overflow(event.seq)
 
     def _overflow(self, seq: int) -> None:
         """Cut off a subscriber that stopped reading, telling it the last seq it was due."""

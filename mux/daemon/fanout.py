@@ -8,11 +8,22 @@ from typing import Protocol
 from mux.protocol import KIND_BITS
 
 
+class Event(Protocol):
+    """What the fan-out reads of an event (mux._fast.Event, mux.reference.Event)."""
+
+    seq: int
+    kind: str
+    domid: int
+
+    def frame(self) -> bytes: ...
+
+
 class Subscriber(Protocol):
     wild_mask: int
 
-    def send_frame(self, frame: bytes, seq: int) -> None:
-        """Queue one event's frame; `seq` is that event's (what an overflow frame reports)."""
+    def send_frame(self, frame: bytes, event: Event) -> None:
+        """Queue `event`'s frame. The event comes along for what is rare: a subscriber cut
+        off reports its seq (reading it for every send would cost an int per event)."""
         ...
 
 
@@ -70,7 +81,7 @@ class Fanout:
         counts = self.kind_counts
         return {kind: counts[bit] for kind, bit in KIND_BITS.items()}
 
-    def publish(self, events: Sequence) -> int:
+    def publish(self, events: Sequence[Event]) -> int:
         """Send each event to every interested subscriber; returns frames written."""
         sent = 0
         wild = self.wild
@@ -79,21 +90,21 @@ class Fanout:
         for ev in events:
             bit = KIND_BITS[ev.kind]
             kind_counts[bit] += 1
-            frame = seq = None
+            frame = None
             targets = by_domid.get(ev.domid)
             if targets:
                 for sub, mask in tuple(targets.items()):
                     if (mask | sub.wild_mask) & bit:
                         if frame is None:
-                            frame, seq = ev.frame(), ev.seq
-                        sub.send_frame(frame, seq)
+                            frame = ev.frame()
+                        sub.send_frame(frame, ev)
                         sent += 1
             if wild:
                 for sub in tuple(wild):
                     if sub.wild_mask & bit and not (targets and sub in targets):
                         if frame is None:
-                            frame, seq = ev.frame(), ev.seq
-                        sub.send_frame(frame, seq)
+                            frame = ev.frame()
+                        sub.send_frame(frame, ev)
                         sent += 1
         self.frames_sent += sent
         return sent
