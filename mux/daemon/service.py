@@ -101,6 +101,8 @@ class Daemon:
         self.metrics: MetricsServer | None = None
 
     async def _read_name(self, domid: int) -> str | None:
+        # The watcher holds the xenstore connection but is built after the scan loop, whose
+        # request methods it takes: the scan loop's name reader looks it up when called.
         return await self.watcher.read_name(domid)
 
     def _domids_changed(self, domids: Iterable[int]) -> None:
