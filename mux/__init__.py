@@ -1,4 +1,3 @@
 """xen-watch-mux: one @releaseDomain watcher per Xen host, per-domid events to subscribers."""
 
 __version__ = "0.1.0"
-PROTOCOL_VERSION = 1

@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
+from mux.protocol import SOCKET_ENV, default_socket
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,15 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def default_socket() -> str:
-    return os.environ.get("XENMUX_SOCKET") or DEFAULT_SOCKET
-
-
 def add_socket_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--socket",
         default=default_socket(),
-        help="the daemon's socket (default: $XENMUX_SOCKET, else %(default)s)",
+        help=f"the daemon's socket (default: ${SOCKET_ENV}, else %(default)s)",
     )
 
 

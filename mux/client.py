@@ -18,20 +18,33 @@ import asyncio
 import collections
 import itertools
 import json
-import os
 import select
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 
-DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
+from mux.protocol import (
+    DEAD,
+    DEATH,
+    NEW,
+    OP_HELLO,
+    OP_LIST,
+    OP_PING,
+    OP_RESCAN,
+    OP_STATS,
+    OP_SUBSCRIBE,
+    OVERFLOW,
+    RELEASED,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    SOCKET_ENV,
+    default_socket,
+)
+
 MAX_REPLY = 64 * 1024 * 1024  # a `list` or a wildcard snapshot of 32,000 domains is large
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
-
-
-def default_socket() -> str:
-    return os.environ.get("XENMUX_SOCKET") or DEFAULT_SOCKET
 
 
 class XenmuxError(Exception):
@@ -70,10 +83,10 @@ class _Tracker:
         self.seq = 0
 
     def request(self) -> dict:
-        req = {"op": "subscribe", "domids": "*" if self.domids is None else self.domids}
+        req = {"op": OP_SUBSCRIBE, "domids": "*" if self.domids is None else self.domids}
         if self.kinds is not None:
             # death and new are always needed to keep `known` right; others are filtered here.
-            req["events"] = sorted(self.kinds | {"new", "death", "released"})
+            req["events"] = sorted(self.kinds | {NEW, DEATH, RELEASED})
         return req
 
     def first_snapshot(self, reply: dict) -> None:
@@ -97,26 +110,26 @@ class _Tracker:
             if row is not None and row["uuid"] == uuid:
                 if row["state"] == state:
                     continue
-                if row["state"] == "dead":
-                    ev("death", domid, uuid, **_reason_of(row))
-                elif row["state"] == "shutdown":
-                    ev("shutdown", domid, uuid, **_reason_of(row))
-                elif state == "shutdown":
-                    ev("resumed", domid, uuid)
+                if row["state"] == DEAD:
+                    ev(DEATH, domid, uuid, **_reason_of(row))
+                elif row["state"] == SHUTDOWN:
+                    ev(SHUTDOWN, domid, uuid, **_reason_of(row))
+                elif state == SHUTDOWN:
+                    ev(RESUMED, domid, uuid)
                 continue
             # Gone, or another incarnation: this one died while we were away.
-            if state != "dead":
-                ev("death", domid, uuid)
-            ev("released", domid, uuid)
+            if state != DEAD:
+                ev(DEATH, domid, uuid)
+            ev(RELEASED, domid, uuid)
         for domid, row in sorted(rows.items()):
             old = self.known.get(domid)
             if old is not None and old[0] == row["uuid"]:
                 continue
-            ev("new", domid, row["uuid"], **({"name": row["name"]} if row.get("name") else {}))
-            if row["state"] in ("shutdown", "dead") and row.get("reason"):
-                ev("shutdown", domid, row["uuid"], reason=row["reason"])
-            if row["state"] == "dead":
-                ev("death", domid, row["uuid"], **_reason_of(row))
+            ev(NEW, domid, row["uuid"], **({"name": row["name"]} if row.get("name") else {}))
+            if row["state"] in (SHUTDOWN, DEAD) and row.get("reason"):
+                ev(SHUTDOWN, domid, row["uuid"], reason=row["reason"])
+            if row["state"] == DEAD:
+                ev(DEATH, domid, row["uuid"], **_reason_of(row))
         self.known = {d: (r["uuid"], r["state"], r.get("reason")) for d, r in rows.items()}
         self.seq = reply["seq"]
         return [e for e in missed if self.wanted(e)]
@@ -124,15 +137,15 @@ class _Tracker:
     def track(self, event: dict) -> None:
         kind = event["event"]
         domid = event["domid"]
-        if kind == "new":
-            self.known[domid] = (event["uuid"], "running", None)
-        elif kind == "shutdown":
-            self.known[domid] = (event["uuid"], "shutdown", event.get("reason"))
-        elif kind == "resumed":
-            self.known[domid] = (event["uuid"], "running", None)
-        elif kind == "death":
-            self.known[domid] = (event["uuid"], "dead", event.get("reason"))
-        elif kind == "released":
+        if kind == NEW:
+            self.known[domid] = (event["uuid"], RUNNING, None)
+        elif kind == SHUTDOWN:
+            self.known[domid] = (event["uuid"], SHUTDOWN, event.get("reason"))
+        elif kind == RESUMED:
+            self.known[domid] = (event["uuid"], RUNNING, None)
+        elif kind == DEATH:
+            self.known[domid] = (event["uuid"], DEAD, event.get("reason"))
+        elif kind == RELEASED:
             self.known.pop(domid, None)
         self.seq = event.get("seq", self.seq)
 
@@ -157,7 +170,7 @@ class _LineSocket:
             self.sock.close()
             raise Unreachable(
                 f"cannot reach the xenmux daemon at {path} ({exc.strerror or exc}); "
-                "is `xenmux serve` running? (--socket or $XENMUX_SOCKET choose another)"
+                f"is `xenmux serve` running? (--socket or ${SOCKET_ENV} choose another)"
             ) from None
         self.buf = bytearray()
         self.ids = itertools.count(1)
@@ -216,19 +229,19 @@ class Client:
         return self.conn.call(op, **fields)
 
     def hello(self) -> dict:
-        return self.call("hello")
+        return self.call(OP_HELLO)
 
     def list(self) -> list[dict]:
-        return self.call("list")["domains"]
+        return self.call(OP_LIST)["domains"]
 
     def stats(self) -> dict:
-        return self.call("stats")["stats"]
+        return self.call(OP_STATS)["stats"]
 
     def rescan(self) -> dict:
-        return self.call("rescan")
+        return self.call(OP_RESCAN)
 
     def ping(self) -> None:
-        self.call("ping")
+        self.call(OP_PING)
 
     def close(self) -> None:
         self.conn.close()
@@ -274,7 +287,7 @@ class _SubscriptionCore:
         Raises _Resubscribe at an overflow frame."""
         while self._queue:
             event = self._queue.popleft()
-            if event.get("event") == "overflow":
+            if event.get("event") == OVERFLOW:
                 self._queue.clear()  # the daemon closes after it: nothing follows
                 raise _Resubscribe
             if not event.get("missed"):
@@ -311,8 +324,8 @@ class Subscription(_SubscriptionCore):
             conn = None
             try:
                 conn = _LineSocket(self.path, None)
-                hello = conn.call("hello")
-                reply = conn.call("subscribe", **_args(self.tracker.request()))
+                hello = conn.call(OP_HELLO)
+                reply = conn.call(OP_SUBSCRIBE, **_args(self.tracker.request()))
                 break
             except Unreachable:
                 if conn is not None:
@@ -407,8 +420,8 @@ class AsyncSubscription(_SubscriptionCore):
                 self.reader, self.writer = await asyncio.open_unix_connection(
                     self.path, limit=MAX_REPLY
                 )
-                hello = await self._call("hello")
-                reply = await self._call("subscribe", **_args(self.tracker.request()))
+                hello = await self._call(OP_HELLO)
+                reply = await self._call(OP_SUBSCRIBE, **_args(self.tracker.request()))
                 break
             except (OSError, Unreachable) as exc:
                 await self._drop()

@@ -20,8 +20,8 @@ import time
 
 from mux.client import Client, Subscription, Unreachable
 from mux.commands.output import clock
-
-KINDS = ("new", "shutdown", "resumed", "death", "released")
+from mux.protocol import EVENT_KINDS, TRIGGER_STARTUP
+from mux.sim.paths import sim_paths
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -98,14 +98,14 @@ class View:
         rates = collections.Counter(kind for _, kind in self.window)
         if self.plain:
             if force or int(now) % 5 == 0:
-                summary = "  ".join(f"{k} {rates[k] / 10:.1f}/s" for k in KINDS)
+                summary = "  ".join(f"{k} {rates[k] / 10:.1f}/s" for k in EVENT_KINDS)
                 print(f"-- rates: {summary}", flush=True)
             return
         out = ["\x1b[H\x1b[2J", "xen-watch-mux demo: Ctrl-C stops everything\n\n"]
         if stats:
             dom = stats["domains"]
             firings = sum(stats["firings"].values())
-            scans = sum(v for k, v in stats["scans"].items() if k != "startup")
+            scans = sum(v for k, v in stats["scans"].items() if k != TRIGGER_STARTUP)
             out.append(
                 f"domains: {dom.get('running', 0)} running, {dom.get('shutdown', 0)} shut down, "
                 f"{dom.get('dead', 0)} dead   subscribers: {stats['subscribers']}\n"
@@ -115,7 +115,7 @@ class View:
                 f"   firing->frame p99 {_fmt(stats['notify_seconds']['p99_le'])}\n\n"
             )
         out.append(f"{'event':<10}{'total':>8}{'per s (10 s)':>15}\n")
-        for k in KINDS:
+        for k in EVENT_KINDS:
             out.append(f"{k:<10}{self.totals[k]:>8}{rates[k] / 10:>15.1f}\n")
         out.append("\nlatest events\n")
         out.extend(self._line(ev) + "\n" for ev in self.recent)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             stderr=log,
             start_new_session=True,
         )
-        _wait_for(os.path.join(work, "xenstored.sock"), sim, "the simulated host")
+        _wait_for(sim_paths(work).xenstored, sim, "the simulated host")
         print("starting the daemon ...", flush=True)
         serve = subprocess.Popen(
             _xenmux(

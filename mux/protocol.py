@@ -1,22 +1,32 @@
 """The subscriber protocol's vocabulary, defined once: the project's own `xs_wire.h`.
 
 Every name that crosses the daemon's socket (event kinds, snapshot states, request ops,
-error codes), the default socket and the protocol version live here and are imported by
-the daemon, the client library, the commands, the scanner twins, the metrics and the demo.
+error codes, the scan triggers counted in `stats`), the default socket and the protocol
+version live here and are imported by the daemon, the client library, the commands, the
+scanner twins, the metrics and the demo.
 `mux._fast` checks its C enum of event kinds against `EVENT_KINDS` at import, as it checks
-its record layout against `mux.records`. docs/protocol.md documents each name; a test
-checks that it names every one of them, so a new name cannot go undocumented.
+its record layout against `mux.records`. docs/protocol.md documents each name (the scan
+triggers: docs/metrics.md); tests check that the docs name every one of them, so a new name
+cannot go undocumented.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 
 PROTOCOL_VERSION = 1
 SERVER_NAME = "xen-watch-mux"
 
 DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
 SOCKET_ENV = "XENMUX_SOCKET"  # what the commands and the client library read first
+
+
+def default_socket(environ: Mapping[str, str] | None = None) -> str:
+    """The daemon's socket as clients find it: `$XENMUX_SOCKET`, else DEFAULT_SOCKET."""
+    env = os.environ if environ is None else environ
+    return env.get(SOCKET_ENV) or DEFAULT_SOCKET
+
 
 # -- events ----------------------------------------------------------------------------------
 
@@ -60,6 +70,29 @@ OPS: tuple[str, ...] = (
     OP_RESCAN,
     OP_STATS,
     OP_PING,
+)
+
+# -- the `stats` reply ------------------------------------------------------------------------
+
+# What asked for a scan: the keys of `scans` in the `stats` reply and the `trigger` label of
+# xenmux_scans_total (docs/metrics.md says what each means).
+TRIGGER_WATCH = "watch"  # a firing of @releaseDomain or @introduceDomain
+TRIGGER_DEPTH = "depth"  # a firing naming a domid (Xen 4.22), or a backend's changed domid
+TRIGGER_POLL = "poll"  # something fires nothing: a domain shut down, a dead one not released
+TRIGGER_FULL = "full"  # the periodic safety scan, or the retry after a failed scan
+TRIGGER_RESCAN = "rescan"  # a client's `rescan` request
+TRIGGER_RECONNECT = "reconnect"  # xenstored came back: firings were missed
+TRIGGER_SUBSCRIBE = "subscribe"  # a subscriber named a domid the table lacks
+TRIGGER_STARTUP = "startup"  # the initial scan
+SCAN_TRIGGERS: tuple[str, ...] = (
+    TRIGGER_WATCH,
+    TRIGGER_DEPTH,
+    TRIGGER_POLL,
+    TRIGGER_FULL,
+    TRIGGER_RESCAN,
+    TRIGGER_RECONNECT,
+    TRIGGER_SUBSCRIBE,
+    TRIGGER_STARTUP,
 )
 
 # -- error codes -----------------------------------------------------------------------------

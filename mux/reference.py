@@ -2,9 +2,10 @@
 
 `DomainTable` keeps, per live domid, what the diff needs and turns each batch of
 `xc_domaininfo_t` records (as `xc_domain_getinfolist` returns them) into the events of the
-event model in DESIGN.md. `mux._fast` is its Cython twin: same API, same rules, same bytes
-out of `Event.frame()`. The tests run both and compare them step by step, so when the two
-disagree, this file is the one that says what is right.
+event model in docs/architecture.md, named as `mux.protocol` names them. `mux._fast` is its
+Cython twin: same API, same rules, same bytes out of `Event.frame()`. The tests run both and
+compare them step by step, so when the two disagree, this file is the one that says what is
+right.
 
 Written for clarity, not speed: records are decoded with `DomainRecord.unpack_from`, the
 table is a dict, and every batch is validated in full before anything changes.
@@ -17,6 +18,17 @@ import time as _time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mux.protocol import (
+    DEAD,
+    DEATH,
+    DOMAIN_STATES,
+    EVENT_KINDS,
+    NEW,
+    RELEASED,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+)
 from mux.records import (
     DOMID_FIRST_RESERVED,
     RECORD_SIZE,
@@ -25,19 +37,6 @@ from mux.records import (
     reason_name,
     uuid_str,
 )
-
-# Event kinds, in the order one domain's events can follow each other.
-NEW = "new"
-SHUTDOWN = "shutdown"
-RESUMED = "resumed"
-DEATH = "death"
-RELEASED = "released"
-KINDS = (NEW, SHUTDOWN, RESUMED, DEATH, RELEASED)
-
-# Snapshot states.
-RUNNING = "running"
-DEAD = "dead"
-STATES = (RUNNING, SHUTDOWN, DEAD)
 
 
 class Event:
@@ -55,7 +54,7 @@ class Event:
         time: float,
         name: str | None = None,
     ) -> None:
-        if kind not in KINDS:
+        if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         self.seq = seq
         self.kind = kind
@@ -169,7 +168,7 @@ class DomainTable:
         return sum(1 for e in self._doms.values() if e.state == SHUTDOWN)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
+        out = dict.fromkeys(DOMAIN_STATES, 0)
         for e in self._doms.values():
             out[e.state] += 1
         return out

@@ -8,6 +8,7 @@ import sys
 from mux.cli import add_socket_argument
 from mux.client import Client, Unreachable, XenmuxError
 from mux.commands.output import emit, fail, table
+from mux.protocol import TRIGGER_DEPTH, TRIGGER_WATCH
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     firings = sum(s["firings"].values())
     # Coalescing as the dashboard shows it: firings per scan that a firing caused.
-    scans = s["scans"].get("watch", 0) + s["scans"].get("depth", 0)
+    scans = s["scans"].get(TRIGGER_WATCH, 0) + s["scans"].get(TRIGGER_DEPTH, 0)
     rows = [
         ("uptime", f"{s['uptime_seconds']:.0f} s"),
         (

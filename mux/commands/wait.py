@@ -12,6 +12,7 @@ import time
 from mux.cli import add_socket_argument
 from mux.client import Subscription, Unreachable, XenmuxError
 from mux.commands.output import emit, fail
+from mux.protocol import DEAD, DEATH, RELEASED
 
 EXIT_BY_REASON = {
     "poweroff": 0,
@@ -31,8 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("domid", type=int, metavar="DOMID")
     p.add_argument(
         "--until",
-        choices=("death", "released"),
-        default="death",
+        choices=(DEATH, RELEASED),
+        default=DEATH,
         help="death (default), or released: the record finally left the hypervisor",
     )
     p.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds (exit 1)")
@@ -66,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
         row = sub.snapshot[0]
         uuid = row["uuid"]
         death: dict | None = None
-        if row["state"] == "dead":
+        if row["state"] == DEAD:
             death = {
-                "event": "death",
+                "event": DEATH,
                 "domid": args.domid,
                 "uuid": uuid,
                 **({"reason": row["reason"]} if row.get("reason") else {}),
             }
-            if args.until == "death":
+            if args.until == DEATH:
                 emit(death)
                 return exit_status(death)
         while True:
@@ -88,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             if ev["uuid"] != uuid:
                 continue  # a later incarnation on the same domid is not the one we wait for
-            if ev["event"] == "death":
+            if ev["event"] == DEATH:
                 death = ev
-                if args.until == "death":
+                if args.until == DEATH:
                     emit(ev)
                     return exit_status(ev)
-            elif ev["event"] == "released" and args.until == "released":
+            elif ev["event"] == RELEASED and args.until == RELEASED:
                 out = dict(death or ev)
                 out["released"] = True
                 emit(out)

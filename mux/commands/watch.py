@@ -8,8 +8,8 @@ import sys
 from mux.cli import add_socket_argument
 from mux.client import Subscription, Unreachable, XenmuxError
 from mux.commands.output import clock, emit, fail, table
+from mux.protocol import EVENT_KINDS
 
-KINDS = ("new", "shutdown", "resumed", "death", "released")
 PRETTY = ("TIME", "SEQ", "DOMID", "NAME", "EVENT", "REASON", "UUID")
 
 
@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     kinds = None
     if args.events:
         kinds = [k.strip() for k in args.events.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in KINDS]
+        bad = [k for k in kinds if k not in EVENT_KINDS]
         if bad:
-            return fail("watch", f"unknown event kind {bad[0]!r}: use {', '.join(KINDS)}", 2)
+            return fail("watch", f"unknown event kind {bad[0]!r}: use {', '.join(EVENT_KINDS)}", 2)
     try:
         sub = Subscription(
             args.domids or None, events=kinds, socket_path=args.socket, retry_timeout=args.timeout

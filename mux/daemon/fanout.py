@@ -5,28 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-KIND_BITS = {"new": 1, "shutdown": 2, "resumed": 4, "death": 8, "released": 16}
-ALL_KINDS = 31
+from mux.protocol import KIND_BITS
 
 
-def kinds_mask(kinds: Iterable[str] | None) -> int:
-    if kinds is None:
-        return ALL_KINDS
-    mask = 0
-    for k in kinds:
-        try:
-            mask |= KIND_BITS[k]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"unknown event kind {k!r}: use some of {', '.join(KIND_BITS)}"
-            ) from None
-    return mask
+class Event(Protocol):
+    """What the fan-out reads of an event (mux._fast.Event, mux.reference.Event)."""
+
+    seq: int
+    kind: str
+    domid: int
+
+    def frame(self) -> bytes: ...
 
 
 class Subscriber(Protocol):
     wild_mask: int
 
-    def send_frame(self, frame: bytes) -> None: ...
+    def send_frame(self, frame: bytes, event: Event) -> None:
+        """Queue `event`'s frame. The event comes along for what is rare: a subscriber cut
+        off reports its seq (reading it for every send would cost an int per event)."""
+        ...
 
 
 class Fanout:
@@ -70,8 +68,9 @@ class Fanout:
         sub.wild_mask = 0
         self.wild.discard(sub)
 
-    def domid_count(self, sub: Subscriber) -> int:
-        return len(self.subscriptions.get(sub, ()))
+    def watched(self, sub: Subscriber) -> frozenset[int]:
+        """The domids `sub` watches by name (its wildcard is apart)."""
+        return frozenset(self.subscriptions.get(sub, ()))
 
     @property
     def subscriber_count(self) -> int:
@@ -82,7 +81,7 @@ class Fanout:
         counts = self.kind_counts
         return {kind: counts[bit] for kind, bit in KIND_BITS.items()}
 
-    def publish(self, events: Sequence) -> int:
+    def publish(self, events: Sequence[Event]) -> int:
         """Send each event to every interested subscriber; returns frames written."""
         sent = 0
         wild = self.wild
@@ -98,14 +97,14 @@ class Fanout:
                     if (mask | sub.wild_mask) & bit:
                         if frame is None:
                             frame = ev.frame()
-                        sub.send_frame(frame)
+                        sub.send_frame(frame, ev)
                         sent += 1
             if wild:
                 for sub in tuple(wild):
                     if sub.wild_mask & bit and not (targets and sub in targets):
                         if frame is None:
                             frame = ev.frame()
-                        sub.send_frame(frame)
+                        sub.send_frame(frame, ev)
                         sent += 1
         self.frames_sent += sent
         return sent

@@ -8,13 +8,14 @@ import logging
 import signal
 import sys
 
-from mux.cli import DEFAULT_SOCKET
+from mux.hypervisor import backend_names
+from mux.protocol import DEFAULT_SOCKET
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
-        choices=("auto", "xenctrl", "sim"),
+        choices=("auto", *backend_names()),
         default="auto",
         help="where domain records come from (default: auto)",
     )
@@ -24,9 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--xenstore",
-        help="xenstored socket or device (default: the sim's "
-        "DIR/xenstored.sock, else $XENSTORED_PATH, else /var/run/xenstored/socket, "
-        "else /dev/xen/xenbus)",
+        help="xenstored socket or device (default: the backend's own, as a simulated host has; "
+        "else $XENSTORED_PATH, else /var/run/xenstored/socket, else /dev/xen/xenbus)",
     )
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="where to serve (default: %(default)s)")
     p.add_argument("--socket-group", help="group owning the socket (mode 0660)")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    from mux.daemon.server import resolve_group
+    from mux.daemon.listener import resolve_group
     from mux.daemon.service import Config, Daemon
     from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
     from mux.xenstore.client import default_xenstore_path
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         backend = open_backend(args.backend, sim_dir=args.sim_dir, xenctrl_lib=args.xenctrl_lib)
         config = Config(
             socket_path=args.socket,
-            xenstore_path=args.xenstore
-            or default_xenstore_path(args.sim_dir if backend.name == "sim" else None),
+            xenstore_path=args.xenstore or backend.xenstore_path or default_xenstore_path(),
             shutdown_poll=args.shutdown_poll,
             full_scan=args.full_scan,
             socket_gid=resolve_group(args.socket_group),
@@ -97,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_addr=args.metrics_addr,
             use_depth=not args.no_watch_depth,
         )
+        daemon = Daemon(config, backend)
     except (NotADom0Error, HypervisorError, ValueError) as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:
-        return runner(_serve(Daemon(config, backend)))
+        return runner(_serve(daemon))
     except OSError as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 
 The hot path only increments integers (stats.py); this collector turns them into metric
 families at scrape time in the exporter's thread, so recording costs no locks or objects.
+It knows nothing of the daemon's parts: it calls a function that returns a
+`DaemonSnapshot`, which the composition root (service.py) builds.
 Names follow Prometheus conventions: prefix `xenmux_`, base units (seconds), `_total` on
 counters, `_info` for the constant-1 description; every label value is present (at zero)
 from start-up, so `rate()` and `increase()` see the first event. docs/metrics.md lists them.
@@ -10,7 +12,7 @@ from start-up, so `rate()` and `increase()` see the first event. docs/metrics.md
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import (
@@ -21,25 +23,17 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from mux import __version__
-from mux.daemon.stats import (
-    CLIENT_ERROR_CODES,
-    DOMAIN_STATES,
-    EVENT_KINDS,
-    TRIGGERS,
-    WATCH_PATHS,
-)
-
-if TYPE_CHECKING:
-    from mux.daemon.service import Daemon
-    from mux.daemon.stats import Histogram
+from mux.daemon.stats import WATCH_PATHS, DaemonSnapshot, HistogramReading
+from mux.protocol import DOMAIN_STATES, ERROR_CODES, EVENT_KINDS, SCAN_TRIGGERS
 
 log = logging.getLogger("xenmux.metrics")
 
+Snapshot = Callable[[], DaemonSnapshot]
 
-def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
-    counts, total = h.snapshot()
-    buckets = [(floatToGoString(le), n) for le, n in h.cumulative(counts)]
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+def _histogram(name: str, doc: str, h: HistogramReading) -> HistogramMetricFamily:
+    buckets = [(floatToGoString(le), n) for le, n in h.cumulative()]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.sum)
 
 
 def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
@@ -66,21 +60,16 @@ def features_label(features: int | None) -> str:
 
 
 class DaemonCollector:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
 
     def describe(self):
         return []  # collected lazily; describing would scrape at registration
 
     def collect(self):
-        d = self.daemon
-        st = d.stats
-        # Copies first: the event loop goes on counting in its own thread.
-        firings = dict(st.firings)
-        scans = dict(st.scans)
-        events = d.fanout.events_by_kind()
-        client_errors = dict(st.client_errors)
-        states = d.table.counts()
+        # One copy first: the event loop goes on counting in its own thread.
+        d = self.snapshot()
+        st = d.counters
 
         info = GaugeMetricFamily(
             "xenmux_build_info",
@@ -90,10 +79,10 @@ class DaemonCollector:
         info.add_metric(
             [
                 __version__,
-                d.backend.name,
-                "true" if d.watcher.depth else "false",
-                features_label(d.watcher.features),
-                d.config.xenstore_path,
+                d.backend,
+                "true" if d.watch_depth else "false",
+                features_label(d.server_features),
+                d.xenstore_path,
             ],
             1,
         )
@@ -109,7 +98,7 @@ class DaemonCollector:
             "Firings of the special xenstore watches, by watch path.",
             labels=["path"],
         )
-        _by_label(family, WATCH_PATHS, firings)
+        _by_label(family, WATCH_PATHS, st.firings)
         yield family
 
         family = CounterMetricFamily(
@@ -118,7 +107,7 @@ class DaemonCollector:
             "scans of one named domid and their collapse into one full scan.",
             labels=["trigger"],
         )
-        _by_label(family, TRIGGERS, scans)
+        _by_label(family, SCAN_TRIGGERS, st.scans)
         yield family
         yield _counter(
             "xenmux_targeted_scans",
@@ -128,7 +117,7 @@ class DaemonCollector:
         yield _counter(
             "xenmux_scanned_domains",
             "Domain records walked by full scans.",
-            st.scan_domains,
+            st.scanned_domains,
         )
 
         yield _histogram(
@@ -152,7 +141,7 @@ class DaemonCollector:
             "Domains in the table by state (dead: dying, not yet released).",
             labels=["state"],
         )
-        _by_label(family, DOMAIN_STATES, states)
+        _by_label(family, DOMAIN_STATES, d.domains)
         yield family
 
         family = CounterMetricFamily(
@@ -160,18 +149,16 @@ class DaemonCollector:
             "Lifecycle events produced, by kind (each sent once to every interested subscriber).",
             labels=["event"],
         )
-        _by_label(family, EVENT_KINDS, events)
+        _by_label(family, EVENT_KINDS, d.events)
         yield family
         yield _counter(
             "xenmux_frames_sent",
             "Event frames queued to subscribers (one per event per recipient).",
-            d.fanout.frames_sent,
+            d.frames_sent,
         )
 
-        yield _gauge(
-            "xenmux_subscribers", "Connections with a subscription.", d.fanout.subscriber_count
-        )
-        yield _gauge("xenmux_clients", "Open client connections.", len(d.clients))
+        yield _gauge("xenmux_subscribers", "Connections with a subscription.", d.subscribers)
+        yield _gauge("xenmux_clients", "Open client connections.", d.clients)
         yield _counter(
             "xenmux_client_connections",
             "Client connections accepted (including those refused at --max-clients).",
@@ -187,7 +174,7 @@ class DaemonCollector:
             "Requests refused with an error, by error code (docs/protocol.md).",
             labels=["code"],
         )
-        _by_label(family, CLIENT_ERROR_CODES, client_errors)
+        _by_label(family, ERROR_CODES, st.client_errors)
         yield family
 
         yield _counter(
@@ -198,7 +185,7 @@ class DaemonCollector:
         yield _gauge(
             "xenmux_xenstore_connected",
             "1 while the daemon holds its watches on xenstored.",
-            1 if d.watcher.connected.is_set() else 0,
+            1 if d.xenstore_connected else 0,
         )
         yield _counter(
             "xenmux_hypercall_errors",
@@ -207,10 +194,10 @@ class DaemonCollector:
         )
 
 
-def make_registry(daemon: Daemon, *, process: bool = True) -> CollectorRegistry:
+def make_registry(snapshot: Snapshot, *, process: bool = True) -> CollectorRegistry:
     """The daemon's metrics, plus the standard process_* ones (CPU, memory, open fds)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(snapshot))
     if process:
         ProcessCollector(registry=registry)
     return registry
@@ -235,18 +222,18 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def start_metrics(addr: str, daemon: Daemon) -> MetricsServer:
+def start_metrics(addr: str, snapshot: Snapshot) -> MetricsServer:
+    """Serve /metrics on `addr` (HOST:PORT; port 0: any free one, see `.port`)."""
     host, port = parse_addr(addr)
-    registry = make_registry(daemon)
+    registry = make_registry(snapshot)
     server, thread = start_http_server(port, addr=host, registry=registry)
     port = server.server_address[1]
     log.info("metrics on http://%s:%d/metrics", host, port)
-    daemon.metrics_port = port
     return MetricsServer(server, thread, registry, port)
 
 
-def scrape_once(daemon: Daemon) -> bytes:
+def scrape_once(snapshot: Snapshot) -> bytes:
     """The exposition text, without HTTP (for `promtool check metrics` and tests)."""
     from prometheus_client import generate_latest
 
-    return generate_latest(make_registry(daemon))
+    return generate_latest(make_registry(snapshot))

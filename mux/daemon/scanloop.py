@@ -3,7 +3,12 @@
 Requests coalesce: while a scan runs (or waits for names), further requests only mark the
 table dirty, and one more scan follows. In Xen 4.22 depth mode a firing names a domid and
 asks for a targeted scan of it; when more targeted scans are pending than a full scan costs
-(both costs measured as we go), they collapse into one full scan.
+(both costs measured as we go), they collapse into one full scan. A backend with a feed of
+changed domids (`Capabilities.changed_feed`) asks for targeted scans the same way.
+
+The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
+snapshot and lets the subscriber register under the lock every scan holds, so no event
+falls between the two.
 """
 
 from __future__ import annotations
@@ -17,11 +22,25 @@ from collections.abc import Awaitable, Callable
 from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
-from mux.hypervisor import HypervisorError, ScanBuffer
+from mux.hypervisor.base import Backend, HypervisorError
+from mux.protocol import (
+    DEAD,
+    NEW,
+    TRIGGER_DEPTH,
+    TRIGGER_FULL,
+    TRIGGER_POLL,
+    TRIGGER_RECONNECT,
+    TRIGGER_RESCAN,
+    TRIGGER_STARTUP,
+    TRIGGER_SUBSCRIBE,
+    TRIGGER_WATCH,
+)
 
 log = logging.getLogger("xenmux.scan")
 
 NameReader = Callable[[int], Awaitable[str | None]]
+# Called with (snapshot rows, seq) while no scan can run: see ScanLoop.subscribe.
+OnSnapshot = Callable[[list[dict], int], None]
 
 
 class _Cost:
@@ -44,7 +63,7 @@ class ScanLoop:
     def __init__(
         self,
         table,
-        backend,
+        backend: Backend,
         fanout: Fanout,
         stats: Stats,
         *,
@@ -52,15 +71,19 @@ class ScanLoop:
         full_scan: float = 30.0,
         name_reader: NameReader | None = None,
     ) -> None:
+        if not backend.capabilities.full_scan:
+            raise ValueError(
+                f"backend {backend.name!r} cannot list every domain, and the daemon's scans "
+                "need that (Capabilities.full_scan)"
+            )
         self.table = table
         self.backend = backend
-        self.scanbuf = ScanBuffer(backend)
         self.fanout = fanout
         self.stats = stats
         self.shutdown_poll = shutdown_poll
         self.full_scan_interval = full_scan
         self.name_reader = name_reader
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._pending_full: str | None = None
         self._pending_domids: set[int] = set()
@@ -78,7 +101,14 @@ class ScanLoop:
     # -- requests ------------------------------------------------------------------------
 
     # When requests coalesce, the scan is counted under the most telling trigger.
-    _PRIORITY = {"reconnect": 5, "rescan": 4, "subscribe": 4, "watch": 3, "full": 2, "poll": 1}
+    _PRIORITY = {
+        TRIGGER_RECONNECT: 5,
+        TRIGGER_RESCAN: 4,
+        TRIGGER_SUBSCRIBE: 4,
+        TRIGGER_WATCH: 3,
+        TRIGGER_FULL: 2,
+        TRIGGER_POLL: 1,
+    }
 
     def request_full(self, trigger: str, fired_at: float | None = None) -> None:
         pending = self._pending_full
@@ -94,21 +124,35 @@ class ScanLoop:
             self._fired_at = fired_at
         self._wake.set()
 
-    async def rescan(self, trigger: str = "rescan") -> int:
+    async def rescan(self, trigger: str = TRIGGER_RESCAN) -> int:
         """A full scan that starts after this call; returns how many events it produced."""
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self.request_full(trigger)
         return await fut
 
+    async def subscribe(self, domids: list[int] | None, on_snapshot: OnSnapshot) -> None:
+        """Call `on_snapshot(rows, seq)` with the table's rows for `domids` (None: all) and
+        the seq of the last event published, under the lock every scan holds: whatever
+        `on_snapshot` registers and writes comes before any event after `seq`.
+
+        Creation fires nothing, so requested domids the table lacks are first asked of the
+        hypervisor (and announced if found) before the snapshot calls them absent."""
+        async with self._lock:
+            if domids is not None:
+                unknown = {d for d in domids if d not in self.table}
+                if unknown:
+                    await self._publish(self._targeted(unknown, TRIGGER_SUBSCRIBE), None)
+            on_snapshot(self.table.snapshot(domids), self.table.seq)
+
     # -- life cycle ----------------------------------------------------------------------
 
     def prime(self) -> None:
         """The initial load: the table is filled, subscribers will get it as a snapshot."""
         t0 = time.perf_counter()
-        buf, n = self.scanbuf.scan_all()
+        buf, n = self.backend.scan_all()
         self.table.prime(buf, n)
-        self.stats.scans["startup"] += 1
+        self.stats.scans[TRIGGER_STARTUP] += 1
         self.stats.scan_seconds.observe(time.perf_counter() - t0)
         log.info("initial scan: %d domains", n)
 
@@ -147,20 +191,20 @@ class ScanLoop:
                 # A bug must not stop the daemon from watching; the safety scan will catch up.
                 log.exception("scan failed")
                 await asyncio.sleep(self.RETRY_MIN)
-                self.request_full("full")
+                self.request_full(TRIGGER_FULL)
 
     # -- the scan itself -----------------------------------------------------------------
 
     async def scan_pending(self) -> None:
-        async with self.lock:
+        async with self._lock:
             trigger = self._pending_full
             domids = self._pending_domids
             fired_at = self._fired_at
             waiters = self._waiters
             if trigger is None and not domids:
                 return
-            if trigger is None and len(domids) * self.one_cost.value > self.full_cost.value:
-                trigger = "depth"  # too many targeted scans pending: one full scan is cheaper
+            if trigger is None and self._cheaper_in_full(len(domids)):
+                trigger = TRIGGER_DEPTH
             if trigger is not None:
                 # A failing hypercall raises before the table changed, with every request
                 # still pending, so the retry serves them.
@@ -175,6 +219,14 @@ class ScanLoop:
                     w.set_result(len(events))
         self._arm_poll()
 
+    def _cheaper_in_full(self, pending: int) -> bool:
+        """Whether one full scan costs less than `pending` targeted scans, as measured.
+
+        Never for one domid: a full scan reads that domain too. At a few domains both costs
+        are mostly call overhead (the sim's one-domid query measures above its full copy
+        of 9 records), so their noise would decide, and a firing would cost a full scan."""
+        return pending > 1 and pending * self.one_cost.value > self.full_cost.value
+
     def _take_pending(self) -> None:
         """From here on, new requests are for the next scan."""
         self._pending_full = None
@@ -184,7 +236,7 @@ class ScanLoop:
 
     def _full(self, trigger: str) -> list:
         t0 = time.perf_counter()
-        buf, n = self.scanbuf.scan_all()
+        buf, n = self.backend.scan_all()
         t1 = time.perf_counter()
         events = self.table.diff(buf, n, time.time())
         t2 = time.perf_counter()
@@ -196,7 +248,7 @@ class ScanLoop:
         st.scan_seconds.observe(t2 - t0)
         return events
 
-    def _targeted(self, domids: set[int], trigger: str = "depth") -> list:
+    def _targeted(self, domids: set[int], trigger: str = TRIGGER_DEPTH) -> list:
         events: list = []
         for domid in sorted(domids):
             try:
@@ -205,14 +257,15 @@ class ScanLoop:
                 # The events already diffed must still go out; a full scan catches up.
                 self.stats.hypercall_errors += 1
                 log.error("targeted domain-info query of %d failed (%s)", domid, exc)
-                self.request_full("depth")
+                self.request_full(TRIGGER_DEPTH)
                 break
         return events
 
-    def probe(self, domid: int, trigger: str = "depth") -> list:
-        """A targeted scan of one domid (its events are returned, not published)."""
+    def probe(self, domid: int, trigger: str = TRIGGER_DEPTH) -> list:
+        """A targeted scan of one domid (its events are returned, not published). Without
+        the backend's `one_domain` the record may be the next domid's: diff_one checks."""
         t0 = time.perf_counter()
-        buf, n = self.scanbuf.scan_one(domid)
+        buf, n = self.backend.query_one(domid)
         t1 = time.perf_counter()
         events = self.table.diff_one(domid, buf, n, time.time())
         t2 = time.perf_counter()
@@ -224,15 +277,10 @@ class ScanLoop:
         st.scan_seconds.observe(t2 - t0)
         return events
 
-    async def probe_and_publish(self, domids: set[int], trigger: str) -> None:
-        """Targeted scans of `domids`, their events sent; the caller holds `lock`.
-        A failing query is counted and leaves a full scan requested, as for firings."""
-        await self._publish(self._targeted(domids, trigger), None)
-
     async def _publish(self, events: list, fired_at: float | None) -> None:
         if not events:
             return
-        news = [ev for ev in events if ev.kind == "new"]
+        news = [ev for ev in events if ev.kind == NEW]
         if news and self.name_reader is not None:
             await self.fill_names(news)
         self.fanout.publish(events)  # which counts them by kind (Fanout.events_by_kind)
@@ -271,7 +319,7 @@ class ScanLoop:
         """
         if self._poll_handle is not None or self.shutdown_poll <= 0:
             return
-        n_dead = self.table.counts()["dead"]
+        n_dead = self.table.counts()[DEAD]
         if self.table.n_shutdown:
             delay = self.shutdown_poll
         elif n_dead:
@@ -288,8 +336,8 @@ class ScanLoop:
 
         def fire() -> None:
             self._poll_handle = None
-            if self.table.n_shutdown or self.table.counts()["dead"]:
-                self.request_full("poll")
+            if self.table.n_shutdown or self.table.counts()[DEAD]:
+                self.request_full(TRIGGER_POLL)
             else:
                 self._arm_poll()
 
@@ -300,7 +348,7 @@ class ScanLoop:
             return
 
         def fire() -> None:
-            self.request_full("full")
+            self.request_full(TRIGGER_FULL)
             self._arm_full_scan()
 
         self._full_handle = asyncio.get_running_loop().call_later(self.full_scan_interval, fire)

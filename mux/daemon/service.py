@@ -1,19 +1,32 @@
-"""The daemon: wires Watcher -> ScanLoop -> Fanout -> Server together and runs them."""
+"""The daemon's composition root: the one module that knows every part and wires them.
+
+Watcher -> ScanLoop -> Fanout -> connections, each given the collaborators it works with
+and nothing more: the watcher the scan loop's two request methods, the scan loop a name
+reader, the connections a `ConnectionContext` and the requests a `RequestContext`, the
+metrics a function returning a `DaemonSnapshot`. A backend with a feed of changed domids
+has it wired into the scan loop's targeted scans.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mux.daemon.connection import ClientConnection, ConnectionContext
 from mux.daemon.fanout import Fanout
+from mux.daemon.listener import Listener
+from mux.daemon.metrics import MetricsServer, start_metrics
+from mux.daemon.requests import RequestContext, handle_line
 from mux.daemon.scanloop import ScanLoop
-from mux.daemon.server import ClientConnection, bind_socket
-from mux.daemon.stats import Stats
+from mux.daemon.stats import DaemonSnapshot, Stats
 from mux.daemon.watcher import Watcher
+from mux.hypervisor.base import Backend
 
 log = logging.getLogger("xenmux")
 
@@ -40,7 +53,7 @@ def _new_table():
 
 
 class Daemon:
-    def __init__(self, config: Config, backend, table=None) -> None:
+    def __init__(self, config: Config, backend: Backend, table=None) -> None:
         self.config = config
         self.backend = backend
         self.instance = secrets.token_hex(8)
@@ -55,37 +68,72 @@ class Daemon:
             self.stats,
             shutdown_poll=config.shutdown_poll,
             full_scan=config.full_scan,
+            name_reader=self._read_name,
         )
         self.watcher = Watcher(
-            config.xenstore_path, self.scanloop, self.stats, use_depth=config.use_depth
+            config.xenstore_path,
+            self.stats,
+            request_full=self.scanloop.request_full,
+            request_domid=self.scanloop.request_domid,
+            use_depth=config.use_depth,
         )
-        self.scanloop.name_reader = self.watcher.read_name
-        self.server: asyncio.AbstractServer | None = None
-        self.metrics = None
-        self.metrics_port: int | None = None
-        self._sock_ino: int | None = None
-        self._stopped = asyncio.Event()
+        requests = RequestContext(
+            instance=self.instance,
+            backend_name=backend.name,
+            table=self.table,
+            scanloop=self.scanloop,
+            fanout=self.fanout,
+            stats=self.stats,
+            features=lambda: self.watcher.feature_dict,
+            snapshot=self.snapshot,
+            max_subscriptions=config.max_subscriptions,
+        )
+        self.connections = ConnectionContext(
+            stats=self.stats,
+            fanout=self.fanout,
+            clients=self.clients,
+            handle_line=functools.partial(handle_line, requests),
+            max_clients=config.max_clients,
+            high_water=config.high_water,
+            allow_rescan_gid=config.allow_rescan_gid,
+        )
+        self.listener = Listener(config.socket_path, config.socket_gid)
+        self.metrics: MetricsServer | None = None
 
-    def stats_dict(self) -> dict:
-        self.stats.frames_sent = self.fanout.frames_sent
-        self.stats.events = self.fanout.events_by_kind()
-        d = self.stats.as_dict(
-            subscribers=self.fanout.subscriber_count, domains=self.table.counts()
+    async def _read_name(self, domid: int) -> str | None:
+        # The watcher holds the xenstore connection but is built after the scan loop, whose
+        # request methods it takes: the scan loop's name reader looks it up when called.
+        return await self.watcher.read_name(domid)
+
+    def _domids_changed(self, domids: Iterable[int]) -> None:
+        for domid in domids:
+            self.scanloop.request_domid(domid, None)
+
+    def snapshot(self) -> DaemonSnapshot:
+        """Everything `stats` and /metrics report, copied now (any thread)."""
+        return DaemonSnapshot(
+            counters=self.stats.read(),
+            events=self.fanout.events_by_kind(),
+            frames_sent=self.fanout.frames_sent,
+            subscribers=self.fanout.subscriber_count,
+            clients=len(self.clients),
+            domains=self.table.counts(),
+            backend=self.backend.name,
+            xenstore_path=self.config.xenstore_path,
+            xenstore_connected=self.watcher.connected.is_set(),
+            watch_depth=self.watcher.depth,
+            server_features=self.watcher.features,
+            instance=self.instance,
+            seq=self.table.seq,
+            metrics_port=self.metrics.port if self.metrics is not None else None,
         )
-        d["clients"] = len(self.clients)
-        d["backend"] = self.backend.name
-        d["xenstored"] = self.config.xenstore_path
-        d["xenstore_connected"] = self.watcher.connected.is_set()
-        d["features"] = self.watcher.feature_dict
-        d["instance"] = self.instance
-        d["seq"] = self.table.seq
-        d["metrics_port"] = self.metrics_port
-        return d
 
     async def start(self, *, xenstore_wait: float = 5.0) -> None:
         """Watch first (so no firing is missed), scan, then open the socket: its existence
         means the table is complete (and that is the systemd readiness point)."""
         self.watcher.start()
+        if self.backend.capabilities.changed_feed:
+            self.backend.watch_changed(self._domids_changed)
         try:
             await asyncio.wait_for(self.watcher.connected.wait(), xenstore_wait)
         except TimeoutError:
@@ -97,16 +145,9 @@ class Daemon:
         self.scanloop.prime()
         await self._load_names()
         if self.config.metrics_addr:
-            from mux.daemon.metrics import start_metrics
-
-            self.metrics = start_metrics(self.config.metrics_addr, self)
+            self.metrics = start_metrics(self.config.metrics_addr, self.snapshot)
         self.scanloop.start()
-        loop = asyncio.get_running_loop()
-        sock = bind_socket(self.config.socket_path, self.config.socket_gid)
-        self._sock_ino = os.stat(self.config.socket_path).st_ino
-        self.server = await loop.create_unix_server(
-            lambda: ClientConnection(self), sock=sock, backlog=1024
-        )
+        await self.listener.open(lambda: ClientConnection(self.connections))
         log.info(
             "serving %d domains on %s (backend %s, instance %s)",
             len(self.table),
@@ -129,25 +170,14 @@ class Daemon:
             self.table.set_name(domid, name)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        self.listener.close()
         for c in list(self.clients):
             c.close()
         await self.scanloop.stop()
         await self.watcher.stop()
         if self.metrics is not None:
             self.metrics.close()
-        self._unlink_socket()
         self.backend.close()
-        self._stopped.set()
-
-    def _unlink_socket(self) -> None:
-        # Only our own socket: a newer daemon may have replaced it.
-        try:
-            if os.stat(self.config.socket_path).st_ino == self._sock_ino:
-                os.unlink(self.config.socket_path)
-        except OSError:
-            pass
 
 
 def sd_notify(message: str) -> None:

@@ -2,10 +2,11 @@
 
 Recording takes no lock and runs no Python function: a counter is one integer addition, a
 histogram observation one deque append (sorted into buckets later, see `Histogram`). The
-Prometheus collector (metrics.py) turns these numbers into metric families only when it is
-scraped, in the exporter's thread, while the event loop goes on counting: readers copy
-first and never assume two numbers were taken at the same instant. What recording costs
-the hot path is measured in docs/metrics.md.
+daemon copies them into a `DaemonSnapshot` for the `stats` reply and for the Prometheus
+collector (metrics.py), which builds its metric families only when it is scraped, in the
+exporter's thread, while the event loop goes on counting: a snapshot copies first and never
+assumes two numbers were taken at the same instant. What recording costs the hot path is
+measured by bench/bench_recording.py (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -16,23 +17,13 @@ import weakref
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-# Label values, all exported at zero from start-up (docs/metrics.md says what each means).
-TRIGGERS = ("watch", "depth", "poll", "full", "rescan", "reconnect", "subscribe", "startup")
-EVENT_KINDS = ("new", "shutdown", "resumed", "death", "released")
-CLIENT_ERROR_CODES = (
-    "bad-json",
-    "line-too-long",
-    "unknown-op",
-    "bad-request",
-    "bad-domid",
-    "too-many-subscriptions",
-    "permission-denied",
-    "too-many-clients",
-    "busy",
-)
-WATCH_PATHS = ("@releaseDomain", "@introduceDomain")
-DOMAIN_STATES = ("running", "shutdown", "dead")
+from mux.protocol import ERROR_CODES, SCAN_TRIGGERS
+from mux.xenstore import wire
+
+# The watches whose firings are counted, by path (the `path` label of the firings).
+WATCH_PATHS = (wire.SPECIAL_RELEASE, wire.SPECIAL_INTRODUCE)
 
 # Seconds; fit for a targeted hypercall (a microsecond), a scan of 1000 domains (tens of
 # microseconds), 32,000 domains (hundreds) and a firing-to-frame latency under load (tens of
@@ -82,35 +73,51 @@ class Histogram:
             counts[-1] += n - below
             self._sum += sum(values)
 
+    def read(self) -> HistogramReading:
+        """The bucket counts and the sum, consistent with each other; any thread."""
+        self.fold()
+        with self._lock:
+            return HistogramReading(self.bounds, tuple(self.counts), self._sum)
+
     @property
     def sum(self) -> float:
-        self.fold()
-        return self._sum
+        return self.read().sum
 
     @property
     def count(self) -> int:
-        return sum(self.snapshot()[0])
+        return self.read().count
 
-    def snapshot(self) -> tuple[list[int], float]:
-        """(bucket counts, sum), consistent with each other; any thread."""
-        self.fold()
-        with self._lock:
-            return list(self.counts), self._sum
+    def cumulative(self) -> list[tuple[float, int]]:
+        return self.read().cumulative()
 
-    def cumulative(self, counts: list[int] | None = None) -> list[tuple[float, int]]:
+    def quantile(self, q: float) -> float | None:
+        return self.read().quantile(q)
+
+
+@dataclass(frozen=True)
+class HistogramReading:
+    """A histogram as read at one moment: plain numbers, safe to hand to another thread."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]  # non-cumulative; the last one is (largest bound, +Inf)
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
         """[(upper bound, observations <= it), ..., (inf, all of them)]."""
-        if counts is None:
-            counts = self.snapshot()[0]
         out = []
         acc = 0
-        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             acc += n
             out.append((bound, acc))
         return out
 
-    def quantile(self, q: float, counts: list[int] | None = None) -> float | None:
+    def quantile(self, q: float) -> float | None:
         """An upper bound of the q-quantile (the bucket edge), for `xenmux stats`."""
-        cumulative = self.cumulative(counts)
+        cumulative = self.cumulative()
         total = cumulative[-1][1]
         if not total:
             return None
@@ -119,6 +126,15 @@ class Histogram:
             if acc >= rank:
                 return bound
         return float("inf")  # pragma: no cover - the last bucket holds every observation
+
+    def summary(self) -> dict:
+        """What the `stats` reply shows of a histogram."""
+        return {
+            "count": self.count,
+            "sum": round(self.sum, 6),
+            "p50_le": self.quantile(0.5),
+            "p99_le": self.quantile(0.99),
+        }
 
 
 class _Folder:
@@ -153,16 +169,17 @@ _folder = _Folder()
 
 
 class Stats:
+    """The counters the daemon's parts record into. Events by kind and frames sent are the
+    fan-out's own (counted in its loop)."""
+
     def __init__(self) -> None:
         self.started = time.time()
         self.firings: dict[str, int] = dict.fromkeys(WATCH_PATHS, 0)
-        self.scans: dict[str, int] = dict.fromkeys(TRIGGERS, 0)
+        self.scans: dict[str, int] = dict.fromkeys(SCAN_TRIGGERS, 0)
         self.targeted_scans = 0
         self.scan_domains = 0
-        self.events: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
-        self.frames_sent = 0
         self.overflows = 0
-        self.client_errors: dict[str, int] = dict.fromkeys(CLIENT_ERROR_CODES, 0)
+        self.client_errors: dict[str, int] = dict.fromkeys(ERROR_CODES, 0)
         self.clients_total = 0
         self.xenstore_reconnects = 0
         self.hypercall_errors = 0
@@ -170,33 +187,93 @@ class Stats:
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
 
-    def as_dict(self, *, subscribers: int, domains: dict[str, int]) -> dict:
+    def read(self) -> CounterReading:
+        """A copy of every counter, taken now (any thread)."""
+        return CounterReading(
+            started=self.started,
+            firings=dict(self.firings),
+            scans=dict(self.scans),
+            targeted_scans=self.targeted_scans,
+            scanned_domains=self.scan_domains,
+            clients_total=self.clients_total,
+            overflows=self.overflows,
+            client_errors=dict(self.client_errors),
+            xenstore_reconnects=self.xenstore_reconnects,
+            hypercall_errors=self.hypercall_errors,
+            scan_seconds=self.scan_seconds.read(),
+            hypercall_seconds=self.hypercall_seconds.read(),
+            notify_seconds=self.notify_seconds.read(),
+        )
+
+
+@dataclass(frozen=True)
+class CounterReading:
+    started: float  # Unix time
+    firings: dict[str, int]  # by watch path
+    scans: dict[str, int]  # by trigger
+    targeted_scans: int
+    scanned_domains: int
+    clients_total: int
+    overflows: int
+    client_errors: dict[str, int]  # by error code, every code present
+    xenstore_reconnects: int
+    hypercall_errors: int
+    scan_seconds: HistogramReading
+    hypercall_seconds: HistogramReading
+    notify_seconds: HistogramReading
+
+
+@dataclass(frozen=True)
+class DaemonSnapshot:
+    """What the daemon reports, copied from its parts by the composition root: plain data
+    for the `stats` reply and for the Prometheus collector."""
+
+    counters: CounterReading
+    events: dict[str, int]  # by kind, every kind present
+    frames_sent: int
+    subscribers: int
+    clients: int
+    domains: dict[str, int]  # by state, every state present
+    backend: str
+    xenstore_path: str
+    xenstore_connected: bool
+    watch_depth: bool
+    server_features: int | None
+    instance: str
+    seq: int
+    metrics_port: int | None
+
+    @property
+    def features(self) -> dict:
+        return {"watch_depth": self.watch_depth, "server_features": self.server_features}
+
+    def stats_reply(self) -> dict:
+        """The `stats` reply's `stats` object (docs/protocol.md)."""
+        c = self.counters
         return {
-            "uptime_seconds": round(time.time() - self.started, 3),
-            "firings": dict(self.firings),
-            "scans": dict(self.scans),
-            "targeted_scans": self.targeted_scans,
-            "scanned_domains": self.scan_domains,
+            "uptime_seconds": round(time.time() - c.started, 3),
+            "firings": dict(c.firings),
+            "scans": dict(c.scans),
+            "targeted_scans": c.targeted_scans,
+            "scanned_domains": c.scanned_domains,
             "events": dict(self.events),
             "frames_sent": self.frames_sent,
-            "subscribers": subscribers,
-            "clients_total": self.clients_total,
-            "overflows": self.overflows,
-            "client_errors": {k: v for k, v in self.client_errors.items() if v},
-            "xenstore_reconnects": self.xenstore_reconnects,
-            "hypercall_errors": self.hypercall_errors,
-            "domains": domains,
-            "scan_seconds": _summary(self.scan_seconds),
-            "hypercall_seconds": _summary(self.hypercall_seconds),
-            "notify_seconds": _summary(self.notify_seconds),
+            "subscribers": self.subscribers,
+            "clients_total": c.clients_total,
+            "overflows": c.overflows,
+            "client_errors": {k: v for k, v in c.client_errors.items() if v},
+            "xenstore_reconnects": c.xenstore_reconnects,
+            "hypercall_errors": c.hypercall_errors,
+            "domains": dict(self.domains),
+            "scan_seconds": c.scan_seconds.summary(),
+            "hypercall_seconds": c.hypercall_seconds.summary(),
+            "notify_seconds": c.notify_seconds.summary(),
+            "clients": self.clients,
+            "backend": self.backend,
+            "xenstored": self.xenstore_path,
+            "xenstore_connected": self.xenstore_connected,
+            "features": self.features,
+            "instance": self.instance,
+            "seq": self.seq,
+            "metrics_port": self.metrics_port,
         }
-
-
-def _summary(h: Histogram) -> dict:
-    counts, total = h.snapshot()
-    return {
-        "count": sum(counts),
-        "sum": round(total, 6),
-        "p50_le": h.quantile(0.5, counts),
-        "p99_le": h.quantile(0.99, counts),
-    }

@@ -1,7 +1,9 @@
 """The Watcher: owns the xenstore connection and its two special watches.
 
-Each firing becomes a scan request (coalesced by the scan loop). A lost connection is
-re-opened with backoff and always followed by a full scan, since firings were missed.
+Each firing becomes a scan request (coalesced by the scan loop), through the two callables
+given at construction: a full scan, or in Xen 4.22 depth mode a targeted scan of the domid
+the firing names. A lost connection is re-opened with backoff and always followed by a full
+scan, since firings were missed.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from mux.daemon.aio import cancel_and_wait
-from mux.daemon.scanloop import ScanLoop
-from mux.daemon.stats import Stats
+from mux.daemon.stats import WATCH_PATHS, Stats
+from mux.protocol import TRIGGER_RECONNECT, TRIGGER_WATCH
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreClient
 
@@ -22,6 +25,10 @@ RELEASE = wire.SPECIAL_RELEASE
 INTRODUCE = wire.SPECIAL_INTRODUCE
 TOKEN = "xenmux"
 
+# request_full(trigger, fired_at) and request_domid(domid, fired_at): ScanLoop's.
+RequestFull = Callable[[str, float | None], None]
+RequestDomid = Callable[[int, float | None], None]
+
 
 class Watcher:
     BACKOFF_MIN = 0.05
@@ -29,11 +36,18 @@ class Watcher:
     FEATURE_TIMEOUT = 1.0
 
     def __init__(
-        self, path: str, scanloop: ScanLoop, stats: Stats, *, use_depth: bool = True
+        self,
+        path: str,
+        stats: Stats,
+        *,
+        request_full: RequestFull,
+        request_domid: RequestDomid,
+        use_depth: bool = True,
     ) -> None:
         self.path = path
-        self.scanloop = scanloop
         self.stats = stats
+        self.request_full = request_full
+        self.request_domid = request_domid
         self.use_depth = use_depth
         self.client: XenstoreClient | None = None
         self.features: int | None = None
@@ -98,7 +112,7 @@ class Watcher:
         )
         if self._connections > 1:
             # Firings were lost while we were away: only a full scan can tell what changed.
-            self.scanloop.request_full("reconnect")
+            self.request_full(TRIGGER_RECONNECT, None)
         self.connected.set()
 
     def _on_watch(self, path: str, token: str) -> None:
@@ -106,18 +120,18 @@ class Watcher:
         if token != TOKEN:
             return
         base, _, rest = path.partition("/")
-        if base not in self.stats.firings:
+        if base not in WATCH_PATHS:
             return
         self.stats.firings[base] += 1
         if rest:
             try:
                 domid = int(rest)
             except ValueError:
-                self.scanloop.request_full("watch", now)
+                self.request_full(TRIGGER_WATCH, now)
                 return
-            self.scanloop.request_domid(domid, now)
+            self.request_domid(domid, now)
         else:
-            self.scanloop.request_full("watch", now)
+            self.request_full(TRIGGER_WATCH, now)
 
     async def read_name(self, domid: int) -> str | None:
         client = self.client

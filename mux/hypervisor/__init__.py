@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from importlib.metadata import entry_points
 
-from mux.hypervisor.base import Backend, Capabilities, HypervisorError, ScanBuffer
+from mux.hypervisor.base import Backend, Capabilities, HypervisorError
 
 PRIVCMD = "/dev/xen/privcmd"
 ENTRY_POINT_GROUP = "xenmux.backends"
@@ -20,7 +20,6 @@ __all__ = [
     "Capabilities",
     "HypervisorError",
     "NotADom0Error",
-    "ScanBuffer",
     "backend_names",
     "open_backend",
 ]

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 XENSTORED_SOCKET = "/var/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
-SIM_SOCKET_NAME = "xenstored.sock"
 
 _HEADER_SIZE = wire.HEADER_SIZE
 _XS_WATCH_EVENT = int(wire.XS_WATCH_EVENT)
@@ -72,19 +71,16 @@ class XenstoreTimeoutError(TimeoutError):
 
 
 def default_xenstore_path(
-    sim_dir: str | None = None,
     explicit: str | None = None,
     environ: dict[str, str] | None = None,
 ) -> str:
-    """Which xenstored to talk to, in the order of DESIGN.md.
+    """Which xenstored of this host to talk to, in the order of docs/architecture.md.
 
-    `explicit` (`serve --xenstore PATH`), else the simulator's `DIR/xenstored.sock`, else
+    `explicit` (`serve --xenstore PATH`, or the backend's own xenstored), else
     `$XENSTORED_PATH`, else `/var/run/xenstored/socket` if it exists, else `/dev/xen/xenbus`.
     """
     if explicit:
         return explicit
-    if sim_dir:
-        return os.path.join(sim_dir, SIM_SOCKET_NAME)
     env = os.environ if environ is None else environ
     from_env = env.get("XENSTORED_PATH")
     if from_env:

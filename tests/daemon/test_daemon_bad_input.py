@@ -11,10 +11,7 @@ from daemonhelpers import brief, take, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mux.daemon.stats import CLIENT_ERROR_CODES
-
-# The codes docs/protocol.md lists; the daemon counts each one.
-ERROR_CODES = set(CLIENT_ERROR_CODES)
+from mux.protocol import ERROR_CODES
 
 
 class Line:

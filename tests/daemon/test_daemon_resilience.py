@@ -151,6 +151,8 @@ def test_slow_subscriber_is_cut_off_and_others_are_not_slowed(sim_factory, daemo
         until(lambda: d.stats()["overflows"] >= 2, timeout=30)
         frames = _read_all(slow)  # the daemon closed it: this ends
         assert frames[-1]["event"] == "overflow" and isinstance(frames[-1]["seq"], int)
+        # N is the last seq it was due: that of the frame that went over the mark.
+        assert frames[-2]["event"] != "overflow" and frames[-2]["seq"] == frames[-1]["seq"]
         assert len(frames) < 12000
         # `resyncing` did not read during the storm either: the library reconnects after
         # its overflow and turns what it missed into events, never a death twice. It can

@@ -1,0 +1,234 @@
+"""The requests a client may send: one table, one row per op (docs/protocol.md).
+
+As C xenstored's `wire_funcs[]`, each row names the op, its handler and the privilege it
+needs; `handle_line` parses one line, finds the row, checks the privilege and writes the
+reply or the error. Handlers take (ctx, conn, req): `ctx` holds the collaborators the
+composition root passes (the scan loop, the fan-out, the table...), `conn` the asking
+connection. A handler returns the reply's fields, or None when it wrote the reply itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from mux import __version__
+from mux.daemon.connection import ClientConnection
+from mux.daemon.fanout import Fanout
+from mux.daemon.scanloop import ScanLoop
+from mux.daemon.stats import DaemonSnapshot, Stats
+from mux.protocol import (
+    ERR_BAD_DOMID,
+    ERR_BAD_JSON,
+    ERR_BAD_REQUEST,
+    ERR_PERMISSION_DENIED,
+    ERR_TOO_MANY_SUBSCRIPTIONS,
+    ERR_UNKNOWN_OP,
+    OP_HELLO,
+    OP_LIST,
+    OP_PING,
+    OP_RESCAN,
+    OP_STATS,
+    OP_SUBSCRIBE,
+    OP_UNSUBSCRIBE,
+    OPS,
+    PROTOCOL_VERSION,
+    SERVER_NAME,
+    kinds_mask,
+)
+from mux.records import DOMID_FIRST_RESERVED
+
+log = logging.getLogger("xenmux.server")
+
+MAX_BAD_LINES = 8  # malformed lines in a row before the connection is closed
+
+
+class RequestError(Exception):
+    """A request refused with `code` (one of mux.protocol.ERROR_CODES) and a message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Table(Protocol):
+    """What requests read of the domain table (mux._fast.DomainTable, mux.reference's)."""
+
+    seq: int
+
+    def snapshot(self, domids: list[int] | None) -> list[dict]: ...
+
+
+@dataclass
+class RequestContext:
+    """The collaborators of the requests, passed by the composition root."""
+
+    instance: str  # random per daemon start (`hello`)
+    backend_name: str
+    table: Table
+    scanloop: ScanLoop  # subscribe's snapshot, rescan
+    fanout: Fanout  # subscriptions
+    stats: Stats  # client errors by code
+    features: Callable[[], dict]  # xenstored's, as the watcher found them
+    snapshot: Callable[[], DaemonSnapshot]  # `stats`
+    max_subscriptions: int
+
+
+class Privilege(enum.Enum):
+    READ = "read"  # any peer that can reach the socket
+    RESCAN = "rescan"  # root, the daemon's own uid, or --allow-rescan-group
+
+
+Handler = Callable[[RequestContext, ClientConnection, dict], Awaitable[dict | None]]
+
+
+@dataclass(frozen=True)
+class Request:
+    name: str
+    handler: Handler
+    privilege: Privilege
+
+
+def parse_domids(value, *, allow_wild: bool = True) -> list[int] | None:
+    """A request's `domids`: a list of domids, or "*" (returned as None)."""
+    if value == "*" and allow_wild:
+        return None
+    if not isinstance(value, list):
+        raise RequestError(ERR_BAD_REQUEST, 'domids must be a list of integers or "*"')
+    out = []
+    for d in value:
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < DOMID_FIRST_RESERVED:
+            raise RequestError(
+                ERR_BAD_DOMID,
+                f"domid {d!r} is not an integer from 0 to {DOMID_FIRST_RESERVED - 1}",
+            )
+        out.append(d)
+    return out
+
+
+# -- the handlers ------------------------------------------------------------------------------
+
+
+async def hello(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    return {
+        "server": SERVER_NAME,
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "instance": ctx.instance,
+        "backend": ctx.backend_name,
+        "features": ctx.features(),
+        "seq": ctx.table.seq,
+    }
+
+
+async def ping(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    return {}
+
+
+async def subscribe(ctx: RequestContext, conn: ClientConnection, req: dict) -> None:
+    domids = parse_domids(req.get("domids"))
+    try:
+        mask = kinds_mask(req.get("events"))
+    except ValueError as exc:
+        raise RequestError(ERR_BAD_REQUEST, str(exc)) from None
+    if domids is not None:
+        already = ctx.fanout.watched(conn)
+        added = len(set(domids) - already)
+        if len(already) + added > ctx.max_subscriptions:
+            raise RequestError(
+                ERR_TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may watch at most {ctx.max_subscriptions} domids "
+                f"(--max-subscriptions); it watches {len(already)}",
+            )
+
+    def register(snapshot: list[dict], seq: int) -> None:
+        # Called by the scan loop with no event between its snapshot and this: the reply
+        # goes out before any event later than `seq`.
+        ctx.fanout.subscribe(conn, domids, mask)
+        absent = []
+        if domids is not None:
+            present = {row["domid"] for row in snapshot}
+            absent = [x for x in dict.fromkeys(domids) if x not in present]
+        conn.write_obj(
+            {"id": req.get("id"), "ok": True, "snapshot": snapshot, "absent": absent, "seq": seq}
+        )
+
+    await ctx.scanloop.subscribe(domids, register)
+    return None
+
+
+async def unsubscribe(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    ctx.fanout.unsubscribe(conn, parse_domids(req.get("domids")))
+    return {}
+
+
+async def list_domains(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    return {"domains": ctx.table.snapshot(None), "seq": ctx.table.seq}
+
+
+async def rescan(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    n = await ctx.scanloop.rescan()
+    return {"events": n, "seq": ctx.table.seq}
+
+
+async def stats(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
+    return {"stats": ctx.snapshot().stats_reply()}
+
+
+REQUESTS: dict[str, Request] = {
+    row.name: row
+    for row in (
+        Request(OP_HELLO, hello, Privilege.READ),
+        Request(OP_SUBSCRIBE, subscribe, Privilege.READ),
+        Request(OP_UNSUBSCRIBE, unsubscribe, Privilege.READ),
+        Request(OP_LIST, list_domains, Privilege.READ),
+        Request(OP_RESCAN, rescan, Privilege.RESCAN),
+        Request(OP_STATS, stats, Privilege.READ),
+        Request(OP_PING, ping, Privilege.READ),
+    )
+}
+if tuple(REQUESTS) != OPS:  # an op added to the vocabulary needs its row here, in order
+    raise ImportError(f"the request table {tuple(REQUESTS)} does not match mux.protocol.OPS {OPS}")
+
+
+# -- one line ----------------------------------------------------------------------------------
+
+
+async def handle_line(ctx: RequestContext, conn: ClientConnection, line: bytes) -> None:
+    """Answer one request line: the reply, or an error (counted by code)."""
+    req_id = None
+    try:
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(ERR_BAD_JSON, f"a request must be one JSON object: {exc}") from None
+        if not isinstance(req, dict):
+            raise RequestError(ERR_BAD_JSON, "a request must be one JSON object")
+        req_id = req.get("id")
+        conn.bad_lines = 0
+        op = req.get("op")
+        row = REQUESTS.get(op) if isinstance(op, str) else None
+        if row is None:
+            raise RequestError(
+                ERR_UNKNOWN_OP, f"unknown op {op!r}: use one of {', '.join(sorted(REQUESTS))}"
+            )
+        if row.privilege is Privilege.RESCAN and not conn.may_rescan:
+            raise RequestError(
+                ERR_PERMISSION_DENIED,
+                f"{op} needs root or a group allowed by --allow-rescan-group",
+            )
+        reply = await row.handler(ctx, conn, req)
+        if reply is not None:
+            conn.write_obj({"id": req_id, "ok": True, **reply})
+    except RequestError as exc:
+        ctx.stats.client_errors[exc.code] += 1
+        conn.reply_error(req_id, exc.code, str(exc))
+        if exc.code == ERR_BAD_JSON:
+            conn.bad_lines += 1
+            if conn.bad_lines >= MAX_BAD_LINES:
+                log.warning("client pid=%d sends garbage; closing it", conn.pid)
+                conn.close()
