@@ -29,7 +29,8 @@ handling a request or firing a watch: events go out with one transport.write per
 """
 
 from mux.sim.xenstored.connection import XsConnection, serve_unix
-from mux.sim.xenstored.core import Counters, Xenstored
+from mux.sim.xenstored.core import Xenstored
+from mux.sim.xenstored.counters import Counters
 from mux.sim.xenstored.domains import DomainSource, XsDomain
 from mux.sim.xenstored.payload import XsError
 from mux.sim.xenstored.rules import XS_VERSIONS, Rules

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from mux.xenstore.wire import HEADER, HEADER_SIZE, XENSTORE_PAYLOAD_MAX
 
 if TYPE_CHECKING:
-    from mux.sim.xenstored.core import Xenstored
+    from mux.sim.xenstored.interfaces import Server
     from mux.sim.xenstored.transactions import Transaction
     from mux.sim.xenstored.watches import Watch
 
@@ -29,7 +29,7 @@ WRITE_HARD_LIMIT = 64 * 1024 * 1024
 class XsConnection(asyncio.Protocol):
     """One client socket: frames in, replies and events out."""
 
-    def __init__(self, server: Xenstored) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -107,7 +107,7 @@ class XsConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
-async def serve_unix(server: Xenstored, sock: socket.socket) -> asyncio.AbstractServer:
+async def serve_unix(server: Server, sock: socket.socket) -> asyncio.AbstractServer:
     """Serve on an already bound and listening Unix socket."""
     loop = asyncio.get_running_loop()
     return await loop.create_unix_server(lambda: XsConnection(server), sock=sock)

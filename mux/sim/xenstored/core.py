@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mux.sim.xenstored import domains, transactions, watches
+from mux.sim.xenstored.counters import Counters
 from mux.sim.xenstored.domains import Domains, DomainSource
 from mux.sim.xenstored.names import node_name
 from mux.sim.xenstored.payload import OK, XsError, c_atoi, onearg, strings, text
@@ -48,26 +49,6 @@ class WireFunc:
 
     handler: Handler
     ignores_tx: bool = False  # XS_FLAG_NOTID: the header's tx_id is not looked up
-
-
-@dataclass
-class Counters:
-    release_firings: int = 0  # @releaseDomain fired without a domid
-    release_dom_firings: int = 0  # @releaseDomain/<domid> fired (4.22)
-    introduce_firings: int = 0
-    events: int = 0  # watch events written
-    virqs: int = 0  # domain passes run
-    dropped_connections: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "release_firings": self.release_firings,
-            "release_dom_firings": self.release_dom_firings,
-            "introduce_firings": self.introduce_firings,
-            "events": self.events,
-            "virqs": self.virqs,
-            "dropped_connections": self.dropped_connections,
-        }
 
 
 class Xenstored:

@@ -19,8 +19,9 @@ from mux.sim.xenstored.store import DEFAULT_PERMS
 from mux.xenstore import wire
 
 if TYPE_CHECKING:
-    from mux.sim.xenstored.connection import XsConnection
-    from mux.sim.xenstored.core import Counters, Xenstored
+    from mux.sim.xenstored.counters import Counters
+    from mux.sim.xenstored.interfaces import Client as XsConnection
+    from mux.sim.xenstored.interfaces import Server as Xenstored
     from mux.sim.xenstored.rules import Rules
     from mux.sim.xenstored.transactions import Transaction
     from mux.sim.xenstored.watches import WatchTable

@@ -12,7 +12,13 @@ from typing import Protocol
 
 from mux.sim.xenstored.names import basename, child_path, parent_of
 from mux.sim.xenstored.payload import XsError, c_strtol, text
-from mux.sim.xenstored.watches import MATCH_EXACT, MATCH_SUBTREE
+
+# enum watch_match (watch.h): how an event on a node reaches the watches.
+MATCH_EXACT = 0
+MATCH_SUBTREE = 1
+MATCH_DEPTH = 2  # watches with depth > 0, subtree semantics (and the exact node)
+MATCH_NODEPTH = 3  # watches without depth, exact semantics
+
 
 DEFAULT_PERMS = ("n0",)
 

@@ -13,8 +13,8 @@ from mux.sim.xenstored.payload import OK, XsError, onearg
 from mux.sim.xenstored.store import Events, Node, Store
 
 if TYPE_CHECKING:
-    from mux.sim.xenstored.connection import XsConnection
-    from mux.sim.xenstored.core import Xenstored
+    from mux.sim.xenstored.interfaces import Client as XsConnection
+    from mux.sim.xenstored.interfaces import Server as Xenstored
 
 _MISSING = object()
 

@@ -18,20 +18,17 @@ from mux.sim.xenstored.names import (
     is_valid_nodename,
 )
 from mux.sim.xenstored.payload import OK, XsError, c_atoi, strings, text
+from mux.sim.xenstored.store import MATCH_DEPTH, MATCH_NODEPTH, MATCH_SUBTREE
 from mux.xenstore import wire
 from mux.xenstore.wire import HEADER, XENSTORE_PAYLOAD_MAX
 
 if TYPE_CHECKING:
-    from mux.sim.xenstored.connection import XsConnection
-    from mux.sim.xenstored.core import Counters, Xenstored
+    from mux.sim.xenstored.counters import Counters
+    from mux.sim.xenstored.interfaces import Client as XsConnection
+    from mux.sim.xenstored.interfaces import Server as Xenstored
     from mux.sim.xenstored.rules import Rules
     from mux.sim.xenstored.transactions import Transaction
 
-# enum watch_match (watch.h)
-MATCH_EXACT = 0
-MATCH_SUBTREE = 1
-MATCH_DEPTH = 2  # watches with depth > 0, subtree semantics (and the exact node)
-MATCH_NODEPTH = 3  # watches without depth, exact semantics
 
 _MISSING = object()
 
