@@ -17,6 +17,7 @@ class SimPaths:
     xenstored: str  # the sim's xenstored socket; its existence means the sim is ready
     control: str  # `xenmux sim-ctl`'s socket
     state: str  # the daemon's default --state-dir for this simulated host
+    truth: str  # the host's ground-truth log of lifecycle steps (docs/sim.md)
 
 
 def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
@@ -27,4 +28,5 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         xenstored=os.path.join(d, "xenstored.sock"),
         control=os.path.join(d, "control.sock"),
         state=os.path.join(d, "xenmux-state"),
+        truth=os.path.join(d, "truth.jsonl"),
     )

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from mux.records import parse_reason
 from mux.sim.churn import Churn
-from mux.sim.host import Hypervisor, SimError, SimHost
+from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
 from mux.sim.paths import sim_paths
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
@@ -213,24 +213,28 @@ class Sim:
         self.seed = seed
         self.external = external_xenstored
         self.shm = ShmTable(self.paths.shm)
+        self.truth = TruthLog(self.paths.truth)
         # The sim's own xenstored exists in both modes (counters, `list`), but with an
         # external one it is neither served nor told of VIRQs.
         if external_xenstored:
             self.virq_paths = list(virq_sockets)
             self._dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._dgram.setblocking(False)
-            self.hv = Hypervisor(self.shm, rng=self.rng)
+            self.hv = Hypervisor(self.shm, rng=self.rng, truth=self.truth)
             self.xs = Xenstored(self.hv, xs_version)
             try:
                 self.toolstack = ExternalToolstack(external_xenstored)
             except BaseException:
                 self._dgram.close()
                 self.shm.close(unlink=True)
+                self.truth.close()
                 raise
             self.hv.on_virq(self._external_virq)
             self.host = ExternalHost(self.hv, self.toolstack)
         else:
-            self.hv = Hypervisor(self.shm, rng=self.rng, virq_sockets=virq_sockets)
+            self.hv = Hypervisor(
+                self.shm, rng=self.rng, virq_sockets=virq_sockets, truth=self.truth
+            )
             self.xs = Xenstored(self.hv, xs_version)
             self.hv.on_virq(self.xs.check_domains)
             self.toolstack = LocalToolstack(self.xs)
@@ -279,6 +283,7 @@ class Sim:
             "external_xenstored": bool(self.external),
             "control": self.paths.control,
             "shm": self.paths.shm,
+            "truth": self.paths.truth,
             "pid": os.getpid(),
         }
 
@@ -306,6 +311,7 @@ class Sim:
             self.toolstack.close()
             self._dgram.close()
         self.shm.close(unlink=True)
+        self.truth.close()
 
     # -- control socket ------------------------------------------------------------------------
 
@@ -482,6 +488,9 @@ class Sim:
             self.busy,
             seed=req.get("seed"),
             step_delay=float(req.get("step_delay", 0.005)),
+            kinds=req.get("kinds"),
+            domids=req.get("domids"),
+            hold=float(req.get("hold", 2.0)),
         )
         return await churn.run(float(req.get("seconds", 10)), float(req.get("rate", 10)))
 
@@ -547,6 +556,7 @@ def main(
     finally:
         if not sim.closed:
             sim.shm.close(unlink=True)
+            sim.truth.close()
             for path in sim._bound:
                 try:
                     os.unlink(path)
