@@ -97,6 +97,10 @@ class _Ops:
         """Raise VIRQ_DOM_EXC with no change."""
         return self.request("virq")
 
+    def fail_hypercalls(self, count=1):
+        """Make the next `count` domain-info calls of every sim backend fail (EAGAIN)."""
+        return self.request("fail-hypercalls", count=count)
+
     def list(self):
         return self._then(self.request("list"), lambda r: r["domains"])
 
@@ -272,6 +276,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("domid", type=int)
 
     sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
+    p = sub.add_parser(
+        "fail-hypercalls", help="the next COUNT domain-info calls of the daemon fail (EAGAIN)"
+    )
+    p.add_argument("count", type=int)
     p = sub.add_parser("restart-xenstored", help="drop every xenstored connection, rebind later")
     p.add_argument("--down", type=float, default=0.2, help="seconds without xenstored")
     sub.add_parser(
@@ -337,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
                 _emit(sim.release(args.domid))
             elif op == "virq":
                 _emit(sim.virq())
+            elif op == "fail-hypercalls":
+                _emit(sim.fail_hypercalls(args.count))
             elif op == "restart-xenstored":
                 _emit(sim.restart_xenstored(args.down))
             elif op == "reintroduce":
