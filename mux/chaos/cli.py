@@ -16,10 +16,16 @@ from mux.chaos.report import example_lines, summary_line
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=300.0, help="length of churn and faults")
-    p.add_argument("--domains", type=int, default=1000, help="guests of the simulated host")
-    p.add_argument("--seed", type=int, default=1, help="seed of churn, faults and UUIDs")
-    p.add_argument("--rate", type=float, default=20.0, help="lifecycles per second")
+    p.add_argument(
+        "--seconds", type=float, default=300.0, help="length of churn and faults (default 300)"
+    )
+    p.add_argument(
+        "--domains", type=int, default=1000, help="guests of the simulated host (default 1000)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=1, help="seed of churn, faults and UUIDs (default 1)"
+    )
+    p.add_argument("--rate", type=float, default=20.0, help="lifecycles per second (default 20)")
     p.add_argument(
         "--faults",
         type=_faults,

@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 from mux.chaos.members import Daemon, ask, python_module
 from mux.chaos.oracle import Fault
+from mux.client import Client, XenmuxError
 from mux.sim.ctl import SimControl
 
-FAULT_KINDS = ("kill", "term", "stop", "xenstored", "stall", "flood")
+FAULT_KINDS = ("kill", "term", "stop", "xenstored", "hypercall", "stall", "flood")
 STALL_MAX = 20.0  # seconds a stalled subscriber waits for its overflow at most
 
 
@@ -87,7 +88,7 @@ class Injector:
         self._restart("term", signal.SIGTERM, self.rng.uniform(0.2, 1.0))
 
     def _stop(self) -> None:
-        pause = self.rng.uniform(1.0, 5.0)
+        pause = self.rng.uniform(1.0, 4.0)
         start = now()
         self.daemon.signal(signal.SIGSTOP)
         time.sleep(pause)
@@ -111,6 +112,28 @@ class Injector:
                 break
             time.sleep(0.05)
         self.record("xenstored", start, now(), True, down=round(down, 3), reconnected=connected)
+
+    # -- the hypervisor ------------------------------------------------------------------
+
+    def _hypercall(self) -> None:
+        count = self.rng.randint(1, 6)
+        before = (ask(self.socket_path, "stats") or {}).get("hypercall_errors", 0)
+        start = now()
+        with SimControl(self.sim_dir, timeout=30) as ctl:
+            ctl.fail_hypercalls(count)
+        # Blind until a full scan has worked again: a rescan answers only then (the daemon
+        # retries with backoff, 6 failures take it about 3 s).
+        served = True
+        try:
+            with Client(self.socket_path, timeout=30) as client:
+                client.rescan()
+        except (OSError, XenmuxError):
+            served = False
+        end = now()
+        after = (ask(self.socket_path, "stats") or {}).get("hypercall_errors", 0)
+        self.record(
+            "hypercall", start, end, True, armed=count, errors=after - before, rescanned=served
+        )
 
     # -- subscribers and members ---------------------------------------------------------
 
@@ -145,7 +168,7 @@ class Injector:
         self.record("stall", start, now(), False, overflowed=overflowed)
 
     def _flood(self) -> None:
-        seconds = self.rng.uniform(3.0, 6.0)
+        seconds = self.rng.uniform(2.0, 4.0)
         argv = python_module(
             "mux.chaos.flood", "--socket", self.socket_path, "--count", str(self.flood_count)
         )

@@ -35,6 +35,9 @@ from mux.chaos.streams import (
 )
 from mux.chaos.truth import UNDOABLE, Incarnation, Truth
 
+# How far apart two processes' reads of the clocks may be (the daemon's `time` is Unix time).
+CLOCK_SLACK = 50_000_000  # ns
+
 # Event kinds of docs/protocol.md (paused/unpaused are not checked: not subscribed to).
 _EVENT_KINDS = frozenset({"new", "shutdown", "resumed", "death", "released", "paused", "unpaused"})
 
@@ -281,15 +284,24 @@ class _Checker:
                 self._pass(incs[j], excuse)
         self.floor[domid] = max(self.floor.get(domid, 0), index)
 
-    def find(self, domid: int, uuid: str, t: int) -> int | None:
-        """The first incarnation not yet reached with this UUID, born by time t."""
+    def find(self, domid: int, uuid: str, at: int, kind: str = "new") -> int | None:
+        """The incarnation not yet reached with this UUID that an event the daemon read at
+        `at` is about: born by then, and still there then (dead by then, for a death or a
+        release); the first such, else the last one born by then."""
+        found = None
         for j in range(self.floor.get(domid, 0), len(self.truth.by_domid[domid])):
             dom = self.truth.by_domid[domid][j]
-            if dom.born > t:
-                return None
-            if dom.uuid == uuid:
+            if dom.born > at + CLOCK_SLACK:
+                break
+            if dom.uuid != uuid:
+                continue
+            found = j
+            if kind in ("death", "released"):
+                if dom.died is not None and dom.died <= at + CLOCK_SLACK:
+                    return j
+            elif dom.gone is None or dom.gone >= at - CLOCK_SLACK:
                 return j
-        return None
+        return found
 
     def latest(self, domid: int, uuid: str, t: int) -> int | None:
         """The latest incarnation with this UUID born by time t (a snapshot's row)."""
@@ -407,9 +419,13 @@ class _Checker:
         if kind not in _EVENT_KINDS:
             self.flag(BAD_FRAME, f"unknown event {kind!r}", t=item.t, domid=domid)
             return
+        # When the daemon read the record: its `time` (taken just after), never after receipt.
+        at = item.t
+        if isinstance(f.get("time"), (int, float)) and not isinstance(f["time"], bool):
+            at = min(at, self.truth.mono_of(f["time"]))
         cur = self.cur.get(domid)
         if kind == "new":
-            idx = self.find(domid, uuid, item.t)
+            idx = self.find(domid, uuid, at)
             if idx is None:
                 if cur is not None and incs[cur].uuid == uuid:
                     self.flag(ORDER, "new again for the incarnation in view", incs[cur], item.t)
@@ -422,15 +438,15 @@ class _Checker:
             self.s(incs[idx]).announced = True
             return
         idx = cur if cur is not None and incs[cur].uuid == uuid else None
-        if idx is not None and self.s(incs[idx]).released:
-            # Released: an event of this UUID is of a later incarnation, if there is one.
-            later = self.find(domid, uuid, item.t)
-            if later is None:
-                self.flag(ORDER, f"{kind} after released", incs[idx], item.t)
-            else:
+        if idx is not None and self._stale(incs[idx], kind, at):
+            # Of this UUID, but the one in view cannot be meant: of a later one, if any.
+            later = self.find(domid, uuid, at, kind)
+            if later is not None:
                 idx = None
+            elif self.s(incs[idx]).released:
+                self.flag(ORDER, f"{kind} after released", incs[idx], item.t)
         if idx is None:
-            idx = self.find(domid, uuid, item.t)
+            idx = self.find(domid, uuid, at, kind)
             if idx is None:
                 self.flag(PHANTOM, f"{kind} {uuid} matches no incarnation", t=item.t, domid=domid)
                 return
@@ -440,6 +456,19 @@ class _Checker:
             self.cur[domid] = idx
             self.s(incs[idx]).announced = True
         self.event(item, incs[idx], kind, f)
+
+    def _stale(self, dom: Incarnation, kind: str, at: int) -> bool:
+        """Whether an event read at `at` cannot be of `dom`, the incarnation in view: it was
+        released already, or had its death told (for another death), or was gone before
+        the daemon read the record (for anything but its death and release)."""
+        seen = self.s(dom)
+        if seen.released:
+            return True
+        if kind == "death":
+            return seen.deaths > 0 or seen.snapshot_dead
+        if kind == "released":
+            return False
+        return dom.gone is not None and dom.gone < at - CLOCK_SLACK
 
     def event(self, item: Frame, dom: Incarnation, kind: str, f: dict) -> None:
         seen = self.s(dom)

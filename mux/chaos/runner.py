@@ -223,6 +223,9 @@ class Run:
         start = time.monotonic()
         churn.start()
         last_fault = start + self.s.seconds - TAIL
+        # A 30 s run fits every kind of fault once; longer runs space them out (up to 5x),
+        # so that the daemon spends most of a 5-minute run up, as a host's would.
+        spacing = min(max(self.s.seconds / 30, 1.0), 5.0)
         next_at = start + min(LEAD, self.s.seconds / 10)
         for kind in schedule(self.rng, self.s.faults) if self.s.faults else ():
             self._wait(next_at, churn)
@@ -230,7 +233,7 @@ class Run:
                 break
             self.injector.inject(kind)
             self._daemon_alive()
-            next_at = time.monotonic() + self.rng.uniform(1.0, 3.0)
+            next_at = time.monotonic() + self.rng.uniform(0.5, 1.5) * spacing
         self.injector.wait_stall()
         while churn.is_alive():
             self._wait(time.monotonic() + 1, churn)

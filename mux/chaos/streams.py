@@ -233,7 +233,7 @@ def read_client_log(path: str, kind: str, name: str) -> Subscriber:
             hello = start.get("hello", {})
             space = _space(hello, f"{name} instance {hello.get('instance')}")
             rows = {row["domid"]: row for row in start["snapshot"]}
-            sub.items.append(Relist(t, rows, [], "initial", space, start.get("seq", 0)))
+            sub.items.append(Relist(t, rows, [], "initial", space, start.get("seq") or 0))
         elif "event" in rec:
             frame = rec["event"]
             if frame.get("event") == "overflow":

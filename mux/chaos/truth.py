@@ -60,6 +60,11 @@ class Incarnation:
 class Truth:
     incarnations: dict[int, Incarnation]
     by_domid: dict[int, list[Incarnation]]  # each domid's incarnations in birth order
+    wall_offset: float = 0.0  # Unix time minus CLOCK_MONOTONIC (s), as the host stamped them
+
+    def mono_of(self, wall: float) -> int:
+        """CLOCK_MONOTONIC ns of a Unix time (the daemon's `time` fields)."""
+        return int((wall - self.wall_offset) * 1e9)
 
     @classmethod
     def from_entries(cls, entries: Iterable[dict]) -> Truth:
@@ -92,7 +97,9 @@ class Truth:
         by_domid: dict[int, list[Incarnation]] = {}
         for dom in sorted(incs.values(), key=lambda d: (d.born, d.inc)):
             by_domid.setdefault(dom.domid, []).append(dom)
-        return cls(incs, by_domid)
+        first = min(incs.values(), key=lambda d: d.inc, default=None)
+        offset = 0.0 if first is None else first.born_wall - first.born / 1e9
+        return cls(incs, by_domid, offset)
 
     @classmethod
     def load(cls, path: str) -> Truth:

@@ -26,7 +26,8 @@ from mux.client import Subscription, XenmuxError
 
 
 def _cursor(sub: Subscription) -> tuple[int | None, str | None]:
-    """The library's cursor: `sub.cursor` ("HISTORY:SEQ") where it has one, else its seq."""
+    """The library's cursor: `sub.cursor` ("HISTORY:SEQ") where it has one, else the seq
+    its tracker last delivered."""
     cursor = getattr(sub, "cursor", None)
     if isinstance(cursor, str) and ":" in cursor:
         history, _, seq = cursor.rpartition(":")
@@ -34,7 +35,7 @@ def _cursor(sub: Subscription) -> tuple[int | None, str | None]:
             return int(seq), history or None
         except ValueError:
             pass
-    return getattr(sub.tracker, "seq", None), sub.hello.get("history")
+    return getattr(getattr(sub, "tracker", None), "seq", None), sub.hello.get("history")
 
 
 def _drop(sub: Subscription) -> None:
@@ -61,9 +62,9 @@ def run(path: str, log_path: str, drop_every: tuple[float, float] | None, seed: 
             write({"error": f"subscribe: {exc}"})
             return 1
         try:
-            write({"start": {"snapshot": sub.snapshot, "hello": sub.hello, "seq": sub.tracker.seq}})
-            hello = sub.hello
             cursor = _cursor(sub)
+            write({"start": {"snapshot": sub.snapshot, "hello": sub.hello, "seq": cursor[0]}})
+            hello = sub.hello
             drop_at = None if drop_every is None else time.monotonic() + rng.uniform(*drop_every)
             while True:
                 event = sub.next_event(timeout=0.2)

@@ -312,6 +312,46 @@ def test_same_uuid_reborn_unseen_is_indistinguishable():
     assert kinds(v) == {"lost": 1}
 
 
+def test_events_go_to_the_incarnation_the_daemon_read():
+    """Three incarnations with one UUID on domid 1. The daemon's `time` (when it read the
+    record) tells which one an event is about, whenever it is received."""
+    h = Host()
+    first = h.create(0, 1, U1)
+    h.destroy(10, first)
+    second = h.create(12, 1, U1)
+    h.destroy(20, second)
+    third = h.create(22, 1, U1)
+    h.step(30, "shutdown", third, reason="reboot")
+    h.destroy(31, third)
+    start = relist(1, [row(1, U1)])
+    # A subscriber away from 5 s to 29 s that was told nothing of the rebirths: the reboot
+    # is the third one's (not a wrong reason of the first), the two deaths before are lost,
+    # and the third was never announced.
+    away = [
+        start,
+        ev(30.01, 9, "shutdown", 1, U1, reason="reboot", time=30.005),
+        ev(31.01, 10, "death", 1, U1, reason="reboot", time=31.005),
+    ]
+    v = check(h.truth(), [], [sub(away)], end=END)
+    assert kinds(v) == {"order": 1, "lost": 2}
+    assert {x.inc for x in v.violations if x.kind == "lost"} == {first, second}
+    # Every event told, the second's replayed late (received after the third was born):
+    # the `time` of each says whose it is.
+    told = [
+        start,
+        ev(10.01, 1, "death", 1, U1, time=10.005),
+        ev(10.02, 2, "released", 1, U1, time=10.005),
+        ev(12.01, 3, "new", 1, U1, time=12.005),
+        ev(25.0, 4, "death", 1, U1, replayed=True, time=20.005),
+        ev(25.0, 5, "released", 1, U1, replayed=True, time=20.005),
+        ev(25.0, 6, "new", 1, U1, replayed=True, time=22.005),
+        ev(30.01, 7, "shutdown", 1, U1, reason="reboot", time=30.005),
+        ev(31.01, 8, "death", 1, U1, reason="reboot", time=31.005),
+    ]
+    v = check(h.truth(), [], [sub(told)], end=END)
+    assert kinds(v) == {} and v.deaths[PER_DOMID].once == 3 and v.replayed == 3
+
+
 def test_client_library_missed_deaths_need_a_real_gap():
     truth = crash_host().truth()
     start = relist(1, [row(1, U1)], space="a")
