@@ -327,13 +327,13 @@ class _Checker:
             self.reach(domid, k, excuse)
             self.cur[domid] = None
             return
-        idx = None if not incs else self.latest(domid, row.get("uuid"), t)
+        idx = None if not incs else self.latest(domid, row.get("uuid"), t + CLOCK_SLACK)
         if idx is None:
             self.flag(PHANTOM, f"a view row names no incarnation: {row}", t=t, domid=domid)
             return
         dom = incs[idx]
         self.reach(domid, idx, excuse)
-        self.floor[domid] = idx + 1
+        self.floor[domid] = max(self.floor.get(domid, 0), idx + 1)
         self.cur[domid] = idx
         seen = self.s(dom)
         seen.announced = True
@@ -413,16 +413,16 @@ class _Checker:
         if not incs:
             self.flag(PHANTOM, f"{kind} for a domid the host never had", t=item.t, domid=domid)
             return
-        if kind == "state":
-            self.view_row(item.t, domid, f, "skipped")
-            return
-        if kind not in _EVENT_KINDS:
-            self.flag(BAD_FRAME, f"unknown event {kind!r}", t=item.t, domid=domid)
-            return
         # When the daemon read the record: its `time` (taken just after), never after receipt.
         at = item.t
         if isinstance(f.get("time"), (int, float)) and not isinstance(f["time"], bool):
             at = min(at, self.truth.mono_of(f["time"]))
+        if kind == "state":
+            self.view_row(at, domid, f, "skipped")
+            return
+        if kind not in _EVENT_KINDS:
+            self.flag(BAD_FRAME, f"unknown event {kind!r}", t=item.t, domid=domid)
+            return
         cur = self.cur.get(domid)
         if kind == "new":
             idx = self.find(domid, uuid, at)
@@ -438,37 +438,52 @@ class _Checker:
             self.s(incs[idx]).announced = True
             return
         idx = cur if cur is not None and incs[cur].uuid == uuid else None
-        if idx is not None and self._stale(incs[idx], kind, at):
-            # Of this UUID, but the one in view cannot be meant: of a later one, if any.
-            later = self.find(domid, uuid, at, kind)
+        later = None
+        if idx is not None:
+            later = self._later(incs, idx, kind, at)
             if later is not None:
-                idx = None
+                idx = None  # of a later incarnation with this UUID: the view skips to it
             elif self.s(incs[idx]).released:
                 self.flag(ORDER, f"{kind} after released", incs[idx], item.t)
         if idx is None:
-            idx = self.find(domid, uuid, at, kind)
+            idx = later if later is not None else self.find(domid, uuid, at, kind)
             if idx is None:
                 self.flag(PHANTOM, f"{kind} {uuid} matches no incarnation", t=item.t, domid=domid)
                 return
-            self.flag(ORDER, f"{kind} of an incarnation never announced", incs[idx], item.t)
+            # Its `new` could not be told if no record could tell it from the one in view.
+            if cur is None or self.classes.get(incs[cur].inc) != INDISTINGUISHABLE:
+                self.flag(ORDER, f"{kind} of an incarnation never announced", incs[idx], item.t)
             self.reach(domid, idx, "skipped")
             self.floor[domid] = idx + 1
             self.cur[domid] = idx
             self.s(incs[idx]).announced = True
         self.event(item, incs[idx], kind, f)
 
-    def _stale(self, dom: Incarnation, kind: str, at: int) -> bool:
-        """Whether an event read at `at` cannot be of `dom`, the incarnation in view: it was
-        released already, or had its death told (for another death), or was gone before
-        the daemon read the record (for anything but its death and release)."""
+    def _later(self, incs: list[Incarnation], idx: int, kind: str, at: int) -> int | None:
+        """A later incarnation with the UUID of `incs[idx]`, the one in view, that an event
+        read at `at` is about rather than the one in view; None if it is the one in view.
+
+        Not the one in view when it was released already, or had its death told (for
+        another death), or was gone when the daemon read the record (for anything but a
+        death or a release). A death or release read when a later one had died too is the
+        latest such one's: the daemon tells a death when it sees it."""
+        dom = incs[idx]
         seen = self.s(dom)
-        if seen.released:
-            return True
-        if kind == "death":
-            return seen.deaths > 0 or seen.snapshot_dead
-        if kind == "released":
-            return False
-        return dom.gone is not None and dom.gone < at - CLOCK_SLACK
+        if kind in ("death", "released"):
+            dead_by = [
+                j
+                for j in range(max(idx + 1, self.floor.get(dom.domid, 0)), len(incs))
+                if incs[j].uuid == dom.uuid
+                and incs[j].died is not None
+                and incs[j].died <= at + CLOCK_SLACK
+            ]
+            if dead_by:
+                return dead_by[-1]
+            told = seen.deaths > 0 or seen.snapshot_dead
+            stale = seen.released or (kind == "death" and told)
+        else:
+            stale = seen.released or (dom.gone is not None and dom.gone < at - CLOCK_SLACK)
+        return self.find(dom.domid, dom.uuid, at, kind) if stale else None
 
     def event(self, item: Frame, dom: Incarnation, kind: str, f: dict) -> None:
         seen = self.s(dom)

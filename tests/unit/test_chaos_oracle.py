@@ -352,6 +352,27 @@ def test_events_go_to_the_incarnation_the_daemon_read():
     assert kinds(v) == {} and v.deaths[PER_DOMID].once == 3 and v.replayed == 3
 
 
+def test_a_rebirth_no_record_could_show_hides_one_death_not_two():
+    """Domain 1 (U1) dies at 10 s and is built again with U1 at 11 s, all while the daemon
+    is stopped; the second one dies at 20 s. The one death told is the second's (the
+    daemon tells a death when it sees it); the first is indistinguishable, and the second
+    could not be announced."""
+    h = Host()
+    first = h.create(0, 1, U1)
+    h.destroy(10, first)
+    second = h.create(11, 1, U1)
+    h.destroy(20, second)
+    stop = [Fault("stop", 9 * S, 12 * S, True)]
+    told = [relist(1, [row(1, U1)]), ev(20.01, 5, "death", 1, U1, time=20.005)]
+    v = check(h.truth(), stop, [sub(told)], end=END)
+    assert kinds(v) == {} and v.deaths[PER_DOMID].once == 1
+    assert v.incarnations == {"indistinguishable": 1, "observable": 1}
+    # Seen by a daemon that was up, the first death was due, and so was the second `new`.
+    v = check(h.truth(), [], [sub(told)], end=END)
+    assert kinds(v) == {"order": 1, "lost": 1}
+    assert [x.inc for x in v.violations if x.kind == "lost"] == [first]
+
+
 def test_client_library_missed_deaths_need_a_real_gap():
     truth = crash_host().truth()
     start = relist(1, [row(1, U1)], space="a")
