@@ -22,7 +22,9 @@ from mux.client import Client, XenmuxError
 from mux.sim.ctl import SimControl
 
 FAULT_KINDS = ("kill", "term", "stop", "xenstored", "hypercall", "stall", "flood")
+ENDS_DAEMON = ("kill", "term")
 STALL_MAX = 20.0  # seconds a stalled subscriber waits for its overflow at most
+STALL_BURST = 200  # domains booted at once while subscribers are stalled
 
 
 def now() -> int:
@@ -138,7 +140,7 @@ class Injector:
     # -- subscribers and members ---------------------------------------------------------
 
     def _stall(self) -> None:
-        if self._stall_thread is not None and self._stall_thread.is_alive():
+        if self.stalling():
             return
         self._stall_thread = threading.Thread(target=self._stall_until_overflow, daemon=True)
         self._stall_thread.start()
@@ -151,6 +153,10 @@ class Injector:
         for pid in pids:
             _signal(pid, signal.SIGSTOP)
         try:
+            # A boot storm while they sleep: a wildcard subscriber's socket holds a few
+            # hundred frames before the daemon's own buffer (--high-water) starts to fill.
+            with SimControl(self.sim_dir, timeout=30) as ctl:
+                ctl.create(count=STALL_BURST)
             deadline = time.monotonic() + STALL_MAX
             while time.monotonic() < deadline:
                 time.sleep(0.25)
@@ -165,7 +171,7 @@ class Injector:
         finally:
             for pid in pids:
                 _signal(pid, signal.SIGCONT)
-        self.record("stall", start, now(), False, overflowed=overflowed)
+        self.record("stall", start, now(), False, overflowed=overflowed, booted=STALL_BURST)
 
     def _flood(self) -> None:
         seconds = self.rng.uniform(2.0, 4.0)
@@ -184,6 +190,9 @@ class Injector:
             time.sleep(0.1)
         self.stop_pid(pid)
         self.record("flood", start, now(), False, requests=self.flood_count, cut_at_cap=cut)
+
+    def stalling(self) -> bool:
+        return self._stall_thread is not None and self._stall_thread.is_alive()
 
     def wait_stall(self) -> None:
         if self._stall_thread is not None:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from mux.bench.build import BuildError, build
 from mux.bench.host import HostError, SimHost
 from mux.bench.procs import ProcessSet
-from mux.chaos.faults import FAULT_KINDS, Injector, schedule
+from mux.chaos.faults import ENDS_DAEMON, FAULT_KINDS, STALL_MAX, Injector, schedule
 from mux.chaos.members import Daemon, Pinger, Sampler, python_module
 from mux.chaos.oracle import Fault, check
 from mux.chaos.streams import (
@@ -104,6 +104,7 @@ class Run:
         self.sampler = Sampler(self.daemon)
         self.injector: Injector | None = None
         self.churn_result: dict | None = None
+        self.injected: set[str] = set()
         self.churn_error: str | None = None
 
     # -- set-up --------------------------------------------------------------------------
@@ -199,6 +200,12 @@ class Run:
         assert self.injector is not None
         self.injector.record("crash", start, time.monotonic_ns(), True)
 
+    def _inject(self, kind: str) -> None:
+        assert self.injector is not None
+        self.injector.inject(kind)
+        self.injected.add(kind)
+        self._daemon_alive()
+
     def _wait(self, until: float, churn: threading.Thread) -> None:
         while time.monotonic() < until and churn.is_alive():
             self._daemon_alive()
@@ -227,13 +234,28 @@ class Run:
         # so that the daemon spends most of a 5-minute run up, as a host's would.
         spacing = min(max(self.s.seconds / 30, 1.0), 5.0)
         next_at = start + min(LEAD, self.s.seconds / 10)
-        for kind in schedule(self.rng, self.s.faults) if self.s.faults else ():
+        # A daemon that ends drops the stalled subscribers' connections, and so their
+        # overflow: the faults that end it wait until a stall is over, if there is time.
+        deferred: list[str] = []
+        kinds = schedule(self.rng, self.s.faults) if self.s.faults else iter(())
+        for kind in kinds:
+            stalled = self.injector.stalling()
+            if kind in ENDS_DAEMON and stalled and last_fault - time.monotonic() > STALL_MAX:
+                if kind not in deferred:
+                    deferred.append(kind)
+                continue
+            if deferred and not stalled:
+                deferred.append(kind)
+                kind = deferred.pop(0)
             self._wait(next_at, churn)
             if time.monotonic() > last_fault or not churn.is_alive():
                 break
-            self.injector.inject(kind)
-            self._daemon_alive()
+            self._inject(kind)
             next_at = time.monotonic() + self.rng.uniform(0.5, 1.5) * spacing
+        # Every kind at least once, even in a run too short for a round.
+        for kind in self.s.faults:
+            if kind not in self.injected:
+                self._inject(kind)
         self.injector.wait_stall()
         while churn.is_alive():
             self._wait(time.monotonic() + 1, churn)
