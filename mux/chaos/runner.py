@@ -286,20 +286,26 @@ class Run:
         self.sim.stop()
 
     def close(self) -> None:
-        for pid in self.members.values():
+        """Stop everything the run started, by PID, whatever state it is in: the process
+        set is stopped last and always, even if a step before it fails."""
+        try:
+            for pid in self.members.values():
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            if self.injector is not None:
+                self.injector.close()
+            if self.pinger.is_alive():
+                self.pinger.stop()
+            if self.sampler.is_alive():
+                self.sampler.stop()
+            self.daemon.end(signal.SIGTERM)
+        finally:
             try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        if self.injector is not None:
-            self.injector.close()
-        if self.pinger.is_alive():
-            self.pinger.stop()
-        if self.sampler.is_alive():
-            self.sampler.stop()
-        self.daemon.end(signal.SIGTERM)
-        self.procs.stop_all()
-        self.sim.stop()
+                self.procs.stop_all()
+            finally:
+                self.sim.stop()
 
     # -- figures -------------------------------------------------------------------------
 
