@@ -45,8 +45,9 @@ MARKERS = ".debpeers"
 @dataclasses.dataclass(frozen=True)
 class Package:
     name: str
-    # The library packages its programs load (beyond what every Debian system has).
-    libraries: tuple[str, ...] = ()
+    # Extracted with it when the system lacks them: the library packages its programs load
+    # (beyond what every Debian system has), and what the tests read of its kin.
+    companions: tuple[str, ...] = ()
 
 
 PACKAGES: dict[str, Package] = {
@@ -64,6 +65,9 @@ PACKAGES: dict[str, Package] = {
                 "libxendevicemodel1",
                 "libxentoolcore1",
                 "libxentoollog1",
+                # /etc/init.d/xen, which starts xenstored: what packaging/xenmux.service
+                # orders itself after (tests/e2e/test_packaging.py reads it).
+                "xen-utils-common",
             ),
         ),
         Package("prometheus"),
@@ -148,6 +152,15 @@ def locate(program: str) -> Located:
         f"{program} (Debian package {package}) is not {places}: run `make deb-peers`, which "
         f"extracts it there without installing the package"
     )
+
+
+def package_file(package: str, path: str) -> Path | None:
+    """`path` as `package` installs it: the system's when the package is installed, else
+    the cache's (with `XENMUX_DEB_IGNORE_SYSTEM`, the cache's only); None if neither."""
+    if not ignore_system() and installed(package) and Path(path).exists():
+        return Path(path)
+    cached = cache_root() / path.lstrip("/")
+    return cached if extracted(package, cache_root()) and cached.exists() else None
 
 
 def where(program: str) -> Path:
@@ -238,9 +251,9 @@ def fetch(
     ignore_installed: bool = False,
     say=print,
 ) -> None:
-    """Extract into `root` each of `packages` (default: all peers) and the library packages
-    it needs, unless installed (or `ignore_installed`) or already extracted. FetchError if a
-    download or an extraction fails, or a program would not find its libraries."""
+    """Extract into `root` each of `packages` (default: all peers) and its companions,
+    unless installed (or `ignore_installed`) or already extracted. FetchError if a download
+    or an extraction fails, or a program would not find its libraries."""
     root = Path(root) if root is not None else cache_root()
     names = list(packages) if packages else list(PACKAGES)
     for name in names:
@@ -251,7 +264,7 @@ def fetch(
         if not ignore_installed and installed(name):
             say(f"{name}: installed, used as it is")
             continue
-        for member in (name, *package.libraries):
+        for member in (name, *package.companions):
             if not ignore_installed and member != name and installed(member):
                 continue
             version = extracted(member, root)
