@@ -6,7 +6,7 @@ verify` once its ExecStart names the installed entry point; its dependencies are
 Debian bookworm has. systemd is not PID 1 here, so the daemon's confinement is applied the
 way the unit asks for it, without systemd (no capability, no_new_privs, W^X memory, the
 system call filter of its SystemCallFilter= lines expanded by systemd-analyze itself, its
-address families, its supplementary group), and the daemon must still serve a simulated
+address families, its supplementary group, its umask), and the daemon must still serve a simulated
 host through it. The distributions are built with PEP 517's frontend from a copy of the
 checkout, the wheel from the sdist, as pip would.
 """
@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -150,9 +151,11 @@ def xen_init_script() -> Path:
 
 
 def debian_has(unit_name: str) -> bool:
-    """A unit this Debian ships (systemd's own), one systemd makes of an init script of
+    """A unit this Debian ships (systemd's own, or a peer's package's, such as
+    nats-server.service, installed or in the cache), one systemd makes of an init script of
     Xen's packages, or one of ours."""
-    if any((d / unit_name).exists() for d in SYSTEMD_UNIT_DIRS):
+    cached = debpeers.cache_root()
+    if any((d / unit_name).exists() for d in (*SYSTEMD_UNIT_DIRS, cached / "lib/systemd/system")):
         return True
     if (PACKAGING / unit_name).exists():
         return True
@@ -286,6 +289,8 @@ class Confinement:
         assert values(unit, "MemoryDenyWriteExecute") == ["yes"]
         assert values(unit, "SystemCallErrorNumber") == ["EPERM"]
         self.group = group
+        (umask,) = values(unit, "UMask")
+        self.umask = int(umask, 8)
         self.syscalls = sorted(allowed_syscalls(unit) - {"socket"})
         self.families = [FAMILIES[f] for f in words(unit, "RestrictAddressFamilies")]
         self.last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -307,6 +312,7 @@ class Confinement:
             raise OSError(ctypes.get_errno(), f"prctl{args}")
 
     def __call__(self) -> None:
+        os.umask(self.umask)
         # SupplementaryGroups= (root, so the gid and groups stay as they are otherwise).
         os.setgroups([self.group] if self.group is not None else [])
         # CapabilityBoundingSet= (empty): exec then gives root no capability at all.
@@ -413,7 +419,8 @@ def test_the_daemon_serves_under_the_units_confinement(sim, tmp_path):  # noqa: 
         st = status(proc.pid)
         assert st["CapEff"] == st["CapPrm"] == st["CapBnd"] == "0" * 16
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2"
-        assert os.stat(d.sock).st_gid == group.gr_gid
+        sock = os.stat(d.sock)
+        assert sock.st_gid == group.gr_gid and stat.S_IMODE(sock.st_mode) == 0o660
         with d.subscribe(None) as sub:
             sim.ctl.shutdown(3, "crash")
             (event,) = take(sub, 1)
