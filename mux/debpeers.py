@@ -5,7 +5,7 @@ oxenstored 4.17, Prometheus with promtool, and nats-server. Their packages would
 enable a service when installed (and on a dom0, xen-utils' maintainer scripts start the
 host's Xen daemons), so they are never installed for the tests: a peer is
 
-- the system's own file, if its package is installed (it is used as it is); else
+- the system's own file, there when its package is installed (it is used as it is); else
 - the same file inside a cache where the package was extracted with `apt-get download` +
   `dpkg-deb -x` (no maintainer script runs, nothing is registered with dpkg or systemd).
   The cache is `.cache/deb/root` in the checkout, or `$XENMUX_DEB_CACHE`. A program from
