@@ -37,7 +37,13 @@ import test_xenctrl_backend
 from daemonhelpers import quiet, take, until
 from simhelpers import REPO, SimHandle, sim_command
 
-from mux.realxen import OXENSTORED, XENSTORED, StubLibs, XenstoredUnderStub, private_dir
+from mux.realxen import (
+    RealXenError,
+    StubLibs,
+    XenstoredUnderStub,
+    private_dir,
+)
+from mux.realxen.servers import locate_server
 from mux.sim.ctl import SimControlError
 
 # Fixtures of other modules, registered for this one.
@@ -174,9 +180,10 @@ KINDS = [
 
 
 def _need(kind: str) -> None:
-    binary = XENSTORED if kind == "xenstored" else OXENSTORED
-    if not binary.exists():
-        pytest.fail(f"{binary} is missing: install xen-utils-4.17 (make test does)")
+    try:
+        locate_server(kind)
+    except RealXenError as exc:
+        pytest.fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
