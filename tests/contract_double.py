@@ -155,6 +155,11 @@ class ContractDouble:
                     peer.send(frame)
             return frame
 
+    def add_guests(self, count: int) -> None:
+        """guest-1 .. guest-COUNT, running, as domids 1 .. COUNT."""
+        for domid in range(1, count + 1):
+            self.add(domid, name=f"guest-{domid}")
+
     def down(self) -> None:
         """The daemon stops: connections closed, socket gone."""
         with self.lock:

@@ -95,7 +95,7 @@ def unreachable(path: str, exc: OSError) -> Unreachable:
 
 def no_answer(path: str, op: str, timeout: float) -> TimedOut:
     return TimedOut(
-        f"xenmux at {path} accepted the connection but did not answer {op} within {timeout:g} s"
+        f"xenmux at {path} accepted the connection but did not answer {op} within {timeout:.3g} s"
     )
 
 

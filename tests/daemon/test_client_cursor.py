@@ -20,8 +20,7 @@ from mux.client import AsyncSubscription, Cursor, Subscription, XenmuxError
 def double():
     with doubles() as make:
         d = make()
-        for domid in (1, 2, 3, 4):
-            d.add(domid, name=f"guest-{domid}")
+        d.add_guests(4)
         yield d
 
 
