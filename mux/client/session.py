@@ -180,6 +180,11 @@ class SubscriptionCore:
         self._queue: collections.deque[_Due] = collections.deque()
         self._position: Cursor | None = None
         self._outage: Outage | None = None
+        self._started()
+
+    def _started(self) -> None:
+        """What the I/O side does once the subscription is made (the blocking one
+        connects; the asyncio one waits for `connect()` or `async with`)."""
 
     @property
     def cursor(self) -> str | None:

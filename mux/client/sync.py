@@ -78,9 +78,8 @@ class Subscription(SubscriptionCore):
 
     conn: LineSocket | None
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._run(self.connecting())
+    def _started(self) -> None:
+        self._run(self.connecting())  # a Subscription is connected once made
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         return self._run(self.next_steps(timeout))
