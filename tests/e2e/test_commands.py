@@ -131,6 +131,7 @@ def test_wait_any_and_all(sim, daemon_factory, procs):
         sim.ctl.shutdown(domid, "poweroff")
     until(lambda: d.stats()["events"]["shutdown"] == 3)
     sim.ctl.destroy(6)
+    until(lambda: d.stats()["events"]["death"] == 2)  # in one scan, 1 would come before 6
     sim.ctl.destroy(1)
     assert all_.wait(20) == 13  # not all were 0: the first non-zero one, in order of death
     deaths = json_lines(all_.stdout.read().decode())
