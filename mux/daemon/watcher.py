@@ -86,7 +86,7 @@ class XenstoreTimeouts:
     `idle`: probe a connection silent this long, 0 never (`--xenstore-idle`); `feature`: how
     long XS_GET_FEATURE may take at connection before the server is taken to have none."""
 
-    request: float = 5.0
+    request: float = 30.0
     idle: float = 10.0
     feature: float = 1.0
 

@@ -375,6 +375,10 @@ def test_417_a_domain_reported_before_its_introduction_explains_its_firing(sim, 
 def test_depth_a_domain_gone_with_its_nodes_is_counted_and_named(sim422, daemon_factory):
     d = daemon_factory(sim422, "--full-scan", "0")
     with d.subscribe(None) as sub:
+        (seen,) = sim422.ctl.create(name="seen")  # seen, its firings explained
+        sim422.ctl.destroy(seen["domid"])
+        assert [e["event"] for e in take(sub, 3)] == ["new", "death", "released"]
+        assert d.stats()["firings_without_change"] == {"@releaseDomain": 0, "@introduceDomain": 0}
         with stopped(d):
             dom = blink(sim422)  # the sim removes its nodes with it, as libxl does
         until(lambda: d.stats()["firings_without_change"]["@introduceDomain"] == 1)
