@@ -5,11 +5,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 
+from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.protocol import DEFAULT_SOCKET
+
+
+def _seconds(*, positive: bool):
+    """An argparse type: a finite number of seconds, > 0 (positive) or >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "more than 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {bound} seconds")
+        return value
+
+    return parse
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -67,6 +85,22 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use full scans even where xenstored offers watch depth (Xen 4.22)",
     )
+    p.add_argument(
+        "--xenstore-timeout",
+        type=_seconds(positive=True),
+        default=XenstoreTimeouts.request,
+        metavar="S",
+        help="deadline of every xenstored request; one missed gives the connection up and "
+        "makes a new one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--xenstore-idle",
+        type=_seconds(positive=False),
+        default=XenstoreTimeouts.idle,
+        metavar="S",
+        help="probe xenstored when it has sent nothing for S seconds, so that a hung one is "
+        "noticed; 0 turns the probe off (default: %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -97,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
             use_depth=not args.no_watch_depth,
         )
         daemon = Daemon(config, backend)
+        # Until Config carries them (service.py), the watcher is told before it starts.
+        daemon.watcher.timeouts = XenstoreTimeouts(
+            request=args.xenstore_timeout, idle=args.xenstore_idle
+        )
     except (NotADom0Error, HypervisorError, ValueError) as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1
