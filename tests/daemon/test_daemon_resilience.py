@@ -253,7 +253,7 @@ def test_many_subscribers_in_one_process_only_the_interested_one_hears(sim_facto
 
 def test_second_daemon_on_the_same_host_is_independent(sim, daemon_factory):
     a = daemon_factory(sim)
-    b = start_daemon(sim, sock=str(sim.dir / "y.sock"))
+    b = start_daemon(sim, "--state-dir", str(sim.dir / "state-b"), sock=str(sim.dir / "y.sock"))
     try:
         with a.subscribe([7]) as sa, b.subscribe([7]) as sb:
             sim.ctl.shutdown(7, "crash")
