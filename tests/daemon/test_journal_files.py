@@ -11,6 +11,7 @@ import errno
 import json
 import logging
 import os
+import random
 import stat
 
 import pytest
@@ -90,15 +91,66 @@ def test_a_reader_filters_by_domid_and_kind_and_ends_where_it_was_made(journal):
     assert all(e["domid"] in (2, 3) and e["event"] in (SHUTDOWN, DEATH) for e in got)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_every_reader_gets_what_a_filter_of_all_events_would(tmp_path, seed):
+    """Batches of one or several events, of one domid or several, of kinds in and out of
+    the mask, over several segments: each reader's frames are those of a plain filter."""
+    rng = random.Random(seed)
+    j = Journal.create(str(tmp_path), new_history_id(), 64 * 1024)
+    written: list[Event] = []
+    while j.last_seq < 600:
+        n = rng.choice([1, 1, 1, 2, 3, 7])
+        one = rng.choice([None, rng.randrange(6)])
+        batch = [
+            Event(
+                j.last_seq + 1 + k,
+                rng.choice(EVENT_KINDS),
+                rng.randrange(6) if one is None else one,
+                UUID,
+                None,
+                5.0,
+            )
+            for k in range(n)
+        ]
+        j.append(batch)
+        written += batch
+    assert j.segment_count > 3 and j.oldest_seq == 1
+    for _ in range(40):
+        after = rng.randrange(0, j.last_seq + 1)
+        domids = rng.choice([None, set(rng.sample(range(6), rng.randint(1, 3)))])
+        mask = rng.choice([ALL_KINDS_MASK, rng.randrange(1, ALL_KINDS_MASK + 1)])
+        want = [
+            e.frame()
+            for e in written
+            if e.seq > after and (domids is None or e.domid in domids) and KIND_BITS[e.kind] & mask
+        ]
+        before = j.replayed_events
+        assert b"".join(j.reader(after, domids, mask)) == b"".join(want), (after, domids, mask)
+        assert j.replayed_events - before == len(want)
+    j.close()
+
+
 def test_chunks_are_whole_lines_of_about_chunk_bytes(journal):
     # One batch far larger than a chunk (a mass event), then many small ones.
     written = fill(journal, [6000, *([1] * 3000)], name="x" * 40)
-    chunks = list(journal.reader(0, None, ALL_KINDS_MASK))
+    chunks = [c for c in journal.reader(0, None, ALL_KINDS_MASK) if c]  # b"": an index step
     assert b"".join(chunks) == b"".join(e.frame() for e in written)
     assert len(chunks) > 3
     longest = max(len(e.frame()) for e in written)
     for chunk in chunks:
-        assert chunk.endswith(b"\n") and len(chunk) <= CHUNK + longest
+        assert chunk.endswith(b"\n") and len(chunk) <= CHUNK * 3 // 2 + longest
+
+
+def test_each_step_of_a_reader_is_bounded(tmp_path):
+    """A subscriber of one domid resuming from the start of a journal of 30,000 events
+    does not hold the loop: each step handles about a chunk of journal, matching or not."""
+    j = Journal.create(str(tmp_path), new_history_id(), 1 << 30)
+    fill(j, [1] * 30_000, domids=tuple(range(1, 301)))
+    steps = list(j.reader(0, [7], ALL_KINDS_MASK))
+    assert [e["domid"] for e in lines(steps)] == [7] * 100
+    # 5 MB of journal: indexed once (what the writer only counted), then read, a chunk a step
+    assert len(steps) >= j.bytes // CHUNK
+    j.close()
 
 
 def test_a_reader_still_reads_a_segment_dropped_meanwhile(tmp_path):
@@ -143,18 +195,34 @@ def test_garbage_after_the_last_batch_is_cut_off(journal):
     j.close()
 
 
-def test_a_flipped_bit_before_the_tail_is_corruption(tmp_path):
+def test_damage_before_the_tail_is_found_when_read_and_costs_a_gap(tmp_path, caplog):
+    """Only the last segment is read at open; an older one is checked when a reader first
+    needs it. Damaged, it goes with those before it: the reader fails rather than skip
+    events, and a cursor from before it gets a gap."""
     j = Journal.create(str(tmp_path), new_history_id(), 16 * 1024)
-    fill(j, [3] * 40)
-    first = os.path.join(str(tmp_path), segment_files(tmp_path)[0])
-    assert len(segment_files(tmp_path)) > 1
-    with open(first, "r+b") as f:
+    written = fill(j, [3] * 40)
+    names = segment_files(tmp_path)
+    assert len(names) > 2
+    second = tmp_path / names[1]
+    with open(second, "r+b") as f:
         f.seek(SEG_HEAD_SIZE + HEAD_SIZE + 30)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0x10]))
-    with pytest.raises(CorruptState, match="damaged"):
-        reopen(j)
+    j = reopen(j)
+    assert (j.oldest_seq, j.last_seq) == (1, 120)
+    reader = j.reader(0, None, ALL_KINDS_MASK)
+    got = []
+    with caplog.at_level(logging.ERROR, "xenmux.journal"), pytest.raises(OSError, match="damaged"):
+        for chunk in reader:
+            got += lines([chunk])
+    assert [e["seq"] for e in got] == list(range(1, len(got) + 1))  # nothing skipped
+    third = int(names[2].split("-")[1])
+    assert j.oldest_seq == third and segment_files(tmp_path) == names[2:]
+    assert caplog.text.count("can no longer be replayed") == 1 and names[1] in caplog.text
+    after = [e.frame() for e in written if e.seq >= third]
+    assert b"".join(j.reader(third - 1, None, ALL_KINDS_MASK)) == b"".join(after)
+    j.close()
 
 
 def test_a_segment_of_another_history_is_corruption(tmp_path):
