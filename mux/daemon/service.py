@@ -68,7 +68,7 @@ def _table_class():
     return DomainTable
 
 
-class _JournaledFanout:
+class JournaledFanout:
     """What the scan loop publishes to: each batch goes to the journal, then to the
     fan-out, so that no subscriber sees an event a restart could lose."""
 
@@ -110,7 +110,7 @@ class Daemon:
         self.scanloop = ScanLoop(
             self.table,
             backend,
-            _JournaledFanout(state.journal, self.fanout),
+            JournaledFanout(state.journal, self.fanout),
             self.stats,
             shutdown_poll=config.shutdown_poll,
             full_scan=config.full_scan,

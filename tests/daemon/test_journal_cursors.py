@@ -174,3 +174,18 @@ def test_journal_metrics(sim, daemon_factory):
     assert value(s, "xenmux_journal_write_errors_total") == 0
     assert value(s, "xenmux_checkpoint_errors_total") == 0
     assert 0 <= value(s, "xenmux_checkpoint_age_seconds") < 60
+
+
+def test_protocol_md_documents_the_cursor_words():
+    from pathlib import Path
+
+    from mux.protocol import PROTOCOL_VERSION, SUBSCRIBE_MODES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    cursors = doc.partition("## Cursors and restarts\n")[2].partition("\n## ")[0]
+    assert cursors, "docs/protocol.md has no section on cursors"
+    for word in ("since", "history", "gap", "late", "oldest_seq", ERR_BAD_CURSOR):
+        assert f"`{word}`" in cursors or f'"{word}"' in cursors, word
+    subscribe = doc.partition("### `subscribe`\n")[2].partition("\n### ")[0]
+    assert " | ".join(f'"{m}"' for m in SUBSCRIBE_MODES) in subscribe
+    assert f"Protocol version: {PROTOCOL_VERSION}" in doc
