@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the journal (history, since, gap, bad-cursor, mode, late)
 SERVER_NAME = "xen-watch-mux"
 
 DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
@@ -72,6 +72,12 @@ OPS: tuple[str, ...] = (
     OP_PING,
 )
 
+# `mode` of a subscribe: every event, or (for level-triggered consumers) the newest state of
+# each domain once the subscriber falls behind; it applies to the whole connection.
+MODE_EVENTS = "events"
+MODE_LATEST = "latest"
+SUBSCRIBE_MODES: tuple[str, ...] = (MODE_EVENTS, MODE_LATEST)
+
 # -- the `stats` reply ------------------------------------------------------------------------
 
 # What asked for a scan: the keys of `scans` in the `stats` reply and the `trigger` label of
@@ -105,6 +111,7 @@ ERR_BAD_DOMID = "bad-domid"
 ERR_TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
 ERR_PERMISSION_DENIED = "permission-denied"
 ERR_TOO_MANY_CLIENTS = "too-many-clients"
+ERR_BAD_CURSOR = "bad-cursor"
 ERROR_CODES: tuple[str, ...] = (
     ERR_BAD_JSON,
     ERR_LINE_TOO_LONG,
@@ -114,6 +121,7 @@ ERROR_CODES: tuple[str, ...] = (
     ERR_TOO_MANY_SUBSCRIPTIONS,
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_CLIENTS,
+    ERR_BAD_CURSOR,
 )
 
 

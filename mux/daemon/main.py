@@ -9,6 +9,9 @@ import math
 import signal
 import sys
 
+from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
+from mux.daemon.journal import MIN_MAX_BYTES
+from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
 from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.protocol import DEFAULT_SOCKET
@@ -28,6 +31,16 @@ def _seconds(*, positive: bool):
         return value
 
     return parse
+
+
+def _journal_bytes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes") from None
+    if n < MIN_MAX_BYTES:
+        raise argparse.ArgumentTypeError(f"{n}: the journal needs at least {MIN_MAX_BYTES} bytes")
+    return n
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -101,6 +114,36 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="probe xenstored when it has sent nothing for S seconds, so that a hung one is "
         "noticed; 0 turns the probe off (default: %(default)s)",
     )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the journal, the table's checkpoint and the history are kept, locked by "
+        "one daemon (default: the backend's own, as a simulated host has; else "
+        f"{DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--journal-max-bytes",
+        type=_journal_bytes,
+        default=DEFAULT_JOURNAL_MAX_BYTES,
+        metavar="N",
+        help="bound of the journal on disk; the oldest events go first, and a subscriber "
+        "resuming from before them gets a snapshot (default: 64 MiB)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=_seconds(positive=True),
+        default=DEFAULT_CHECKPOINT_INTERVAL,
+        metavar="S",
+        help="how often the table is checkpointed, so that a restart replays little of the "
+        "journal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--boot-id-file",
+        default=BOOT_ID_PATH,
+        metavar="PATH",
+        help="where this boot's id is read: the state of another boot is dropped "
+        "(default: %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -112,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from mux.daemon.listener import resolve_group
     from mux.daemon.service import Config, Daemon
+    from mux.daemon.statedir import StateDirError
     from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
     from mux.xenstore.client import default_xenstore_path
 
@@ -129,13 +173,17 @@ def run(args: argparse.Namespace) -> int:
             high_water=args.high_water,
             metrics_addr=args.metrics_addr,
             use_depth=not args.no_watch_depth,
+            state_dir=args.state_dir or backend.state_dir or DEFAULT_STATE_DIR,
+            journal_max_bytes=args.journal_max_bytes,
+            checkpoint_interval=args.checkpoint_interval,
+            boot_id_path=args.boot_id_file,
         )
         daemon = Daemon(config, backend)
         # Until Config carries them (service.py), the watcher is told before it starts.
         daemon.watcher.timeouts = XenstoreTimeouts(
             request=args.xenstore_timeout, idle=args.xenstore_idle
         )
-    except (NotADom0Error, HypervisorError, ValueError) as exc:
+    except (NotADom0Error, HypervisorError, ValueError, StateDirError) as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1
     try:

@@ -30,6 +30,7 @@ from mux.daemon.stats import (
     CounterReading,
     DaemonSnapshot,
     HistogramReading,
+    JournalReading,
 )
 from mux.protocol import DOMAIN_STATES, ERROR_CODES, EVENT_KINDS, SCAN_TRIGGERS
 
@@ -200,6 +201,7 @@ class DaemonCollector:
             st.hypercall_errors,
         )
         yield from _xenstore_health(st)
+        yield from _journal_families(d.journal)
 
 
 def _labelled(name: str, doc: str, label: str, known, values: dict) -> CounterMetricFamily:
@@ -251,6 +253,50 @@ def _xenstore_health(st: CounterReading):
         "new + death pairs flagged transient: a domain that came and went between two scans, "
         "known from a watch-depth firing and the name and UUID xenstore still held.",
         st.transient_pairs,
+    )
+
+
+def _journal_families(j: JournalReading):
+    """The durable stream: the journal, its checkpoints and the cursors it could not serve."""
+    yield _gauge("xenmux_journal_bytes", "Size of the journal's segments on disk.", j.bytes)
+    yield _gauge("xenmux_journal_segments", "Segment files of the journal.", j.segments)
+    yield _gauge(
+        "xenmux_journal_oldest_seq",
+        "The oldest seq still in the journal: a cursor below it minus one gets a gap.",
+        j.oldest_seq,
+    )
+    yield _counter(
+        "xenmux_journal_appends",
+        "Batches of events written to the journal (one write each, before the fan-out).",
+        j.appends,
+    )
+    yield _counter(
+        "xenmux_journal_appended_events", "Events written to the journal.", j.appended_events
+    )
+    yield _counter(
+        "xenmux_journal_replayed_events",
+        "Events sent from the journal to subscribers resuming from a cursor.",
+        j.replayed_events,
+    )
+    yield _counter(
+        "xenmux_journal_write_errors",
+        "Journal writes that failed (the events went out; cursors before them get a gap).",
+        j.write_errors,
+    )
+    yield _gauge(
+        "xenmux_checkpoint_age_seconds",
+        "Seconds since the table was last checkpointed (-1: not yet).",
+        -1 if j.checkpoint_age is None else j.checkpoint_age,
+    )
+    yield _counter(
+        "xenmux_checkpoint_errors",
+        "Checkpoints that could not be written (tried again at the next interval).",
+        j.checkpoint_errors,
+    )
+    yield _counter(
+        "xenmux_subscribe_gaps",
+        "Subscribes whose cursor the journal could not serve (they got a snapshot).",
+        j.gaps,
     )
 
 

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
+from mux.daemon.tablestate import mark_late
 from mux.daemon.watcher import INTRODUCE, Firing, Identity
 from mux.hypervisor.base import Backend, HypervisorError
 from mux.protocol import (
@@ -230,6 +231,17 @@ class ScanLoop:
         self.stats.scans[TRIGGER_STARTUP] += 1
         self.stats.scan_seconds.observe(time.perf_counter() - t0)
         log.info("initial scan: %d domains", n)
+
+    async def catch_up(self) -> int:
+        """The first scan after a restart, diffed against the table as the last daemon left
+        it: what happened meanwhile comes out as ordinary events, each flagged late (its
+        `time` this scan's), published before any subscriber can connect. Returns how many."""
+        async with self._lock:
+            events = mark_late(self._full(TRIGGER_STARTUP))
+            await self._publish(events, None)
+        if events:
+            log.info("first scan after a restart: %d events happened meanwhile", len(events))
+        return len(events)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")

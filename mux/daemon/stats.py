@@ -202,6 +202,7 @@ class Stats:
         self.clients_total = 0
         self.xenstore_reconnects = 0
         self.hypercall_errors = 0
+        self.subscribe_gaps = 0  # subscribes with a cursor the journal could not serve
         self.scan_seconds = Histogram()
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
@@ -280,6 +281,41 @@ class CounterReading:
 
 
 @dataclass(frozen=True)
+class JournalReading:
+    """The durable stream: the journal (journal.py) and the checkpoints (durable.py)."""
+
+    history: str
+    state_dir: str
+    bytes: int  # the segments' size on disk
+    segments: int
+    oldest_seq: int  # the oldest seq still journaled (a cursor of oldest_seq - 1 resumes)
+    appends: int  # batches written (one write(2) each)
+    appended_events: int
+    replayed_events: int  # frames sent from the journal to resuming subscribers
+    write_errors: int
+    checkpoint_age: float | None  # seconds since the newest checkpoint (None: none yet)
+    checkpoint_errors: int
+    gaps: int  # subscribes whose cursor could not be served (they got a snapshot)
+
+    def stats_reply(self) -> dict:
+        age = self.checkpoint_age
+        return {
+            "history": self.history,
+            "state_dir": self.state_dir,
+            "bytes": self.bytes,
+            "segments": self.segments,
+            "oldest_seq": self.oldest_seq,
+            "appends": self.appends,
+            "appended_events": self.appended_events,
+            "replayed_events": self.replayed_events,
+            "write_errors": self.write_errors,
+            "checkpoint_age_seconds": None if age is None else round(age, 3),
+            "checkpoint_errors": self.checkpoint_errors,
+            "gaps": self.gaps,
+        }
+
+
+@dataclass(frozen=True)
 class DaemonSnapshot:
     """What the daemon reports, copied from its parts by the composition root: plain data
     for the `stats` reply and for the Prometheus collector."""
@@ -298,6 +334,7 @@ class DaemonSnapshot:
     instance: str
     seq: int
     metrics_port: int | None
+    journal: JournalReading
 
     @property
     def features(self) -> dict:
@@ -335,4 +372,5 @@ class DaemonSnapshot:
             "instance": self.instance,
             "seq": self.seq,
             "metrics_port": self.metrics_port,
+            "journal": self.journal.stats_reply(),
         }
