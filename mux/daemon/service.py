@@ -16,8 +16,9 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mux.daemon.admission import Clients, Limits
 from mux.daemon.connection import ClientConnection, ConnectionContext
 from mux.daemon.fanout import Fanout
 from mux.daemon.listener import Listener
@@ -30,6 +31,10 @@ from mux.hypervisor.base import Backend
 
 log = logging.getLogger("xenmux")
 
+# File descriptors the daemon needs besides its clients' and the metrics endpoint's:
+# xenstored, the hypervisor, the journal, the listening sockets, the event loop's own.
+FD_MARGIN = 64
+
 
 @dataclass
 class Config:
@@ -39,7 +44,8 @@ class Config:
     full_scan: float = 30.0
     socket_gid: int | None = None
     allow_rescan_gid: int | None = None
-    max_clients: int = 4096
+    # --max-clients, --max-clients-per-uid, --root-reserve
+    limits: Limits = field(default_factory=Limits)
     max_subscriptions: int = 32768
     high_water: int = 4 * 1024 * 1024  # unsent bytes before a subscriber is cut off
     metrics_addr: str = ""
@@ -60,7 +66,7 @@ class Daemon:
         self.stats = Stats()
         self.table = table if table is not None else _new_table()
         self.fanout = Fanout()
-        self.clients: set[ClientConnection] = set()
+        self.clients = Clients(config.limits)
         self.scanloop = ScanLoop(
             self.table,
             backend,
@@ -93,7 +99,6 @@ class Daemon:
             fanout=self.fanout,
             clients=self.clients,
             handle_line=functools.partial(handle_line, requests),
-            max_clients=config.max_clients,
             high_water=config.high_water,
             allow_rescan_gid=config.allow_rescan_gid,
         )
@@ -117,6 +122,7 @@ class Daemon:
             frames_sent=self.fanout.frames_sent,
             subscribers=self.fanout.subscriber_count,
             clients=len(self.clients),
+            output_bytes=sum(c.unsent() for c in self.clients),
             domains=self.table.counts(),
             backend=self.backend.name,
             xenstore_path=self.config.xenstore_path,
@@ -130,7 +136,10 @@ class Daemon:
 
     async def start(self, *, xenstore_wait: float = 5.0) -> None:
         """Watch first (so no firing is missed), scan, then open the socket: its existence
-        means the table is complete (and that is the systemd readiness point)."""
+        means the table is complete (and that is the systemd readiness point). The metrics
+        port is bound before any of it, so that a busy one costs no scan."""
+        if self.config.metrics_addr:
+            self.metrics = await start_metrics(self.config.metrics_addr, self.snapshot, self.stats)
         self.watcher.start()
         if self.backend.capabilities.changed_feed:
             self.backend.watch_changed(self._domids_changed)
@@ -144,10 +153,10 @@ class Daemon:
             )
         self.scanloop.prime()
         await self._load_names()
-        if self.config.metrics_addr:
-            self.metrics = start_metrics(self.config.metrics_addr, self.snapshot)
         self.scanloop.start()
         await self.listener.open(lambda: ClientConnection(self.connections))
+        if self.metrics is not None:
+            log.info("metrics on %s", self.metrics.url)
         log.info(
             "serving %d domains on %s (backend %s, instance %s)",
             len(self.table),

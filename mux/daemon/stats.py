@@ -183,6 +183,11 @@ class Stats:
         self.clients_total = 0
         self.xenstore_reconnects = 0
         self.hypercall_errors = 0
+        # The bounds on what one client may cost (connection.py, metrics_http.py).
+        self.reads_paused = 0  # a client's requests stopped being read
+        self.clients_aborted = 0  # closed with output unsent: it read nothing for a grace
+        self.latest_folded = 0  # events sent to latest-mode subscribers as state frames
+        self.metrics_refused = 0  # metrics connections dropped at the endpoint's cap
         self.scan_seconds = Histogram()
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
@@ -200,6 +205,10 @@ class Stats:
             client_errors=dict(self.client_errors),
             xenstore_reconnects=self.xenstore_reconnects,
             hypercall_errors=self.hypercall_errors,
+            reads_paused=self.reads_paused,
+            clients_aborted=self.clients_aborted,
+            latest_folded=self.latest_folded,
+            metrics_refused=self.metrics_refused,
             scan_seconds=self.scan_seconds.read(),
             hypercall_seconds=self.hypercall_seconds.read(),
             notify_seconds=self.notify_seconds.read(),
@@ -218,6 +227,10 @@ class CounterReading:
     client_errors: dict[str, int]  # by error code, every code present
     xenstore_reconnects: int
     hypercall_errors: int
+    reads_paused: int
+    clients_aborted: int
+    latest_folded: int
+    metrics_refused: int
     scan_seconds: HistogramReading
     hypercall_seconds: HistogramReading
     notify_seconds: HistogramReading
@@ -233,6 +246,7 @@ class DaemonSnapshot:
     frames_sent: int
     subscribers: int
     clients: int
+    output_bytes: int  # queued for clients, not yet in their sockets
     domains: dict[str, int]  # by state, every state present
     backend: str
     xenstore_path: str
@@ -264,6 +278,11 @@ class DaemonSnapshot:
             "client_errors": {k: v for k, v in c.client_errors.items() if v},
             "xenstore_reconnects": c.xenstore_reconnects,
             "hypercall_errors": c.hypercall_errors,
+            "reads_paused": c.reads_paused,
+            "clients_aborted": c.clients_aborted,
+            "latest_folded": c.latest_folded,
+            "metrics_refused": c.metrics_refused,
+            "output_bytes": self.output_bytes,
             "domains": dict(self.domains),
             "scan_seconds": c.scan_seconds.summary(),
             "hypercall_seconds": c.hypercall_seconds.summary(),
