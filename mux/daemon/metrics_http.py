@@ -7,8 +7,8 @@ slot is busy answering, the newcomer gets 503. A request has REQUEST_TIMEOUT sec
 arrive and the answer WRITE_TIMEOUT to be read. The exposition is made in the loop (a
 millisecond or so), at most once per MIN_INTERVAL, so that scrapes cannot starve the scans.
 It is what prometheus_client's own server answers: the format the Accept header asks for
-(choose_encoder), gzip when accepted, `name[]` to restrict. Who can reach the endpoint, and
-how to restrict it: docs/operations.md.
+(choose_encoder), gzip when accepted. Who can reach the endpoint, and how to restrict it:
+docs/operations.md.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
 import time
 from collections import OrderedDict
-from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -67,8 +67,9 @@ class MetricsHTTP:
                 self._connection, host, port, limit=MAX_REQUEST_HEAD
             )
         except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise MetricsAddressError(
-                f"cannot serve metrics on {addr} (--metrics-addr): {exc.strerror or exc}; "
+                f"cannot serve metrics on {addr} (--metrics-addr): {why}; "
                 "choose another HOST:PORT, or --metrics-addr '' to turn the endpoint off"
             ) from None
         self.port = self.server.sockets[0].getsockname()[1]
@@ -123,27 +124,23 @@ class MetricsHTTP:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        path, _, query = target.partition("?")
+        path = target.partition("?")[0]
         if path != PATH:
             return _plain("404 Not Found", f"the metrics are at {PATH}")
         if method not in ("GET", "HEAD"):
             return _plain("405 Method Not Allowed", "GET or HEAD", [("Allow", "GET, HEAD")])
-        params = parse_qs(query)
-        body, content_type = await self._exposition(headers.get("accept", ""), params)
+        body, content_type = await self._exposition(headers.get("accept", ""))
         out = [("Content-Type", content_type)]
         if gzip_accepted(headers.get("accept-encoding", "")):
             body = gzip.compress(body)
             out.append(("Content-Encoding", "gzip"))
         return _response("200 OK", out, body, method == "HEAD")
 
-    async def _exposition(self, accept: str, params: dict) -> tuple[bytes, str]:
+    async def _exposition(self, accept: str) -> tuple[bytes, str]:
         async with self._lock:
             wait = self._last + MIN_INTERVAL - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._last = time.monotonic()
             encoder, content_type = choose_encoder(accept)
-            registry = self.registry
-            if "name[]" in params:
-                registry = registry.restricted_registry(params["name[]"])
-            return encoder(registry), content_type
+            return encoder(self.registry), content_type
