@@ -440,6 +440,9 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     data.close()
         self._release_output()
+        if not self.reading:  # read what it still sends, and drop it: no reset for that
+            t.resume_reading()
+            self.reading = True
         if last is not None:
             t.write(last)
         if self.eof or not t.can_write_eof():
