@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.protocol import DEFAULT_SOCKET
 
@@ -48,14 +49,6 @@ def _count(minimum: int) -> Callable[[str], object]:
 
 
 @_option
-def _seconds(text: str) -> float:
-    value = float(text)  # its ValueError names the text
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{text} is not a number of seconds from 0 up")
-    return value
-
-
-@_option
 def _metrics_addr(text: str) -> str:
     from mux.daemon.metrics import parse_addr
 
@@ -69,6 +62,22 @@ def _group(text: str) -> int | None:
     from mux.daemon.listener import resolve_group
 
     return resolve_group(text)
+
+
+def _seconds(*, positive: bool) -> Callable[[str], object]:
+    """A finite number of seconds, > 0 (positive) or >= 0."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "more than 0" if positive else "0 or more"
+            raise ValueError(f"{text!r} is not a number of seconds: give {bound}")
+        return value
+
+    return _option(seconds)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -106,14 +115,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--shutdown-poll",
-        type=_seconds,
+        type=_seconds(positive=False),
         default=0.25,
         metavar="S",
         help="poll period while a domain sits shut down (resumes fire nothing)",
     )
     p.add_argument(
         "--full-scan",
-        type=_seconds,
+        type=_seconds(positive=False),
         default=30.0,
         metavar="S",
         help="period of the safety full scan (silent suspends, unintroduced domains); 0: off",
@@ -153,6 +162,22 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--no-watch-depth",
         action="store_true",
         help="use full scans even where xenstored offers watch depth (Xen 4.22)",
+    )
+    p.add_argument(
+        "--xenstore-timeout",
+        type=_seconds(positive=True),
+        default=XenstoreTimeouts.request,
+        metavar="S",
+        help="deadline of every xenstored request; one missed gives the connection up and "
+        "makes a new one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--xenstore-idle",
+        type=_seconds(positive=False),
+        default=XenstoreTimeouts.idle,
+        metavar="S",
+        help="probe xenstored when it has sent nothing for S seconds, so that a hung one is "
+        "noticed; 0 turns the probe off (default: %(default)s)",
     )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -209,6 +234,10 @@ def run(args: argparse.Namespace) -> int:
             use_depth=not args.no_watch_depth,
         )
         daemon = Daemon(config, backend)
+        # Until Config carries them (service.py), the watcher is told before it starts.
+        daemon.watcher.timeouts = XenstoreTimeouts(
+            request=args.xenstore_timeout, idle=args.xenstore_idle
+        )
     except (NotADom0Error, HypervisorError, ValueError) as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,15 @@ from prometheus_client.utils import floatToGoString
 
 from mux import __version__
 from mux.daemon.metrics_http import MetricsHTTP
-from mux.daemon.stats import WATCH_PATHS, DaemonSnapshot, HistogramReading, Stats
+from mux.daemon.stats import (
+    DISCONNECT_CAUSES,
+    WATCH_PATHS,
+    XENSTORE_REQUESTS,
+    CounterReading,
+    DaemonSnapshot,
+    HistogramReading,
+    Stats,
+)
 from mux.protocol import DOMAIN_STATES, ERROR_CODES, EVENT_KINDS, SCAN_TRIGGERS
 
 log = logging.getLogger("xenmux.metrics")
@@ -223,6 +231,59 @@ class DaemonCollector:
             "Failed domain-info hypercalls (retried with backoff).",
             st.hypercall_errors,
         )
+        yield from _xenstore_health(st)
+
+
+def _labelled(name: str, doc: str, label: str, known, values: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    _by_label(family, known, values)
+    return family
+
+
+def _xenstore_health(st: CounterReading):
+    """xenstored's faults and the firings that found nothing (issue 11 items 3 and 9)."""
+    xs = st.xenstore
+    yield _labelled(
+        "xenmux_xenstore_disconnects",
+        "xenstored connections given up or lost, by cause (each followed by a new connection "
+        "and a full scan).",
+        "cause",
+        DISCONNECT_CAUSES,
+        xs.disconnects,
+    )
+    yield _labelled(
+        "xenmux_xenstore_request_timeouts",
+        "xenstored requests that missed their deadline (--xenstore-timeout), by request type; "
+        "each gave the connection up.",
+        "request",
+        XENSTORE_REQUESTS,
+        xs.request_timeouts,
+    )
+    yield _counter(
+        "xenmux_xenstore_liveness_probes",
+        "Probes of a xenstored connection silent for --xenstore-idle seconds.",
+        xs.liveness_probes,
+    )
+    yield _counter(
+        "xenmux_xenstore_depth_fallbacks",
+        "Connections on which xenstored claimed watch depth but refused a depth watch "
+        "(plain watches and full scans instead).",
+        xs.depth_fallbacks,
+    )
+    yield _labelled(
+        "xenmux_firings_without_change",
+        "Watch firings whose scan found nothing to show for them (a domain that came and went "
+        "between two scans, or a change an earlier scan had already reported).",
+        "path",
+        WATCH_PATHS,
+        st.firings_without_change,
+    )
+    yield _counter(
+        "xenmux_transient_pairs",
+        "new + death pairs flagged transient: a domain that came and went between two scans, "
+        "known from a watch-depth firing and the name and UUID xenstore still held.",
+        st.transient_pairs,
+    )
 
 
 def make_registry(snapshot: Snapshot, *, process: bool = True) -> CollectorRegistry:

@@ -25,6 +25,25 @@ from mux.xenstore import wire
 # The watches whose firings are counted, by path (the `path` label of the firings).
 WATCH_PATHS = (wire.SPECIAL_RELEASE, wire.SPECIAL_INTRODUCE)
 
+# Why a xenstored connection was given up or lost (the `cause` label of the disconnects):
+# xenstored closed it or the socket failed; it broke the protocol; a request missed its
+# deadline; the probe of a silent connection missed it; it refused the watches.
+CAUSE_LOST = "lost"
+CAUSE_PROTOCOL = "protocol"
+CAUSE_TIMEOUT = "timeout"
+CAUSE_LIVENESS = "liveness"
+CAUSE_REFUSED = "refused"
+DISCONNECT_CAUSES = (CAUSE_LOST, CAUSE_PROTOCOL, CAUSE_TIMEOUT, CAUSE_LIVENESS, CAUSE_REFUSED)
+# The request that probes a silent connection (any xenstored answers it without its store).
+PROBE_REQUEST = wire.XS_GET_DOMAIN_PATH.name
+# The requests the daemon sends with a deadline (the `request` label of the timeouts).
+XENSTORE_REQUESTS = (
+    wire.XS_WATCH.name,
+    wire.XS_UNWATCH.name,
+    wire.XS_READ.name,
+    PROBE_REQUEST,
+)
+
 # Seconds; fit for a targeted hypercall (a microsecond), a scan of 1000 domains (tens of
 # microseconds), 32,000 domains (hundreds) and a firing-to-frame latency under load (tens of
 # milliseconds). The last finite bucket covers a slow xenstored holding back names.
@@ -191,6 +210,13 @@ class Stats:
         self.scan_seconds = Histogram()
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
+        # xenstored's health (watcher.py) and the firings that found nothing (scanloop.py).
+        self.xenstore_disconnects: dict[str, int] = dict.fromkeys(DISCONNECT_CAUSES, 0)
+        self.xenstore_request_timeouts: dict[str, int] = dict.fromkeys(XENSTORE_REQUESTS, 0)
+        self.xenstore_liveness_probes = 0
+        self.xenstore_depth_fallbacks = 0
+        self.firings_without_change: dict[str, int] = dict.fromkeys(WATCH_PATHS, 0)
+        self.transient_pairs = 0
 
     def read(self) -> CounterReading:
         """A copy of every counter, taken now (any thread)."""
@@ -212,7 +238,34 @@ class Stats:
             scan_seconds=self.scan_seconds.read(),
             hypercall_seconds=self.hypercall_seconds.read(),
             notify_seconds=self.notify_seconds.read(),
+            xenstore=XenstoreReading(
+                disconnects=dict(self.xenstore_disconnects),
+                request_timeouts=dict(self.xenstore_request_timeouts),
+                liveness_probes=self.xenstore_liveness_probes,
+                depth_fallbacks=self.xenstore_depth_fallbacks,
+            ),
+            firings_without_change=dict(self.firings_without_change),
+            transient_pairs=self.transient_pairs,
         )
+
+
+@dataclass(frozen=True)
+class XenstoreReading:
+    """How xenstored behaved: connections dropped by cause, requests past their deadline by
+    type, probes of a silent connection, depth watches refused by a server claiming depth."""
+
+    disconnects: dict[str, int]
+    request_timeouts: dict[str, int]
+    liveness_probes: int
+    depth_fallbacks: int
+
+    def reply(self) -> dict:
+        return {
+            "disconnects": dict(self.disconnects),
+            "request_timeouts": dict(self.request_timeouts),
+            "liveness_probes": self.liveness_probes,
+            "depth_fallbacks": self.depth_fallbacks,
+        }
 
 
 @dataclass(frozen=True)
@@ -234,6 +287,9 @@ class CounterReading:
     scan_seconds: HistogramReading
     hypercall_seconds: HistogramReading
     notify_seconds: HistogramReading
+    xenstore: XenstoreReading
+    firings_without_change: dict[str, int]  # by watch path
+    transient_pairs: int
 
 
 @dataclass(frozen=True)
@@ -278,6 +334,9 @@ class DaemonSnapshot:
             "client_errors": {k: v for k, v in c.client_errors.items() if v},
             "xenstore_reconnects": c.xenstore_reconnects,
             "hypercall_errors": c.hypercall_errors,
+            "xenstore": c.xenstore.reply(),
+            "firings_without_change": dict(c.firings_without_change),
+            "transient_pairs": c.transient_pairs,
             "reads_paused": c.reads_paused,
             "clients_aborted": c.clients_aborted,
             "latest_folded": c.latest_folded,
