@@ -85,21 +85,24 @@ def fit_fd_limit(limits: Limits, other_fds: int) -> tuple[Limits, str | None]:
     """Make room for `limits.max_clients` connections plus `other_fds` descriptors.
 
     Raises the soft RLIMIT_NOFILE as far as needed (the hard limit allows it without
-    privilege); when even the hard limit is too low, returns the limits lowered to fit,
-    and a line saying so. Raises ValueError when too few descriptors are left to serve.
+    privilege); when that is not enough (or not allowed), returns the limits lowered to
+    fit, and a line saying so. Raises ValueError when too few descriptors are left to serve.
     """
     needed = limits.max_clients + other_fds
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard >= needed:
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
         return limits, None
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    room = hard - other_fds
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+    except OSError:  # setrlimit filtered out (a unit's SystemCallFilter=~@resources)
+        ceiling = soft
+    if ceiling >= needed:
+        return limits, None
+    room = ceiling - other_fds
     if room < 2:
         raise ValueError(
-            f"the file-descriptor limit ({hard}, ulimit -n or LimitNOFILE=) leaves no room "
+            f"the file-descriptor limit ({ceiling}, ulimit -n or LimitNOFILE=) leaves no room "
             f"for clients: the daemon needs {other_fds} descriptors besides them"
         )
     fitted = replace(
@@ -109,7 +112,7 @@ def fit_fd_limit(limits: Limits, other_fds: int) -> tuple[Limits, str | None]:
         root_reserve=min(limits.root_reserve, room // 2),
     )
     return fitted, (
-        f"the file-descriptor limit ({hard}, ulimit -n or LimitNOFILE=) allows "
+        f"the file-descriptor limit ({ceiling}, ulimit -n or LimitNOFILE=) allows "
         f"{room} clients, not --max-clients {limits.max_clients}: serving {room}, "
         f"{fitted.root_reserve} of them kept for root"
     )

@@ -384,3 +384,25 @@ def test_serve_runs_with_the_new_options(sim, daemon_factory):
     with d.subscribe([2]) as sub:
         sim.ctl.shutdown(2, "reboot")
         assert brief(take(sub, 1)) == [("shutdown", 2, "reboot")]
+
+
+def test_limits_fit_the_fd_limit_the_daemon_may_reach(monkeypatch):
+    from mux.daemon import admission
+
+    limits = admission.Limits(max_clients=4096, per_uid=1024, root_reserve=16)
+    monkeypatch.setattr(admission.resource, "getrlimit", lambda _which: (1024, 524288))
+    raised = []
+    monkeypatch.setattr(admission.resource, "setrlimit", lambda _w, lim: raised.append(lim))
+    assert admission.fit_fd_limit(limits, 112) == (limits, None)
+    assert raised == [(4208, 524288)]  # the soft limit, raised to what is needed
+
+    def filtered(_which, _limits):  # a unit's SystemCallFilter=~@resources
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(admission.resource, "setrlimit", filtered)
+    fitted, why = admission.fit_fd_limit(limits, 112)
+    assert fitted == admission.Limits(max_clients=912, per_uid=912, root_reserve=16)
+    assert why.startswith("the file-descriptor limit (1024, ulimit -n or LimitNOFILE=) allows 912")
+    monkeypatch.setattr(admission.resource, "getrlimit", lambda _which: (100, 100))
+    with pytest.raises(ValueError, match="leaves no room for clients"):
+        admission.fit_fd_limit(limits, 112)
