@@ -46,6 +46,12 @@ ALL_KINDS_MASK = (1 << len(EVENT_KINDS)) - 1
 # Not an event of a domain: the frame that tells a subscriber it was cut off.
 OVERFLOW = "overflow"
 
+# Not an event kind either (not subscribable): the newest-state frame a `latest`-mode
+# subscriber gets, in a slow period, in place of a domid's pending event frames. Its `state`
+# is one of DOMAIN_STATES, or ABSENT once the domain was released.
+LATEST_STATE = "state"
+ABSENT = "absent"
+
 # -- snapshot rows ---------------------------------------------------------------------------
 
 # `state` of a snapshot row; `shutdown` is also the event kind that leads to it.
@@ -112,6 +118,8 @@ ERR_TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
 ERR_PERMISSION_DENIED = "permission-denied"
 ERR_TOO_MANY_CLIENTS = "too-many-clients"
 ERR_BAD_CURSOR = "bad-cursor"
+ERR_TOO_MANY_CONNECTIONS = "too-many-connections"
+ERR_INTERNAL = "internal-error"
 ERROR_CODES: tuple[str, ...] = (
     ERR_BAD_JSON,
     ERR_LINE_TOO_LONG,
@@ -122,16 +130,21 @@ ERROR_CODES: tuple[str, ...] = (
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_CLIENTS,
     ERR_BAD_CURSOR,
+    ERR_TOO_MANY_CONNECTIONS,
+    ERR_INTERNAL,
 )
 
 
 def kinds_mask(kinds: Iterable[str] | None) -> int:
     """The subscription mask of some event kinds (None: all of them).
 
-    Raises ValueError naming the first unknown kind and the known ones.
+    Raises ValueError naming the first unknown kind and the known ones, or when `kinds`
+    is not a collection of kinds (a request's `"events": 5` or `"events": "death"`).
     """
     if kinds is None:
         return ALL_KINDS_MASK
+    if not isinstance(kinds, (list, tuple, set, frozenset)):  # "death" or 5 from a request
+        raise ValueError(f"events must be a list of event kinds, not {kinds!r}")
     mask = 0
     for kind in kinds:
         try:

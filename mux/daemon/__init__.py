@@ -6,5 +6,5 @@ listener.py (the socket and its peers), connection.py (one client), requests.py 
 table), stats.py and metrics.py (the counters and their Prometheus view), main.py (`xenmux
 serve`); the durable stream: durable.py (the state restored, the checkpoints), statedir.py
 (the locked directory and its history), journal.py (every event on disk, replay by cursor),
-tablestate.py (the table's dump, load and replay), replaying.py (a connection that replays).
+tablestate.py (the table's dump, load and replay).
 """

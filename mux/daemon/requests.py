@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +28,7 @@ from mux.protocol import (
     ERR_BAD_DOMID,
     ERR_BAD_JSON,
     ERR_BAD_REQUEST,
+    ERR_INTERNAL,
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_SUBSCRIPTIONS,
     ERR_UNKNOWN_OP,
@@ -246,16 +248,52 @@ if tuple(REQUESTS) != OPS:  # an op added to the vocabulary needs its row here, 
 # -- one line ----------------------------------------------------------------------------------
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def parse_request(line: bytes) -> dict:
+    """One request line as a JSON object: strict JSON (no NaN, no Infinity, no number that
+    overflows to one), so that whatever is echoed back is valid JSON too."""
+    try:
+        req = json.loads(line, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise RequestError(
+            ERR_BAD_JSON, "a request must be one JSON object: nested too deeply"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(ERR_BAD_JSON, f"a request must be one JSON object: {exc}") from None
+    if not isinstance(req, dict):
+        raise RequestError(ERR_BAD_JSON, "a request must be one JSON object")
+    return req
+
+
+def _echoable(req_id) -> bool:
+    """Whether `id` can be sent back: a scalar can; a nested value might be too deep."""
+    if req_id is None or isinstance(req_id, (str, int, float)):
+        return True
+    try:
+        json.dumps(req_id)
+    except (RecursionError, ValueError):
+        return False
+    return True
+
+
 async def handle_line(ctx: RequestContext, conn: ClientConnection, line: bytes) -> None:
-    """Answer one request line: the reply, or an error (counted by code)."""
+    """Answer one request line: the reply, or an error (counted by code). Every line gets
+    exactly one reply, whatever it holds, so a request pipelined behind it is answered too."""
     req_id = None
     try:
-        try:
-            req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(ERR_BAD_JSON, f"a request must be one JSON object: {exc}") from None
-        if not isinstance(req, dict):
-            raise RequestError(ERR_BAD_JSON, "a request must be one JSON object")
+        req = parse_request(line)
+        if not _echoable(req.get("id")):
+            raise RequestError(ERR_BAD_REQUEST, "id must be a JSON value that can be echoed")
         req_id = req.get("id")
         conn.bad_lines = 0
         op = req.get("op")
@@ -280,3 +318,8 @@ async def handle_line(ctx: RequestContext, conn: ClientConnection, line: bytes) 
             if conn.bad_lines >= MAX_BAD_LINES:
                 log.warning("client pid=%d sends garbage; closing it", conn.pid)
                 conn.close()
+    except Exception:
+        # A bug must cost this request only: the client gets an answer, the daemon serves on.
+        log.exception("request from client pid=%d failed: %.200r", conn.pid, line)
+        ctx.stats.client_errors[ERR_INTERNAL] += 1
+        conn.reply_error(req_id, ERR_INTERNAL, "the daemon failed on this request (see its log)")

@@ -18,9 +18,10 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mux.daemon.connection import ConnectionContext
+from mux.daemon.admission import Clients, Limits
+from mux.daemon.connection import ClientConnection, ConnectionContext
 from mux.daemon.durable import (
     DEFAULT_CHECKPOINT_INTERVAL,
     DEFAULT_JOURNAL_MAX_BYTES,
@@ -31,16 +32,19 @@ from mux.daemon.fanout import Event, Fanout
 from mux.daemon.journal import Journal
 from mux.daemon.listener import Listener
 from mux.daemon.metrics import MetricsServer, start_metrics
-from mux.daemon.replaying import ReplayConnection
 from mux.daemon.requests import RequestContext, handle_line
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
 from mux.daemon.tablestate import load_table
-from mux.daemon.watcher import Watcher
+from mux.daemon.watcher import Watcher, XenstoreTimeouts
 from mux.hypervisor.base import Backend
 
 log = logging.getLogger("xenmux")
+
+# File descriptors the daemon needs besides its clients' and the metrics endpoint's:
+# xenstored, the hypervisor, the journal, the listening sockets, the event loop's own.
+FD_MARGIN = 64
 
 
 @dataclass
@@ -51,7 +55,8 @@ class Config:
     full_scan: float = 30.0
     socket_gid: int | None = None
     allow_rescan_gid: int | None = None
-    max_clients: int = 4096
+    # --max-clients, --max-clients-per-uid, --root-reserve
+    limits: Limits = field(default_factory=Limits)
     max_subscriptions: int = 32768
     high_water: int = 4 * 1024 * 1024  # unsent bytes before a subscriber is cut off
     metrics_addr: str = ""
@@ -60,6 +65,8 @@ class Config:
     journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
     checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
     boot_id_path: str = BOOT_ID_PATH  # a new boot id means a new history
+    # --xenstore-timeout, --xenstore-idle
+    xenstore_timeouts: XenstoreTimeouts = field(default_factory=XenstoreTimeouts)
 
 
 def _table_class():
@@ -105,7 +112,7 @@ class Daemon:
         else:
             self.table = table_class()
         self.fanout = Fanout()
-        self.clients: set[ReplayConnection] = set()
+        self.clients = Clients(config.limits)
         self.checkpointer = Checkpointer(state, self.table, interval=config.checkpoint_interval)
         self.scanloop = ScanLoop(
             self.table,
@@ -122,6 +129,7 @@ class Daemon:
             request_full=self.scanloop.request_full,
             request_domid=self.scanloop.request_domid,
             use_depth=config.use_depth,
+            timeouts=config.xenstore_timeouts,
         )
         requests = RequestContext(
             instance=self.instance,
@@ -140,7 +148,6 @@ class Daemon:
             fanout=self.fanout,
             clients=self.clients,
             handle_line=functools.partial(handle_line, requests),
-            max_clients=config.max_clients,
             high_water=config.high_water,
             allow_rescan_gid=config.allow_rescan_gid,
         )
@@ -164,6 +171,7 @@ class Daemon:
             frames_sent=self.fanout.frames_sent,
             subscribers=self.fanout.subscriber_count,
             clients=len(self.clients),
+            output_bytes=sum(c.unsent() for c in self.clients),
             domains=self.table.counts(),
             backend=self.backend.name,
             xenstore_path=self.config.xenstore_path,
@@ -195,7 +203,10 @@ class Daemon:
 
     async def start(self, *, xenstore_wait: float = 5.0) -> None:
         """Watch first (so no firing is missed), scan, then open the socket: its existence
-        means the table is complete (and that is the systemd readiness point)."""
+        means the table is complete (and that is the systemd readiness point). The metrics
+        port is bound before any of it, so that a busy one costs no scan."""
+        if self.config.metrics_addr:
+            self.metrics = await start_metrics(self.config.metrics_addr, self.snapshot, self.stats)
         self.watcher.start()
         if self.backend.capabilities.changed_feed:
             self.backend.watch_changed(self._domids_changed)
@@ -215,11 +226,11 @@ class Daemon:
         self.checkpointer.ready = True
         if self.state.restored is None:
             self.checkpointer.write_now()  # what a restart of this new history starts from
-        if self.config.metrics_addr:
-            self.metrics = start_metrics(self.config.metrics_addr, self.snapshot)
         self.scanloop.start()
         self.checkpointer.start()
-        await self.listener.open(lambda: ReplayConnection(self.connections))
+        await self.listener.open(lambda: ClientConnection(self.connections))
+        if self.metrics is not None:
+            log.info("metrics on %s", self.metrics.url)
         log.info(
             "serving %d domains on %s (backend %s, instance %s, history %s at seq %d)",
             len(self.table),

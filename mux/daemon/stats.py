@@ -203,6 +203,11 @@ class Stats:
         self.xenstore_reconnects = 0
         self.hypercall_errors = 0
         self.subscribe_gaps = 0  # subscribes with a cursor the journal could not serve
+        # The bounds on what one client may cost (connection.py, metrics_http.py).
+        self.reads_paused = 0  # a client's requests stopped being read
+        self.clients_aborted = 0  # closed with output unsent: it read nothing for a grace
+        self.latest_folded = 0  # events sent to latest-mode subscribers as state frames
+        self.metrics_refused = 0  # metrics connections dropped at the endpoint's cap
         self.scan_seconds = Histogram()
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
@@ -227,6 +232,10 @@ class Stats:
             client_errors=dict(self.client_errors),
             xenstore_reconnects=self.xenstore_reconnects,
             hypercall_errors=self.hypercall_errors,
+            reads_paused=self.reads_paused,
+            clients_aborted=self.clients_aborted,
+            latest_folded=self.latest_folded,
+            metrics_refused=self.metrics_refused,
             scan_seconds=self.scan_seconds.read(),
             hypercall_seconds=self.hypercall_seconds.read(),
             notify_seconds=self.notify_seconds.read(),
@@ -272,6 +281,10 @@ class CounterReading:
     client_errors: dict[str, int]  # by error code, every code present
     xenstore_reconnects: int
     hypercall_errors: int
+    reads_paused: int
+    clients_aborted: int
+    latest_folded: int
+    metrics_refused: int
     scan_seconds: HistogramReading
     hypercall_seconds: HistogramReading
     notify_seconds: HistogramReading
@@ -325,6 +338,7 @@ class DaemonSnapshot:
     frames_sent: int
     subscribers: int
     clients: int
+    output_bytes: int  # queued for clients, not yet in their sockets
     domains: dict[str, int]  # by state, every state present
     backend: str
     xenstore_path: str
@@ -360,6 +374,11 @@ class DaemonSnapshot:
             "xenstore": c.xenstore.reply(),
             "firings_without_change": dict(c.firings_without_change),
             "transient_pairs": c.transient_pairs,
+            "reads_paused": c.reads_paused,
+            "clients_aborted": c.clients_aborted,
+            "latest_folded": c.latest_folded,
+            "metrics_refused": c.metrics_refused,
+            "output_bytes": self.output_bytes,
             "domains": dict(self.domains),
             "scan_seconds": c.scan_seconds.summary(),
             "hypercall_seconds": c.hypercall_seconds.summary(),
