@@ -77,10 +77,19 @@ def figures(args: argparse.Namespace) -> dict:
             print(f"xenmux chaos: {text}", file=sys.stderr, flush=True)
 
     try:
-        return runner.run(settings, workdir, say)
-    finally:
+        result = runner.run(settings, workdir, say)
+    except runner.RunError:
+        # The error names files of the run (members.err, daemon.err): they stay for it.
+        if args.keep is None:
+            say(f"the run's files are kept in {workdir}")
+        raise
+    except BaseException:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if args.keep is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:

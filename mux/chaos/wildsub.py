@@ -40,7 +40,10 @@ def _cursor(sub: Subscription) -> tuple[int | None, str | None]:
 
 def _drop(sub: Subscription) -> None:
     """Shut the subscription's connection down under it, as a network blip would."""
-    sock = getattr(getattr(sub, "conn", None), "sock", None)
+    conn = getattr(sub, "conn", None)
+    if conn is None:  # between two connections (the daemon is away): nothing to drop
+        return
+    sock = getattr(conn, "sock", None)
     if not isinstance(sock, socket.socket):
         raise RuntimeError("cannot drop the connection: mux.client gives no conn.sock")
     try:
