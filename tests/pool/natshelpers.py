@@ -1,0 +1,181 @@
+"""Real nats-server 2.9.10 (Debian's) for the pool tests, on loopback, stopped by its PID.
+
+The binary comes from Debian's package, never installed (its package enables a service):
+`apt-get download nats-server` + `dpkg-deb -x` into the checkout's `.cache/deb/root`
+($XENMUX_DEB_CACHE overrides), done here on first use; an installed nats-server is used
+when there is one. Each server listens on 127.0.0.1 only, keeps JetStream in a temporary
+directory that its handle removes, and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from simhelpers import REPO
+
+NATS_PACKAGE = "nats-server"
+BINARY = Path("usr/sbin/nats-server")
+
+
+def deb_cache() -> Path:
+    return Path(os.environ.get("XENMUX_DEB_CACHE") or REPO / ".cache" / "deb")
+
+
+def nats_server_binary() -> str:
+    """The path of nats-server: the extracted package, else the system's, else extract it."""
+    extracted = deb_cache() / "root" / BINARY
+    if extracted.exists():
+        return str(extracted)
+    system = shutil.which("nats-server")
+    if system:
+        return system
+    cache = deb_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    got = subprocess.run(
+        ["apt-get", "download", NATS_PACKAGE],
+        cwd=cache,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    debs = sorted(cache.glob(f"{NATS_PACKAGE}_*.deb"))
+    if got.returncode != 0 or not debs:
+        raise RuntimeError(f"apt-get download {NATS_PACKAGE} failed: {got.stderr.strip()}")
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(cache / "root")], check=True, timeout=120)
+    return str(extracted)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses (ip:port) of every listening TCP socket of a process."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    out = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        with open(f"/proc/net/{table}") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                local, state, inode = cols[1], cols[3], cols[9]
+                if state != "0A" or inode not in inodes:
+                    continue
+                ip_hex, port_hex = local.split(":")
+                if width == 8:
+                    ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(ip_hex)[::-1])
+                else:
+                    raw = bytes.fromhex(ip_hex)
+                    ip = socket.inet_ntop(
+                        socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    )
+                out.append(f"{ip}:{int(port_hex, 16)}")
+    return out
+
+
+class NatsServer:
+    """One nats-server process with JetStream; restart() keeps its port and store."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "n1",
+        port: int | None = None,
+        cluster: tuple[int, list[int]] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"nats-{name}-", dir=workdir))
+        self.store = self.dir / "js"
+        self.log = self.dir / "server.log"
+        lines = [
+            f"server_name: {name}",
+            f"listen: 127.0.0.1:{self.port}",
+            f'jetstream {{ store_dir: "{self.store}" }}',
+        ]
+        if cluster is not None:
+            cport, peers = cluster
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in peers if p != cport)
+            lines.append(
+                f"cluster {{ name: xenmux-test, listen: 127.0.0.1:{cport}, routes: [{routes}] }}"
+            )
+        if auth is not None:
+            lines.append(f'authorization {{ user: "{auth[0]}", password: "{auth[1]}" }}')
+        self.config = self.dir / "server.conf"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        assert self.proc is None or self.proc.poll() is not None
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nats-server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"nats-server not listening after {timeout} s") from None
+                time.sleep(0.02)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"nats-server {self.proc.pid} ignored SIGTERM") from None
+
+    def restart(self) -> None:
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_cluster(workdir: Path, size: int = 3) -> list[NatsServer]:
+    cports = [free_port() for _ in range(size)]
+    servers = [NatsServer(workdir, f"n{i + 1}", cluster=(cports[i], cports)) for i in range(size)]
+    for s in servers:
+        s.start()
+    return servers
