@@ -16,6 +16,9 @@ from typing import Any
 
 INSTALL_HINT = "install it with: pip install 'xen-watch-mux[pool]' (the nats-py package)"
 CONNECT_TIMEOUT = 2.0
+# JetStream API calls answer in milliseconds; one that waits longer is asking a server
+# without a leader (a cluster electing one): give up soon and try again.
+API_TIMEOUT = 2.0
 
 
 class NatsMissing(Exception):
@@ -147,7 +150,7 @@ class Connection:
                 pass
 
 
-async def connect(opts: NatsOptions, name: str, timeout: float = 5.0) -> Connection:
+async def connect(opts: NatsOptions, name: str, timeout: float = API_TIMEOUT) -> Connection:
     """Connect to the first server of the list that answers.
 
     Raises NatsUnavailable (none answered: the reason of the last one) or NatsRejected."""

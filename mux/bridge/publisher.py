@@ -41,12 +41,15 @@ class Publisher:
         self.stall = stall
         self.timeout = timeout
         self.inflight: collections.deque[tuple[float, asyncio.Future, Any]] = collections.deque()
+        self.unsent: Any = None  # the item of a send() that failed before it went out
         self._lost = asyncio.ensure_future(conn.lost.wait())
 
     async def send(
         self, subject: str, payload: bytes, headers: dict | None = None, item: Any = None
     ) -> list[Ack]:
-        """Publish one message; returns the acks that came in meanwhile, in order."""
+        """Publish one message; returns the acks that came in meanwhile, in order. When this
+        raises, the message is not sent, and close() still returns its item."""
+        self.unsent = item
         acks = self.take()
         while self.inflight and (
             len(self.inflight) >= self.window or time.monotonic() - self.inflight[0][0] > self.stall
@@ -60,13 +63,15 @@ class Publisher:
         except Exception as exc:
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
+        self.unsent = None
         return acks
 
     def take(self) -> list[Ack]:
         """The acks that have arrived, oldest first, up to the first one still pending."""
         out = []
         while self.inflight and self.inflight[0][1].done():
-            out.append(self._result(self.inflight.popleft()))
+            out.append(self._result(self.inflight[0]))
+            self.inflight.popleft()
         return out
 
     def check(self) -> list[Ack]:
@@ -99,9 +104,12 @@ class Publisher:
         if not fut.done():
             why = "the connection was lost" if self.conn.lost.is_set() else "no ack in time"
             raise NatsUnavailable(f"JetStream did not acknowledge a publish: {why}")
-        return self._result(self.inflight.popleft())
+        ack = self._result(self.inflight[0])
+        self.inflight.popleft()
+        return ack
 
     def _result(self, entry: tuple[float, asyncio.Future, Any]) -> Ack:
+        """The ack of a finished publish; raises (leaving it in flight) when it failed."""
         sent, fut, item = entry
         exc = fut.exception()
         if exc is not None:
@@ -111,9 +119,15 @@ class Publisher:
 
     def close(self) -> list[Any]:
         """Stop waiting for what is in flight (the connection is gone or going); returns
-        those messages' items, oldest first: JetStream may or may not hold them."""
+        those messages' items, oldest first (JetStream may or may not hold them), and the
+        item of a send that failed before it went out."""
         items = [item for _sent, _fut, item in self.inflight]
+        if self.unsent is not None:
+            items.append(self.unsent)
+            self.unsent = None
         for _sent, fut, _item in self.inflight:
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # seen: asyncio would log it as never retrieved
             fut.cancel()
         self.inflight.clear()
         self._lost.cancel()

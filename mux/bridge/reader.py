@@ -65,6 +65,8 @@ class Follower:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message from the start, in stream order, for ever. Raises NatsRejected."""
+        from nats.js.errors import NotFoundError
+
         delay = 0.05
         outage = False
         while True:
@@ -88,6 +90,11 @@ class Follower:
                 outage = _say_once(outage, f"lost NATS: {exc}")
             except NatsRejected:
                 raise
+            except NotFoundError:
+                outage = _say_once(
+                    outage, f"stream {self.stream} does not exist (yet: a bridge makes it)"
+                )
+                await asyncio.sleep(IDLE)
             except Exception as exc:
                 outage = _say_once(outage, f"lost NATS: {exc or type(exc).__name__}")
             finally:

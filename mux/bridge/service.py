@@ -14,6 +14,7 @@ once when it starts and once when it ends.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -59,6 +60,7 @@ class Bridge:
         self.resyncing = False  # a snapshot is being written: a new session does it again
         # Events the feed handed over that JetStream has not acknowledged, oldest first.
         self.unacked: list[tuple[str, dict]] = []
+        self.backlog: collections.deque[tuple[str, dict]] = collections.deque()  # to publish again
         # Where the host stands in the stream: the last acknowledged message's cursor.
         self.history: str | None = None
         self.seq: int | None = None
@@ -87,11 +89,14 @@ class Bridge:
                     delay = min(delay * 2, BACKOFF_MAX)
                     continue
                 server = conn.server
+                self.stats.connected = False
                 try:
                     await self._session(conn, stop, outage)
                     outage = None
                 except NatsUnavailable as exc:
-                    outage = self._outage(None, f"lost NATS at {server}: {exc}")
+                    # A session that never got going is the same outage going on.
+                    since = None if self.stats.connected else outage
+                    outage = self._outage(since, f"lost NATS at {server}: {exc}")
                 finally:
                     self.stats.connected = False
                     await conn.close()
@@ -142,6 +147,8 @@ class Bridge:
         finally:
             # What is still in flight may or may not be stored: the next session sees which.
             self.unacked = [item for item in pub.close() if not item[1].get("missed")]
+            self.unacked.extend(self.backlog)
+            self.backlog.clear()
 
     def _continues(self, pos: Position) -> bool:
         """Whether the open subscription carries on from where the stream stands: the same
@@ -155,11 +162,12 @@ class Bridge:
         return pos.seq == self.feed.handed
 
     async def _republish(self, pub: Publisher, pos: Position) -> None:
-        again = [item for item in self.unacked if item[1]["seq"] > (pos.seq or 0)]
+        self.backlog.extend(item for item in self.unacked if item[1]["seq"] > (pos.seq or 0))
         self.unacked = []
-        if again:
-            log.info("publishing again %d events JetStream had not acknowledged", len(again))
-        for history, event in again:
+        if self.backlog:
+            log.info("publishing again %d events JetStream had not acknowledged", len(self.backlog))
+        while self.backlog:
+            history, event = self.backlog.popleft()  # if the send fails, pub.close() has it
             self._acked(await self._publish(pub, history, event))
 
     async def _reopen(

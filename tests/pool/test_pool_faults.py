@@ -1,0 +1,108 @@
+"""Exactly once, in each host's order, whatever stops: nats-server, a cluster node, the bridge.
+
+Each host's own log (`xenmux watch` on its daemon) is the reference: the pool's events of
+that host, in pool order, must be that log, no more, no less.
+"""
+
+from __future__ import annotations
+
+import time
+
+from conftest import (
+    assert_exactly_once,
+    bucket_rows,
+    bucket_values,
+    daemon_rows,
+    stream_messages,
+    wait_for_pool,
+)
+from daemonhelpers import until
+from simhelpers import sim_command
+
+
+def churn(pool, host, seconds: float, rate: int = 40, seed: int = 1):
+    return pool.start(
+        [
+            *sim_command(),
+            *("sim-ctl", "--dir", str(host.sim.dir), "churn"),
+            *("--seconds", str(seconds), "--rate", str(rate), "--seed", str(seed)),
+        ],
+        f"churn-{host.name}",
+    )
+
+
+def settle(pool, url: str, hosts, watch) -> list[dict]:
+    """Once churn is over: the pool has caught up, and the bucket is every daemon's table."""
+    lines = wait_for_pool(watch, hosts, timeout=60)
+    time.sleep(0.5)  # anything extra (a duplicate) would have arrived by now
+    lines = watch.lines()
+    assert_exactly_once(lines, hosts)
+    assert_exactly_once(stream_messages(url), hosts)
+    until(
+        lambda: all(bucket_rows(bucket_values(url), h.name) == daemon_rows(h) for h in hosts),
+        timeout=20,
+    )
+    return lines
+
+
+def test_nats_server_killed_and_restarted_mid_stream(pool):
+    nats = pool.nats()
+    hosts = [pool.host("a"), pool.host("b")]
+    watch = pool.watch(nats.url, "--since", "1")
+    bridges = [pool.bridge(h, nats.url) for h in hosts]
+    churners = [churn(pool, h, 4, seed=i) for i, h in enumerate(hosts)]
+    time.sleep(1.2)
+    nats.kill()
+    time.sleep(1.0)
+    nats.restart()
+    for c in churners:
+        assert c.proc.wait(60) == 0, c.stderr()
+    lines = settle(pool, nats.url, hosts, watch)
+    assert len(lines) > 40
+    for bridge in bridges:
+        log = bridge.stderr()
+        # Said once when it started, once when it ended.
+        assert log.count("keeping the place") == 1, log
+        assert log.count("reachable again") == 1, log
+
+
+def test_cluster_node_killed_under_a_replicated_stream(pool):
+    servers = pool.cluster(3)
+    urls = ",".join(s.url for s in servers)
+    hosts = [pool.host("a"), pool.host("b")]
+    bridges = [pool.bridge(h, urls) for h in hosts]
+    watch = pool.watch(urls, "--since", "1")
+    info = stream_info(servers[0].url)
+    assert info["replicas"] == 3, info  # made with --replicas 3 on a cluster by default
+    churners = [churn(pool, h, 3, seed=10 + i) for i, h in enumerate(hosts)]
+    time.sleep(1.5)
+    leader = next(s for s in servers if s.name == info["leader"])
+    leader.kill()
+    for c in churners:
+        assert c.proc.wait(60) == 0, c.stderr()
+    alive = next(s for s in servers if s is not leader)
+    settle(pool, alive.url, hosts, watch)
+    leader.restart()
+    for bridge in bridges:
+        assert bridge.proc.poll() is None, bridge.stderr()
+
+
+def stream_info(url: str) -> dict:
+    import asyncio
+
+    import nats
+
+    async def read() -> dict:
+        nc = await nats.connect(url, allow_reconnect=False)
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                info = await nc.jsm().stream_info("xenmux-events")
+                if info.cluster and info.cluster.leader:
+                    return {"replicas": info.config.num_replicas, "leader": info.cluster.leader}
+                assert time.monotonic() < deadline, "no stream leader"
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
