@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -115,6 +116,8 @@ def _is_rejection(exc: BaseException | None) -> bool:
 def _why(exc: BaseException | None) -> str:
     if exc is None:
         return "no answer"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     text = str(exc)

@@ -146,7 +146,7 @@ class Pool:
         self.procs.append(proc)
         return proc
 
-    def bridge(self, host: Host, urls: str, *extra: str, ready: bool = True) -> Proc:
+    def bridge(self, host: Host, urls: str, *extra: str, ready: bool = True, ok=None) -> Proc:
         """Start a bridge; with `ready`, return once it has written its host's table."""
         args = [
             *sim_command(),
@@ -161,7 +161,7 @@ class Pool:
             "",
             *extra,
         ]
-        proc = self.start(args, f"bridge-{host.name}")
+        proc = self.start(args, f"bridge-{host.name}", **({} if ok is None else {"ok": ok}))
         if ready:
             url = urls.split(",")[0]
             key = checkpoint_key(encode_host(host.name))
@@ -242,18 +242,18 @@ def stream_messages(url: str, stream: str = "xenmux-events", **connect) -> list[
     return asyncio.run(read())
 
 
-def bucket_keys(url: str, bucket: str = "xenmux-domains") -> set[str]:
+def bucket_keys(url: str, bucket: str = "xenmux-domains", **connect) -> set[str]:
     try:
-        return set(bucket_values(url, bucket))
+        return set(bucket_values(url, bucket, **connect))
     except Exception:  # the bucket or the stream may not exist yet
         return set()
 
 
-def bucket_values(url: str, bucket: str = "xenmux-domains") -> dict[str, dict]:
+def bucket_values(url: str, bucket: str = "xenmux-domains", **connect) -> dict[str, dict]:
     async def read() -> dict[str, dict]:
         import nats
 
-        nc = await nats.connect(url, allow_reconnect=False)
+        nc = await nats.connect(url, allow_reconnect=False, **connect)
         try:
             kv = await nc.jetstream().key_value(bucket)
             out = {}
