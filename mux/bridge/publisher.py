@@ -7,12 +7,18 @@ after it was sent within STALL of it; a JetStream leader election takes seconds 
 election timeouts), so none of those can be stored by a new leader ahead of the lost one.
 After any failure the caller drops the connection and resumes from what the stream holds:
 the stored prefix is kept, the rest published again under the same Nats-Msg-Id.
+
+Acks come back on one inbox subscription (`<inbox>.<n>`), as a JetStream publish with a
+reply subject gets them; they are matched by `n` and parsed here, which costs a fraction
+of nats-py's request-per-publish machinery (the bridge's budget is 250 us of CPU per event).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +28,7 @@ from mux.bridge.natsconn import Connection, NatsUnavailable
 WINDOW = 1024
 STALL = 0.25
 ACK_TIMEOUT = 5.0
+NO_RESPONDERS = "503"  # the status a publish gets when no stream listens on its subject
 
 
 @dataclass
@@ -32,6 +39,10 @@ class Ack:
     sent: float  # time.monotonic() when it was sent
 
 
+class _Refused(Exception):
+    pass
+
+
 class Publisher:
     def __init__(
         self, conn: Connection, window: int = WINDOW, stall: float = STALL, timeout=ACK_TIMEOUT
@@ -40,9 +51,36 @@ class Publisher:
         self.window = window
         self.stall = stall
         self.timeout = timeout
+        # (sent, ack future, item), oldest first
         self.inflight: collections.deque[tuple[float, asyncio.Future, Any]] = collections.deque()
         self.unsent: Any = None  # the item of a send() that failed before it went out
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._inbox: str | None = None
+        self._sub: Any = None
         self._lost = asyncio.ensure_future(conn.lost.wait())
+
+    async def _open(self) -> None:
+        self._inbox = self.conn.nc.new_inbox()
+        self._sub = await self.conn.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Any) -> None:
+        fut = self._waiting.pop(int(msg.subject.rpartition(".")[2]), None)
+        if fut is None or fut.done():
+            return
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            fut.set_exception(_Refused("no stream answers on that subject"))
+            return
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            fut.set_exception(_Refused(f"an ack that is not JSON: {msg.data[:80]!r}"))
+            return
+        if "error" in reply:
+            err = reply["error"]
+            fut.set_exception(_Refused(err.get("description") or str(err)))
+        else:
+            fut.set_result(reply)
 
     async def send(
         self, subject: str, payload: bytes, headers: dict | None = None, item: Any = None
@@ -54,13 +92,21 @@ class Publisher:
         while self.inflight and (
             len(self.inflight) >= self.window or time.monotonic() - self.inflight[0][0] > self.stall
         ):
-            acks.append(await self._wait_oldest())
+            acks.extend(await self._wait_oldest())
             acks.extend(self.take())
         if self.conn.lost.is_set():
             raise NatsUnavailable("the NATS connection was lost")
+        if self._inbox is None:
+            await self._open()
+        n = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[n] = fut
         try:
-            fut = await self.conn.js.publish_async(subject, payload, headers=headers)
+            await self.conn.nc.publish(
+                subject, payload, reply=f"{self._inbox}.{n}", headers=headers
+            )
         except Exception as exc:
+            self._waiting.pop(n, None)
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
         self.unsent = None
@@ -88,7 +134,7 @@ class Publisher:
         """Wait for every message in flight; their acks in order."""
         out = []
         while self.inflight:
-            out.append(await self._wait_oldest())
+            out.extend(await self._wait_oldest())
             out.extend(self.take())
         return out
 
@@ -96,26 +142,31 @@ class Publisher:
     def pending(self) -> int:
         return len(self.inflight)
 
-    async def _wait_oldest(self) -> Ack:
-        sent, fut, _item = self.inflight[0]
+    async def _wait_oldest(self) -> list[Ack]:
+        """Wait for the oldest message in flight; its ack, or none when another task took
+        it meanwhile (the keeper's check(): acks are taken in order either way)."""
+        entry = self.inflight[0]
+        sent, fut, _item = entry
         left = sent + self.timeout - time.monotonic()
         if not fut.done() and left > 0:
             await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        if not self.inflight or self.inflight[0] is not entry:
+            return []
         if not fut.done():
             why = "the connection was lost" if self.conn.lost.is_set() else "no ack in time"
             raise NatsUnavailable(f"JetStream did not acknowledge a publish: {why}")
-        ack = self._result(self.inflight[0])
+        ack = self._result(entry)
         self.inflight.popleft()
-        return ack
+        return [ack]
 
     def _result(self, entry: tuple[float, asyncio.Future, Any]) -> Ack:
         """The ack of a finished publish; raises (leaving it in flight) when it failed."""
         sent, fut, item = entry
         exc = fut.exception()
         if exc is not None:
-            raise NatsUnavailable(f"JetStream refused a publish: {exc or type(exc).__name__}")
-        ack = fut.result()
-        return Ack(item, ack.seq, bool(ack.duplicate), sent)
+            raise NatsUnavailable(f"JetStream refused a publish: {exc}")
+        reply = fut.result()
+        return Ack(item, reply["seq"], bool(reply.get("duplicate")), sent)
 
     def close(self) -> list[Any]:
         """Stop waiting for what is in flight (the connection is gone or going); returns
@@ -130,5 +181,7 @@ class Publisher:
                 fut.exception()  # seen: asyncio would log it as never retrieved
             fut.cancel()
         self.inflight.clear()
+        self._waiting.clear()
         self._lost.cancel()
+        # The inbox subscription ends with the connection, which every session closes.
         return items

@@ -28,10 +28,15 @@ from mux.bridge.position import Position, load_position
 from mux.bridge.publisher import Ack, Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import StoreConfig, StoreError, ensure_bucket, ensure_stream
-from mux.bridge.table import FLUSH_INTERVAL, TableWriter
+from mux.bridge.table import TableWriter
 
 log = logging.getLogger("xenmux.bridge")
 
+# The bucket is flushed IDLE_FLUSH after the events pause, and while they flow at least every
+# BUSY_FLUSH: under load a row changed many times is written once (the stream is the record).
+IDLE_FLUSH = 0.2
+BUSY_FLUSH = 1.0
+KEEP_INTERVAL = 0.05
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STOP_GRACE = 2.0  # on SIGTERM: how long to wait for acks and the last bucket flush
@@ -68,6 +73,9 @@ class Bridge:
         self.rows: dict[int, dict] = {}  # the host's table as the acknowledged stream says
         self.present: set[int] = set()  # the host's row keys in the bucket
         self._dirty: set[int] = set()  # rows changed since the last bucket flush
+        self._last_event = 0.0  # time.monotonic() of the last event from the daemon
+        self._table_lock = asyncio.Lock()  # one writer of the bucket at a time
+        self._activity = asyncio.Event()  # set at every event: the keeper has work again
 
     def cursor_text(self) -> str:
         if self.history is None:
@@ -187,24 +195,68 @@ class Bridge:
             await self._resync(resync, pub, table)
 
     async def _pump(self, pub: Publisher, table: TableWriter, stop: asyncio.Event) -> None:
-        flushed_seq = self.stream_seq
-        while not stop.is_set():
-            item = await self.feed.next(FLUSH_INTERVAL)
-            if isinstance(item, Resync):
-                self._acked(await pub.drain())
-                await self._resync(item, pub, table)
-            elif item is not None:
-                self._acked(await self._publish(pub, self.feed.history, item))
-            self._acked(pub.check())
-            self.stats.daemon_seq = self.feed.handed
-            if (self._dirty or self.stream_seq != flushed_seq) and table.due():
-                await self._flush(table)
-                flushed_seq = self.stream_seq
+        """Events in (the pump), acks and bucket flushes on the side (the keeper), until
+        `stop` or a failure of either."""
+        tasks = [
+            asyncio.ensure_future(self._take_events(pub, table)),
+            asyncio.ensure_future(self._keep(pub, table)),
+        ]
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait((*tasks, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()
         # Stopping: what is acknowledged within the grace goes into the bucket; the rest is
         # found again in the stream at the next start.
         with contextlib.suppress(NatsUnavailable, TimeoutError):
             self._acked(await asyncio.wait_for(pub.drain(), STOP_GRACE))
-            await asyncio.wait_for(self._flush(table), STOP_GRACE)
+            async with self._table_lock:
+                await asyncio.wait_for(self._flush(table), STOP_GRACE)
+
+    async def _take_events(self, pub: Publisher, table: TableWriter) -> None:
+        while True:
+            item = await self.feed.next(None)
+            self._last_event = time.monotonic()
+            self._activity.set()
+            if isinstance(item, Resync):
+                async with self._table_lock:
+                    self._acked(await pub.drain())
+                    await self._resync(item, pub, table)
+            elif item is not None:
+                self._acked(await self._publish(pub, self.feed.history, item))
+
+    async def _keep(self, pub: Publisher, table: TableWriter) -> None:
+        """Acks taken while events are quiet, a lost connection noticed, the bucket flushed:
+        IDLE_FLUSH after the events pause, and at least every BUSY_FLUSH while they flow.
+        With nothing in flight and nothing to write it sleeps until the next event."""
+        flushed_seq = self.stream_seq
+        lost = asyncio.ensure_future(pub.conn.lost.wait())
+        try:
+            while True:
+                if pub.pending or self._dirty or self.stream_seq != flushed_seq:
+                    await asyncio.sleep(KEEP_INTERVAL)
+                else:
+                    self._activity.clear()
+                    woke = asyncio.ensure_future(self._activity.wait())
+                    await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
+                    woke.cancel()
+                self._acked(pub.check())
+                self.stats.daemon_seq = self.feed.handed
+                if not self._dirty and self.stream_seq == flushed_seq:
+                    continue
+                now = time.monotonic()
+                if now - self._last_event >= IDLE_FLUSH or now - table.last_flush >= BUSY_FLUSH:
+                    async with self._table_lock:
+                        await self._flush(table)
+                    flushed_seq = self.stream_seq
+        finally:
+            lost.cancel()
 
     async def _publish(self, pub: Publisher, history: str, event: dict) -> list[Ack]:
         if event.get("missed"):

@@ -1,11 +1,11 @@
 """The bucket as the pool's table: a host's rows written from the bridge's view, coalesced.
 
-Rows change with every event, but the bucket is the view, not the record: a row's writes
-are coalesced (a flush at most every FLUSH_INTERVAL writes each changed row once, however
-often it changed), and each flush ends with the host's checkpoint, `<host>.checkpoint` =
+Rows change with every event, but the bucket is the view, not the record: a flush writes
+each changed row once, however often it changed (when to flush is the bridge's:
+mux/bridge/service.py), and ends with the host's checkpoint, `<host>.checkpoint` =
 `{"history", "seq", "stream_seq"}`: every event of this host up to that stream message is in
-the rows. A reader that wants the table exactly as of now replays the host's stream messages
-after the checkpoint onto the rows (mux/bridge/position.py, mux/bridge/pool.py).
+the rows. A reader that wants the table exactly as of now replays the host's stream
+messages after the checkpoint onto the rows (mux/bridge/position.py, mux/bridge/reader.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from mux.bridge.natsconn import Connection
 from mux.bridge.publisher import Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import KV_DELETE, KV_OPERATION, kv_subject
-
-FLUSH_INTERVAL = 0.1
 
 
 def _encode(value: dict) -> bytes:
@@ -38,9 +36,6 @@ class TableWriter:
         self.publisher = Publisher(conn)
         self.stats = stats
         self.last_flush = time.monotonic()
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last_flush >= FLUSH_INTERVAL
 
     async def flush(self, rows: dict[int, dict], dirty: set[int], checkpoint: dict) -> None:
         """Write the rows of `dirty` (one gone from `rows` is deleted), then the checkpoint."""

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 from daemonhelpers import DaemonHandle, start_daemon, until
-from natshelpers import NatsServer, listening_addresses, start_cluster
 from simhelpers import REPO, SimHandle, sim_command, terminate
 
+from mux.bench.natsserver import NatsServer, listening_addresses, start_cluster
 from mux.bridge.names import checkpoint_key, encode_host
 
 

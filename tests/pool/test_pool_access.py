@@ -85,7 +85,7 @@ def test_without_nats_py_the_bridge_says_what_to_install(pool, tmp_path):
 
 
 def test_a_bridge_waits_for_nats_and_says_so_once(pool):
-    from natshelpers import NatsServer, free_port
+    from mux.bench.natsserver import NatsServer, free_port
 
     port = free_port()
     a = pool.host("a", domains=2)

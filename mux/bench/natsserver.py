@@ -1,4 +1,4 @@
-"""Real nats-server 2.9.10 (Debian's) for the pool tests, on loopback, stopped by its PID.
+"""Real nats-server 2.9.10 (Debian's) for the pool tests and `xenmux bench --pool`.
 
 The binary comes from Debian's package, never installed (its package enables a service):
 `apt-get download nats-server` + `dpkg-deb -x` into the checkout's `.cache/deb/root`
@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from simhelpers import REPO
+# The checkout this module runs from (an editable install, as `make build` makes).
+REPO = Path(__file__).resolve().parent.parent.parent
 
 NATS_PACKAGE = "nats-server"
 BINARY = Path("usr/sbin/nats-server")
