@@ -32,7 +32,6 @@ from pathlib import Path
 from mux.bench import procs as P
 from mux.bench.host import SimHost, python_command, wait_for_socket
 from mux.bench.natsserver import NatsServer, listening_addresses
-from mux.bench.results import percentile
 from mux.bridge import names
 
 READY_TIMEOUT = 300.0
@@ -67,14 +66,10 @@ class Seen:
 
 
 def summarize(values: list[int]) -> dict:
-    if not values:
-        return {"n": 0}
-    return {
-        "n": len(values),
-        "p50_ms": round(percentile(values, 50) / 1e6, 3),
-        "p99_ms": round(percentile(values, 99) / 1e6, 3),
-        "max_ms": round(max(values) / 1e6, 3),
-    }
+    """n, p50, p99 and max of latencies in ns, in microseconds (as the other scenarios)."""
+    from mux.bench.runner import _lat_summary
+
+    return _lat_summary(values)
 
 
 class PoolBench:
@@ -281,7 +276,8 @@ class PoolBench:
         before_msgs, before_bytes = info.state.messages, info.state.bytes
         before_host = len(self.seen.host_stream)
         before_pool = len(self.seen.pool)
-        cpu_before = P.sample(self.bridges, with_switches=False)
+        cpu_before = P.sample(self.bridges)
+        daemons_before = P.sample(self.daemons, with_switches=False)
         server_before = P.cpu_ns(self.nats.pid) or 0
         busy_before = P.machine_busy_ns()
         t0 = time.monotonic_ns()
@@ -299,7 +295,8 @@ class PoolBench:
         t_churn = time.monotonic_ns()
         await self._drain()
         t_drained = time.monotonic_ns()
-        cpu_after = P.sample(self.bridges, with_switches=False)
+        cpu_after = P.sample(self.bridges)
+        daemons_after = P.sample(self.daemons, with_switches=False)
         server_after = P.cpu_ns(self.nats.pid) or 0
         busy_after = P.machine_busy_ns()
         info = await js.stream_info(names.DEFAULT_STREAM)
@@ -308,7 +305,8 @@ class PoolBench:
         events = len(self.seen.pool) - before_pool
         times = sorted(list(self.seen.pool.values())[before_pool:])
         span = (times[-1] - times[0]) if len(times) > 1 else 0
-        bridge_cpu, _ = P.delta(cpu_before, cpu_after, self.bridges)
+        bridge_cpu, bridge_switches = P.delta(cpu_before, cpu_after, self.bridges)
+        daemon_cpu, _ = P.delta(daemons_before, daemons_after, self.daemons)
         return {
             "events": events,
             "host_events": len(self.seen.host_stream) - before_host,
@@ -316,6 +314,10 @@ class PoolBench:
             "drain_after_churn_s": round((t_drained - t_churn) / 1e9, 3),
             "pool_events_per_s": round(events / (span / 1e9), 1) if span else None,
             "bridge_cpu_us_per_event": round(bridge_cpu / 1e3 / events, 1) if events else None,
+            "bridge_switches_per_event": round(bridge_switches / events, 2) if events else None,
+            # The daemons' own cost per event, measured alike: what one Python wake-up per
+            # event costs on this machine, for comparison.
+            "daemon_cpu_us_per_event": round(daemon_cpu / 1e3 / events, 1) if events else None,
             "nats_server_cpu_us_per_event": (
                 round((server_after - server_before) / 1e3 / events, 1) if events else None
             ),
@@ -364,19 +366,25 @@ def summary_line(row: dict) -> str:
     parts = [
         f"{row['hosts']} x {row['domains']}:",
         f"{churn['pool_events_per_s']} events/s through one consumer,",
-        f"bridge {churn['bridge_cpu_us_per_event']} us CPU/event,",
+        f"bridge {churn['bridge_cpu_us_per_event']} us CPU/event",
+        f"(daemon {churn['daemon_cpu_us_per_event']} us),",
         f"{churn['stream_bytes_per_event']} B/event stored",
     ]
     if "latency" in row:
         lat = row["latency"]
         parts.append(
-            f"; change->pool p50 {lat['change_to_pool_consumer'].get('p50_ms')} ms "
-            f"p99 {lat['change_to_pool_consumer'].get('p99_ms')} ms, bridge adds p50 "
-            f"{lat['added_by_bridge'].get('p50_ms')} ms p99 {lat['added_by_bridge'].get('p99_ms')}"
-            " ms"
+            f"; change->pool {_ms(lat['change_to_pool_consumer'])}, "
+            f"bridge adds {_ms(lat['added_by_bridge'])}"
         )
     parts.append(f"; lost={row['lost']} duplicates={row['duplicates']}")
     return " ".join(parts)
+
+
+def _ms(d: dict | None) -> str:
+    """p50 / p99 of a latency summary, in ms."""
+    if not d or not d.get("n"):
+        return "-"
+    return f"p50 {d['p50_us'] / 1000:.2f} / p99 {d['p99_us'] / 1000:.2f} ms"
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -386,28 +394,24 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['machine']}; {meta['date']}; {meta['mode']} run; nats-server "
         f"{meta.get('nats_server', '?')}.",
         "",
-        "| hosts x domains | events/s (one consumer) | bridge CPU/event | nats-server "
-        "CPU/event | storage/event | change->host stream p50/p99 | change->pool p50/p99 | "
-        "bridge adds p50/p99 | lost | dup |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| hosts x domains | events/s (one consumer) | bridge CPU/event | (daemon CPU/event) | "
+        "nats-server CPU/event | storage/event | change->host stream | change->pool consumer "
+        "| bridge adds | lost | dup |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         c = r.get("churn", {})
         lat = r.get("latency")
 
-        def pair(d: dict | None) -> str:
-            if not d or not d.get("n"):
-                return "-"
-            return f"{d['p50_ms']} / {d['p99_ms']} ms"
-
         out.append(
             f"| {r['hosts']} x {r['domains']:,} | {c.get('pool_events_per_s', '-')} | "
             f"{c.get('bridge_cpu_us_per_event', '-')} us | "
+            f"({c.get('daemon_cpu_us_per_event', '-')} us) | "
             f"{c.get('nats_server_cpu_us_per_event', '-')} us | "
             f"{c.get('stream_bytes_per_event', '-')} B | "
-            f"{pair(lat and lat['change_to_host_stream'])} | "
-            f"{pair(lat and lat['change_to_pool_consumer'])} | "
-            f"{pair(lat and lat['added_by_bridge'])} | {r.get('lost', '-')} | "
+            f"{_ms(lat and lat['change_to_host_stream'])} | "
+            f"{_ms(lat and lat['change_to_pool_consumer'])} | "
+            f"{_ms(lat and lat['added_by_bridge'])} | {r.get('lost', '-')} | "
             f"{r.get('duplicates', '-')} |"
         )
     out += ["", "Parameters: " + json.dumps(meta["params"]), ""]

@@ -142,6 +142,11 @@ class Publisher:
     def pending(self) -> int:
         return len(self.inflight)
 
+    @property
+    def oldest_sent(self) -> float:
+        """time.monotonic() when the oldest message in flight went out (pending > 0)."""
+        return self.inflight[0][0]
+
     async def _wait_oldest(self) -> list[Ack]:
         """Wait for the oldest message in flight; its ack, or none when another task took
         it meanwhile (the keeper's check(): acks are taken in order either way)."""

@@ -25,7 +25,7 @@ from mux.bridge import names, view
 from mux.bridge.feed import DaemonFeed, Resync
 from mux.bridge.natsconn import Connection, NatsOptions, NatsUnavailable, connect
 from mux.bridge.position import Position, load_position
-from mux.bridge.publisher import Ack, Publisher
+from mux.bridge.publisher import ACK_TIMEOUT, Ack, Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import StoreConfig, StoreError, ensure_bucket, ensure_stream
 from mux.bridge.table import TableWriter
@@ -36,7 +36,6 @@ log = logging.getLogger("xenmux.bridge")
 # BUSY_FLUSH: under load a row changed many times is written once (the stream is the record).
 IDLE_FLUSH = 0.2
 BUSY_FLUSH = 1.0
-KEEP_INTERVAL = 0.05
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STOP_GRACE = 2.0  # on SIGTERM: how long to wait for acks and the last bucket flush
@@ -234,18 +233,25 @@ class Bridge:
     async def _keep(self, pub: Publisher, table: TableWriter) -> None:
         """Acks taken while events are quiet, a lost connection noticed, the bucket flushed:
         IDLE_FLUSH after the events pause, and at least every BUSY_FLUSH while they flow.
-        With nothing in flight and nothing to write it sleeps until the next event."""
+        It sleeps until the next of those deadlines (or an ack's timeout), and with nothing
+        to do until the next event: every wake-up of a Python process costs CPU."""
         flushed_seq = self.stream_seq
         lost = asyncio.ensure_future(pub.conn.lost.wait())
         try:
             while True:
-                if pub.pending or self._dirty or self.stream_seq != flushed_seq:
-                    await asyncio.sleep(KEEP_INTERVAL)
-                else:
+                deadline = None
+                if self._dirty or self.stream_seq != flushed_seq:
+                    deadline = min(self._last_event + IDLE_FLUSH, table.last_flush + BUSY_FLUSH)
+                if pub.pending:
+                    timeout_at = pub.oldest_sent + ACK_TIMEOUT
+                    deadline = timeout_at if deadline is None else min(deadline, timeout_at)
+                if deadline is None:
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
                     woke.cancel()
+                else:
+                    await asyncio.wait((lost,), timeout=max(0.0, deadline - time.monotonic()))
                 self._acked(pub.check())
                 self.stats.daemon_seq = self.feed.handed
                 if not self._dirty and self.stream_seq == flushed_seq:
