@@ -8,11 +8,8 @@ changes nothing: a reader may start from rows a little ahead of its stream posit
 
 from __future__ import annotations
 
+from mux.client.words import PAUSED, UNPAUSED
 from mux.protocol import DEAD, DEATH, NEW, RELEASED, RESUMED, RUNNING, SHUTDOWN
-
-# Not in mux.protocol until issue 16 lands; an unknown kind only refreshes the row's name.
-PAUSED = "paused"
-UNPAUSED = "unpaused"
 
 
 def row_from_snapshot(host: str, row: dict, seq: int, time: float) -> dict:

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(bridge) -> int:
     from mux.bridge.natsconn import NatsRejected
     from mux.bridge.store import StoreError
+    from mux.client import XenmuxError
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -130,4 +131,6 @@ async def _main(bridge) -> int:
         await bridge.run(stop)
     except (NatsRejected, StoreError) as exc:
         return fail("bridge", str(exc))
+    except XenmuxError as exc:
+        return fail("bridge", f"the daemon at {bridge.cfg.socket_path} refused: {exc}")
     return 0

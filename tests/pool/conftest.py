@@ -129,9 +129,11 @@ class Pool:
     def host(self, name: str, domains: int = 6) -> Host:
         sim = self.sim_factory(domains=domains)
         daemon = start_daemon(sim, *DAEMON_ARGS)
-        # `xenmux watch` leaves on SIGTERM by the default handler: -15 is its normal end.
+        # `xenmux watch` ends on SIGTERM with 128 + 15 (the default handler's -15 before).
         log = self.start(
-            [*sim_command(), "watch", "--socket", daemon.sock], f"log-{name}", ok=(-signal.SIGTERM,)
+            [*sim_command(), "watch", "--socket", daemon.sock],
+            f"log-{name}",
+            ok=(-signal.SIGTERM, 128 + signal.SIGTERM),
         )
         host = Host(name, sim, daemon, log)
         self.hosts.append(host)
@@ -250,16 +252,18 @@ def bucket_keys(url: str, bucket: str = "xenmux-domains", **connect) -> set[str]
 
 
 def bucket_values(url: str, bucket: str = "xenmux-domains", **connect) -> dict[str, dict]:
+    """Every value of the bucket, read as `xenmux pool domains` reads it."""
+
     async def read() -> dict[str, dict]:
         import nats
 
+        from mux.bridge.store import read_bucket
+
         nc = await nats.connect(url, allow_reconnect=False, **connect)
         try:
-            kv = await nc.jetstream().key_value(bucket)
-            out = {}
-            for key in await kv.keys():
-                out[key] = json.loads((await kv.get(key)).value)
-            return out
+            js = nc.jetstream(timeout=2)
+            await js.key_value(bucket)  # raises BucketNotFoundError before a bridge made it
+            return await read_bucket(js, bucket)
         finally:
             await nc.close()
 

@@ -16,7 +16,6 @@ from conftest import (
     stream_messages,
     wait_for_pool,
 )
-from daemonhelpers import until
 from simhelpers import sim_command
 
 
@@ -38,11 +37,28 @@ def settle(pool, url: str, hosts, watch) -> list[dict]:
     lines = watch.lines()
     assert_exactly_once(lines, hosts)
     assert_exactly_once(stream_messages(url), hosts)
-    until(
-        lambda: all(bucket_rows(bucket_values(url), h.name) == daemon_rows(h) for h in hosts),
-        timeout=20,
-    )
-    return lines
+    deadline = time.monotonic() + 30
+    while True:
+        diff = bucket_difference(url, hosts)
+        if not diff:
+            return lines
+        assert time.monotonic() < deadline, f"the bucket is not the daemons' tables: {diff}"
+        time.sleep(0.2)
+
+
+def bucket_difference(url: str, hosts) -> dict:
+    """(host, domid) -> (bucket's row, daemon's row) wherever they differ."""
+    try:
+        values = bucket_values(url)
+    except Exception as exc:  # a replicated bucket electing its leader: ask again
+        return {"error": repr(exc), "bucket": _kv_cluster(url)}
+    out = {}
+    for h in hosts:
+        bucket, daemon = bucket_rows(values, h.name), daemon_rows(h)
+        for domid in set(bucket) | set(daemon):
+            if bucket.get(domid) != daemon.get(domid):
+                out[(h.name, domid)] = (bucket.get(domid), daemon.get(domid))
+    return out
 
 
 def test_nats_server_killed_and_restarted_mid_stream(pool):
@@ -85,6 +101,24 @@ def test_cluster_node_killed_under_a_replicated_stream(pool):
     leader.restart()
     for bridge in bridges:
         assert bridge.proc.poll() is None, bridge.stderr()
+
+
+def _kv_cluster(url: str) -> str:
+    import asyncio
+
+    import nats
+
+    async def read() -> str:
+        nc = await nats.connect(url, allow_reconnect=False)
+        try:
+            info = await nc.jsm().stream_info("KV_xenmux-domains")
+            return f"{info.cluster} {info.state}"
+        except Exception as exc:
+            return repr(exc)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
 
 
 def stream_info(url: str) -> dict:
