@@ -146,9 +146,10 @@ class Bridge:
         table = TableWriter(conn, cfg.bucket, self.host, self.cfg.host_name, self.stats)
         try:
             if self._continues(pos):
+                await self._write_table(table)
                 await self._republish(pub, pos)
-            else:
-                await self._reopen(pos, pub, table, stop)
+            elif not await self._reopen(pos, pub, table, stop) and not stop.is_set():
+                await self._write_table(table)
             if not stop.is_set():
                 await self._pump(pub, table, stop)
         finally:
@@ -177,21 +178,32 @@ class Bridge:
             history, event = self.backlog.popleft()  # if the send fails, pub.close() has it
             self._acked(await self._publish(pub, history, event))
 
+    async def _write_table(self, table: TableWriter) -> None:
+        """The host's whole table as the stream says, at a session's start: rows a crashed
+        flush left behind, or the stream's messages after the checkpoint, made good."""
+        async with self._table_lock:
+            await table.rewrite(self.rows, self.present, self._checkpoint())
+            self.present = set(self.rows)
+            self._dirty.clear()
+
     async def _reopen(
         self, pos: Position, pub: Publisher, table: TableWriter, stop: asyncio.Event
-    ) -> None:
+    ) -> bool:
+        """Subscribe to the daemon again from the stream's cursor; True when that took a
+        snapshot (a Resync, which writes the table itself)."""
         if self.feed_open:
             await self.feed.close()
             self.feed_open = False
-        self.resyncing = False  # a snapshot is being written: a new session does it again
         self.unacked = []
         known = view.known_states(self.rows) if pos.recorded else None
         resync = await _until_stop(stop, self.feed.open(pos.cursor(), known))
         if stop.is_set():
-            return
+            return False
         self.feed_open = True
-        if resync is not None:
-            await self._resync(resync, pub, table)
+        if resync is None:
+            return False
+        await self._resync(resync, pub, table)
+        return True
 
     async def _pump(self, pub: Publisher, table: TableWriter, stop: asyncio.Event) -> None:
         """Events in (the pump), acks and bucket flushes on the side (the keeper), until
