@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,19 @@ from mux.bench.natsserver import NatsServer, listening_addresses
 from mux.bridge import names
 
 READY_TIMEOUT = 300.0
+# What one wake-up of an idle asyncio process costs on this machine, measured beside the
+# churn at the bridges' rate of events: the floor under any Python process that wakes once
+# per event (the daemon and the bridge alike).
+WAKE_PROBE = """
+import asyncio, sys, time
+async def main(rate, seconds):
+    n, end, c0 = 0, time.monotonic() + seconds, time.process_time()
+    while time.monotonic() < end:
+        await asyncio.sleep(1 / rate)
+        n += 1
+    print((time.process_time() - c0) / n * 1e6)
+asyncio.run(main(float(sys.argv[1]), float(sys.argv[2])))
+"""
 DRAIN_TIMEOUT = 120.0
 
 
@@ -282,6 +296,15 @@ class PoolBench:
         busy_before = P.machine_busy_ns()
         t0 = time.monotonic_ns()
 
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WAKE_PROBE,
+            str(max(1.0, self.params.churn_rate * 2.5)),  # about the events of a lifecycle
+            str(self.params.churn_seconds),
+            stdout=asyncio.subprocess.PIPE,
+        )
+
         async def churn(sim: SimHost) -> None:
             ctl = await AsyncSimControl.connect(sim.dir, timeout=self.params.churn_seconds + 60)
             try:
@@ -293,6 +316,11 @@ class PoolBench:
 
         await asyncio.gather(*(churn(s) for s in self.sims))
         t_churn = time.monotonic_ns()
+        out, _ = await probe.communicate()
+        try:
+            wake_floor = round(float(out), 1)
+        except ValueError:
+            wake_floor = None
         await self._drain()
         t_drained = time.monotonic_ns()
         cpu_after = P.sample(self.bridges)
@@ -318,6 +346,7 @@ class PoolBench:
             # The daemons' own cost per event, measured alike: what one Python wake-up per
             # event costs on this machine, for comparison.
             "daemon_cpu_us_per_event": round(daemon_cpu / 1e3 / events, 1) if events else None,
+            "python_wake_us": wake_floor,
             "nats_server_cpu_us_per_event": (
                 round((server_after - server_before) / 1e3 / events, 1) if events else None
             ),
@@ -395,9 +424,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta.get('nats_server', '?')}.",
         "",
         "| hosts x domains | events/s (one consumer) | bridge CPU/event | (daemon CPU/event) | "
+        "(one Python wake-up) | "
         "nats-server CPU/event | storage/event | change->host stream | change->pool consumer "
         "| bridge adds | lost | dup |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         c = r.get("churn", {})
@@ -407,6 +437,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['hosts']} x {r['domains']:,} | {c.get('pool_events_per_s', '-')} | "
             f"{c.get('bridge_cpu_us_per_event', '-')} us | "
             f"({c.get('daemon_cpu_us_per_event', '-')} us) | "
+            f"({c.get('python_wake_us', '-')} us) | "
             f"{c.get('nats_server_cpu_us_per_event', '-')} us | "
             f"{c.get('stream_bytes_per_event', '-')} B | "
             f"{_ms(lat and lat['change_to_host_stream'])} | "
