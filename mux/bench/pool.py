@@ -36,6 +36,7 @@ from mux.bench.natsserver import NatsServer, listening_addresses
 from mux.bridge import names
 
 READY_TIMEOUT = 300.0
+POOL_CHURN = 160.0  # lifecycles per second over the whole pool, by default
 # What one wake-up of an idle asyncio process costs on this machine, measured beside the
 # churn at the bridges' rate of events: the floor under any Python process that wakes once
 # per event (the daemon and the bridge alike).
@@ -57,7 +58,9 @@ class PoolParams:
     latency_seconds: float = 10.0
     latency_rate: float = 5.0  # driven changes per second per host
     churn_seconds: float = 10.0
-    churn_rate: float = 20.0  # lifecycles per second per host (each 2 to 5 events)
+    # Lifecycles per second per host (each 2 to 5 events); None: POOL_CHURN shared by the
+    # hosts, so that every size carries the same load (2 cores carry all of it).
+    churn_rate: float | None = None
     seed: int = 1
 
 
@@ -90,6 +93,7 @@ class PoolBench:
     def __init__(self, plan: PoolPlan, params: PoolParams, tmp_root: str) -> None:
         self.plan = plan
         self.params = params
+        self.churn_rate = params.churn_rate or POOL_CHURN / plan.hosts
         self.dir = Path(tempfile.mkdtemp(prefix=f"pool{plan.hosts}x{plan.domains}-", dir=tmp_root))
         self.procs = P.ProcessSet()
         self.nats: NatsServer | None = None
@@ -171,6 +175,7 @@ class PoolBench:
             if self.plan.latency:
                 row["latency"] = await self._latency_phase(subs)
             row["churn"] = await self._churn_phase(js, subs)
+            row["burst"] = await self._burst_phase()
             row["lost"], row["duplicates"] = self._check()
             row["missed"] = self.seen.missed
             for task in subs:
@@ -300,7 +305,7 @@ class PoolBench:
             sys.executable,
             "-c",
             WAKE_PROBE,
-            str(max(1.0, self.params.churn_rate * 2.5)),  # about the events of a lifecycle
+            str(max(1.0, self.churn_rate * 2.5)),  # about the events of a lifecycle
             str(self.params.churn_seconds),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -309,7 +314,7 @@ class PoolBench:
             ctl = await AsyncSimControl.connect(sim.dir, timeout=self.params.churn_seconds + 60)
             try:
                 await ctl.churn(
-                    self.params.churn_seconds, rate=self.params.churn_rate, seed=self.params.seed
+                    self.params.churn_seconds, rate=self.churn_rate, seed=self.params.seed
                 )
             finally:
                 await ctl.close()
@@ -336,6 +341,7 @@ class PoolBench:
         bridge_cpu, bridge_switches = P.delta(cpu_before, cpu_after, self.bridges)
         daemon_cpu, _ = P.delta(daemons_before, daemons_after, self.daemons)
         return {
+            "lifecycles_per_s_per_host": round(self.churn_rate, 2),
             "events": events,
             "host_events": len(self.seen.host_stream) - before_host,
             "seconds": round((t_churn - t0) / 1e9, 2),
@@ -354,6 +360,33 @@ class PoolBench:
                 (busy_after - busy_before) / ((t_drained - t0) * (os.cpu_count() or 1)), 3
             ),
             "stream_bytes_per_event": round(stored / msgs, 1) if msgs else None,
+        }
+
+    async def _burst_phase(self) -> dict:
+        """Every guest of every host shut down at once, then destroyed: the pool consumer's
+        throughput, as fast as the hosts, the bridges and NATS deliver it."""
+        from mux.sim.ctl import AsyncSimControl
+
+        before = len(self.seen.pool)
+        start = time.monotonic_ns()
+
+        async def burst(sim: SimHost) -> None:
+            ctl = await AsyncSimControl.connect(sim.dir)
+            try:
+                await ctl.shutdown("all", "reboot")
+                await ctl.destroy("all")
+            finally:
+                await ctl.close()
+
+        await asyncio.gather(*(burst(s) for s in self.sims))
+        await self._drain()
+        times = sorted(t for t in self.seen.pool.values() if t >= start)
+        events = len(self.seen.pool) - before
+        span = (times[-1] - times[0]) / 1e9 if len(times) > 1 else 0.0
+        return {
+            "events": events,
+            "seconds": round(span, 2),
+            "pool_events_per_s": round(events / span, 1) if span else None,
         }
 
     async def _drain(self) -> None:
@@ -394,7 +427,8 @@ def summary_line(row: dict) -> str:
     churn = row["churn"]
     parts = [
         f"{row['hosts']} x {row['domains']}:",
-        f"{churn['pool_events_per_s']} events/s through one consumer,",
+        f"{row['burst']['pool_events_per_s']} events/s through one consumer in a burst,",
+        f"{churn['pool_events_per_s']} in the churn;",
         f"bridge {churn['bridge_cpu_us_per_event']} us CPU/event",
         f"(daemon {churn['daemon_cpu_us_per_event']} us),",
         f"{churn['stream_bytes_per_event']} B/event stored",
@@ -423,18 +457,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['machine']}; {meta['date']}; {meta['mode']} run; nats-server "
         f"{meta.get('nats_server', '?')}.",
         "",
-        "| hosts x domains | events/s (one consumer) | bridge CPU/event | (daemon CPU/event) | "
+        "| hosts x domains | burst events/s (one consumer) | churn events/s | bridge CPU/event "
+        "| (daemon CPU/event) | "
         "(one Python wake-up) | "
         "nats-server CPU/event | storage/event | change->host stream | change->pool consumer "
         "| bridge adds | lost | dup |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         c = r.get("churn", {})
         lat = r.get("latency")
 
         out.append(
-            f"| {r['hosts']} x {r['domains']:,} | {c.get('pool_events_per_s', '-')} | "
+            f"| {r['hosts']} x {r['domains']:,} | "
+            f"{r.get('burst', {}).get('pool_events_per_s', '-')} | "
+            f"{c.get('pool_events_per_s', '-')} | "
             f"{c.get('bridge_cpu_us_per_event', '-')} us | "
             f"({c.get('daemon_cpu_us_per_event', '-')} us) | "
             f"({c.get('python_wake_us', '-')} us) | "
@@ -470,7 +507,7 @@ def plans(quick: bool, sizes: list[tuple[int, int]] | None) -> list[PoolPlan]:
 
 def params_for(quick: bool, seconds: float | None, rate: float | None) -> PoolParams:
     if quick:
-        return PoolParams(latency_seconds=1.5, latency_rate=5, churn_seconds=1.5, churn_rate=10)
+        return PoolParams(latency_seconds=1.5, latency_rate=5, churn_seconds=1.5, churn_rate=10.0)
     p = PoolParams()
     if seconds:
         p.latency_seconds = p.churn_seconds = seconds

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from mux.bridge import names, view
 from mux.bridge.natsconn import NatsOptions, NatsRejected, NatsUnavailable, connect
@@ -33,6 +34,13 @@ class Message:
     subject: str
     event: dict  # the payload: the daemon's event plus "host"
     host: str  # the host's subject token
+    nats_msg: Any = None  # from a durable consumer: acknowledged by done()
+
+    async def done(self) -> None:
+        """The reader has it (printed it): a durable consumer moves past it for good."""
+        if self.nats_msg is not None:
+            msg, self.nats_msg = self.nats_msg, None
+            await msg.ack()
 
 
 @dataclass
@@ -120,13 +128,15 @@ class Follower:
                         continue
                 for msg in batch:
                     seq = msg.metadata.sequence.stream
-                    if seq > self.last:
-                        parsed = _message(seq, msg.subject, msg.data)
-                        self.last = seq
-                        if parsed is not None:
-                            yield parsed
+                    parsed = _message(seq, msg.subject, msg.data) if seq > self.last else None
+                    if parsed is None:
+                        if self.durable:  # seen before (a redelivery), or not an event
+                            await msg.ack()
+                        continue
+                    self.last = seq
                     if self.durable:
-                        await msg.ack()
+                        parsed.nats_msg = msg
+                    yield parsed
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

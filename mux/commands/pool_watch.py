@@ -91,9 +91,10 @@ async def main(args: argparse.Namespace, opts: NatsOptions) -> int:
             if msg is None:
                 break
             ev = msg.event
-            if kinds is not None and ev.get("event") not in kinds:
-                continue
-            if args.uuid and ev.get("uuid") != args.uuid:
+            if (kinds is not None and ev.get("event") not in kinds) or (
+                args.uuid and ev.get("uuid") != args.uuid
+            ):
+                await msg.done()
                 continue
             seen += 1
             if args.pretty:
@@ -105,6 +106,7 @@ async def main(args: argparse.Namespace, opts: NatsOptions) -> int:
                 print(pretty_line(cells), flush=True)
             else:
                 emit({**ev, "pool_seq": msg.stream_seq})
+            await msg.done()
     finally:
         await inbox.close()
     return 0

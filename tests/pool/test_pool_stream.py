@@ -33,7 +33,7 @@ def _state(host, domid):
         return {r["domid"]: r["state"] for r in c.list()}.get(domid)
 
 
-def test_every_kind_of_event_reaches_pool_watch_with_its_host(pool):
+def test_every_kind_of_event_reaches_pool_watch_with_its_host_and_filters_pick_it_out(pool):
     nats = pool.nats()
     a, b = pool.host("alpha"), pool.host("beta.pool.example")
     watch = pool.watch(nats.url, "--since", "1")
@@ -54,20 +54,15 @@ def test_every_kind_of_event_reaches_pool_watch_with_its_host(pool):
     until(
         lambda: all(bucket_rows(bucket_values(nats.url), h.name) == daemon_rows(h) for h in (a, b))
     )
+    check_filters(pool, nats.url, messages)
 
 
-def test_pool_watch_filters_by_host_domid_kind_and_uuid(pool):
-    nats = pool.nats()
-    a, b = pool.host("alpha"), pool.host("beta")
-    pool.bridge(a, nats.url)
-    pool.bridge(b, nats.url)
-    every_kind(a)
-    every_kind(b)
-    wait_for_pool(pool.watch(nats.url, "--since", "1"), [a, b])
-    everything = stream_messages(nats.url)
-    uuid = next(e["uuid"] for e in everything if e["host"] == "beta" and e["event"] == "resumed")
+def check_filters(pool, nats_url: str, everything: list[dict]) -> None:
+    """pool watch's filters pick out of the stream what they say, in stream order."""
+    b = "beta.pool.example"
+    uuid = next(e["uuid"] for e in everything if e["host"] == b and e["event"] == "resumed")
     cases = {
-        ("--host", "beta"): lambda e: e["host"] == "beta",
+        ("--host", b): lambda e: e["host"] == b,
         ("--host", "alpha", "--domid", "2"): lambda e: e["host"] == "alpha" and e["domid"] == 2,
         ("--events", "death"): lambda e: e["event"] == "death",
         ("--events", "new,released"): lambda e: e["event"] in ("new", "released"),
@@ -75,21 +70,33 @@ def test_pool_watch_filters_by_host_domid_kind_and_uuid(pool):
     }
     for flags, wanted in cases.items():
         got = pool.run(
-            "pool", "watch", "--nats", nats.url, "--since", "1", "--timeout", "1", *flags
+            "pool", "watch", "--nats", nats_url, "--since", "1", "--timeout", "1", *flags
         )
         assert got.returncode == 0, got.stderr
         expect = [e["pool_seq"] for e in everything if wanted(e)]
         assert expect, flags
         assert [e["pool_seq"] for e in json_lines(got.stdout)] == expect, flags
     # --since a time: only what came after it; --since a stream sequence: from there.
-    got = pool.run("pool", "watch", "--nats", nats.url, "--since", "0s", "--timeout", "1")
+    got = pool.run("pool", "watch", "--nats", nats_url, "--since", "0s", "--timeout", "1")
     assert (got.returncode, got.stdout) == (0, ""), got.stderr
-    got = pool.run("pool", "watch", "--nats", nats.url, "--since", "5", "--timeout", "1")
+    got = pool.run("pool", "watch", "--nats", nats_url, "--since", "5", "--timeout", "1")
     assert [e["pool_seq"] for e in json_lines(got.stdout)] == [
         e["pool_seq"] for e in everything[4:]
     ]
+    # A durable consumer keeps its place between runs: the second run starts after the first.
+    runs = [
+        pool.run(
+            *("pool", "watch", "--nats", nats_url, "--since", "1", "--durable", "ops"),
+            *("--count", "3", "--timeout", "10"),
+        )
+        for _ in range(2)
+    ]
+    assert [[e["pool_seq"] for e in json_lines(r.stdout)] for r in runs] == [
+        [e["pool_seq"] for e in everything[:3]],
+        [e["pool_seq"] for e in everything[3:6]],
+    ], [r.stderr for r in runs]
     pretty = pool.run(
-        *("pool", "watch", "--nats", nats.url, "--since", "1", "--timeout", "1", "--pretty"),
+        *("pool", "watch", "--nats", nats_url, "--since", "1", "--timeout", "1", "--pretty"),
         *("--host", "alpha", "--events", "death"),
     )
     rows = pretty.stdout.splitlines()
