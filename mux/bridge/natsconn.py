@@ -146,11 +146,15 @@ class Connection:
         return bool(info.get("cluster"))
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
-            try:
-                await asyncio.wait_for(self.nc.close(), CONNECT_TIMEOUT)
-            except Exception:
-                pass
+        """Close, waiting at most CONNECT_TIMEOUT (a broken connection may never finish)."""
+        if self.nc.is_closed:
+            return
+        closing = asyncio.ensure_future(self.nc.close())
+        await asyncio.wait((closing,), timeout=CONNECT_TIMEOUT)
+        if closing.done() and not closing.cancelled():
+            closing.exception()  # a broken connection's error: nothing to report
+        else:
+            closing.cancel()
 
 
 async def connect(opts: NatsOptions, name: str, timeout: float = API_TIMEOUT) -> Connection:

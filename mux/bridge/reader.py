@@ -191,8 +191,11 @@ class Inbox:
         self.task = asyncio.ensure_future(self._pump(follower))
 
     async def _pump(self, follower: Follower) -> None:
-        async for msg in follower.messages():
-            await self.queue.put(msg)
+        # Closed here, when cancelled, while its connection is still there to close: left to
+        # the loop's shutdown it would close a connection whose tasks are already gone.
+        async with contextlib.aclosing(follower.messages()) as messages:
+            async for msg in messages:
+                await self.queue.put(msg)
 
     async def get(self, timeout: float | None) -> Message | None:
         """The next message, or None after `timeout`. Raises what ended the follower."""
