@@ -1,10 +1,9 @@
 """Real nats-server 2.9.10 (Debian's) for the pool tests and `xenmux bench --pool`.
 
-The binary comes from Debian's package, never installed (its package enables a service):
-`apt-get download nats-server` + `dpkg-deb -x` into the checkout's `.cache/deb/root`
-($XENMUX_DEB_CACHE overrides), done here on first use; an installed nats-server is used
-when there is one. Each server listens on 127.0.0.1 only, keeps JetStream in a temporary
-directory that its handle removes, and is stopped by its PID.
+The binary is found by mux.debpeers: the system's when its package is installed, else the
+copy `make deb-peers` extracted into the checkout's cache (the package is never installed:
+it enables a service). Each server listens on 127.0.0.1 only, keeps JetStream in a
+temporary directory that its handle removes, and is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -18,39 +17,25 @@ import tempfile
 import time
 from pathlib import Path
 
-# The checkout this module runs from (an editable install, as `make build` makes).
-REPO = Path(__file__).resolve().parent.parent.parent
+from mux import debpeers
 
-NATS_PACKAGE = "nats-server"
-BINARY = Path("usr/sbin/nats-server")
+PeerMissing = debpeers.PeerMissing
 
 
-def deb_cache() -> Path:
-    return Path(os.environ.get("XENMUX_DEB_CACHE") or REPO / ".cache" / "deb")
+def nats_server() -> debpeers.Located:
+    """Where nats-server is; PeerMissing (its message says to run `make deb-peers`) if nowhere."""
+    return debpeers.locate("nats-server")
 
 
-def nats_server_binary() -> str:
-    """The path of nats-server: the extracted package, else the system's, else extract it."""
-    extracted = deb_cache() / "root" / BINARY
-    if extracted.exists():
-        return str(extracted)
-    system = shutil.which("nats-server")
-    if system:
-        return system
-    cache = deb_cache()
-    cache.mkdir(parents=True, exist_ok=True)
-    got = subprocess.run(
-        ["apt-get", "download", NATS_PACKAGE],
-        cwd=cache,
+def nats_server_version() -> str:
+    peer = nats_server()
+    return subprocess.run(
+        [str(peer.path), "--version"],
         capture_output=True,
         text=True,
-        timeout=300,
-    )
-    debs = sorted(cache.glob(f"{NATS_PACKAGE}_*.deb"))
-    if got.returncode != 0 or not debs:
-        raise RuntimeError(f"apt-get download {NATS_PACKAGE} failed: {got.stderr.strip()}")
-    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(cache / "root")], check=True, timeout=120)
-    return str(extracted)
+        timeout=30,
+        env=peer.environ(),
+    ).stdout.strip()
 
 
 def free_port() -> int:
@@ -126,11 +111,13 @@ class NatsServer:
 
     def start(self, timeout: float = 20.0) -> NatsServer:
         assert self.proc is None or self.proc.poll() is not None
+        peer = nats_server()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(self.config)],
+                [str(peer.path), "-c", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=peer.environ(),
             )
         deadline = time.monotonic() + timeout
         while True:

@@ -518,15 +518,15 @@ def params_for(quick: bool, seconds: float | None, rate: float | None) -> PoolPa
 
 def run(args, machine: str) -> int:
     """The `--pool` mode of `xenmux bench`: exit status 1 when an event was lost or doubled."""
-    import subprocess
-
-    from mux.bench.natsserver import nats_server_binary
+    from mux.bench.natsserver import PeerMissing, nats_server_version
 
     params = params_for(args.quick, args.pool_seconds, args.pool_rate)
     todo = plans(args.quick, args.pool_sizes)
-    version = subprocess.run(
-        [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=30
-    ).stdout.strip()
+    try:
+        version = nats_server_version()
+    except PeerMissing as exc:
+        print(f"xenmux bench --pool: {exc}", file=sys.stderr)
+        return 2
     meta = {
         "machine": machine,
         "mode": "quick" if args.quick else "full",

@@ -10,6 +10,7 @@ to date with that host's stream messages after its checkpoint.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sys
 import time
@@ -112,21 +113,34 @@ class Follower:
         from nats.errors import TimeoutError as NatsTimeout
 
         sub = await self._subscribe(conn)
+        # A durable's messages handed over and not yet done, and those of its batch not yet
+        # handed over: given back (nak) when the session ends, so that the next reader gets
+        # them at once instead of after the server's ack wait (30 s).
+        undone: collections.deque[Message] = collections.deque()
+        batch: list = []
+        # Until when the server may still hold the last fetch's pull request: a message given
+        # back before then would be delivered to it, to nobody, and come back after the ack
+        # wait. A request that got its whole batch is over.
+        lingers_until = 0.0
         try:
             while True:
                 if conn.lost.is_set():
                     raise NatsUnavailable("the connection was lost")
                 if self.durable:
+                    lingers_until = time.monotonic() + IDLE
                     try:
                         batch = await sub.fetch(FETCH_BATCH, timeout=IDLE)
                     except NatsTimeout:
                         continue
+                    if len(batch) == FETCH_BATCH:
+                        lingers_until = 0.0
                 else:
                     try:
                         batch = [await sub.next_msg(timeout=IDLE)]
                     except NatsTimeout:
                         continue
-                for msg in batch:
+                while batch:
+                    msg = batch.pop(0)
                     seq = msg.metadata.sequence.stream
                     parsed = _message(seq, msg.subject, msg.data) if seq > self.last else None
                     if parsed is None:
@@ -136,8 +150,17 @@ class Follower:
                     self.last = seq
                     if self.durable:
                         parsed.nats_msg = msg
+                        while undone and undone[0].nats_msg is None:  # done in order
+                            undone.popleft()
+                        undone.append(parsed)
                     yield parsed
         finally:
+            back = [m.nats_msg for m in undone if m.nats_msg is not None] + batch
+            if self.durable and back and not conn.lost.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.sleep(max(0.0, lingers_until - time.monotonic()))
+                    for msg in back:
+                        await msg.nak()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

@@ -26,7 +26,13 @@ import pytest
 from daemonhelpers import DaemonHandle, start_daemon, until
 from simhelpers import REPO, SimHandle, sim_command, terminate
 
-from mux.bench.natsserver import NatsServer, listening_addresses, start_cluster
+from mux.bench.natsserver import (
+    NatsServer,
+    PeerMissing,
+    listening_addresses,
+    nats_server,
+    start_cluster,
+)
 from mux.bridge.names import checkpoint_key, encode_host
 
 
@@ -104,7 +110,16 @@ class Pool:
 
     # -- NATS ------------------------------------------------------------------------------
 
+    @staticmethod
+    def need_nats_server() -> None:
+        """Skip the test, saying why and what to run, when nats-server is nowhere."""
+        try:
+            nats_server()
+        except PeerMissing as exc:
+            pytest.skip(str(exc))
+
     def nats(self, **kw) -> NatsServer:
+        self.need_nats_server()
         server = NatsServer(self.workdir, f"n{len(self.servers) + 1}", **kw)
         self.servers.append(server)
         server.start()
@@ -112,6 +127,7 @@ class Pool:
         return server
 
     def cluster(self, size: int = 3) -> list[NatsServer]:
+        self.need_nats_server()
         servers = start_cluster(self.workdir, size)
         self.servers.extend(servers)
         for s in servers:

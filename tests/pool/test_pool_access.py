@@ -87,6 +87,7 @@ def test_without_nats_py_the_bridge_says_what_to_install(pool, tmp_path):
 def test_a_bridge_waits_for_nats_and_says_so_once(pool):
     from mux.bench.natsserver import NatsServer, free_port
 
+    pool.need_nats_server()
     port = free_port()
     a = pool.host("a", domains=2)
     bridge = pool.bridge(a, f"nats://127.0.0.1:{port}", ready=False)
