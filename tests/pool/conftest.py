@@ -260,6 +260,22 @@ def stream_messages(url: str, stream: str = "xenmux-events", **connect) -> list[
     return asyncio.run(read())
 
 
+def consumer_count(url: str, stream: str = "xenmux-events") -> int:
+    """How many consumers the stream has: a `pool watch` or `pool wait` has read the table
+    and follows the stream once its consumer is there."""
+
+    async def read() -> int:
+        import nats
+
+        nc = await nats.connect(url, allow_reconnect=False)
+        try:
+            return (await nc.jsm().stream_info(stream)).state.consumer_count
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
 def bucket_keys(url: str, bucket: str = "xenmux-domains", **connect) -> set[str]:
     try:
         return set(bucket_values(url, bucket, **connect))

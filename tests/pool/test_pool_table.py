@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from conftest import consumer_count
 from daemonhelpers import json_lines, until
 
 
@@ -42,7 +43,7 @@ def test_a_migrated_vm_is_shown_where_it_runs_and_pool_wait_follows_it(pool):
     uuid = vm["uuid"]
     assert where(pool, nats.url, uuid) == [("a", "running")]
     waiter = wait_cmd(pool, nats.url, uuid, "--grace", "30")
-    time.sleep(1.0)  # the waiter has read the table
+    until(lambda: consumer_count(nats.url) == 1)  # the waiter has read the table
     # A migration: suspended on a, the same UUID new on b, then destroyed on a.
     a.sim.ctl.suspend(3)
     until(lambda: where(pool, nats.url, uuid) == [("a", "shutdown")])
@@ -54,6 +55,8 @@ def test_a_migrated_vm_is_shown_where_it_runs_and_pool_wait_follows_it(pool):
         assert where(pool, nats.url, uuid) == [("b", "running")]
     assert waiter.proc.poll() is None, waiter.lines()  # it lives on b: no verdict
     b.sim.ctl.shutdown(moved["domid"], "poweroff")
+    # Seen shut down before it goes: a death whose shutdown no scan saw has no reason.
+    until(lambda: where(pool, nats.url, uuid) == [("b", "shutdown")])
     b.sim.ctl.destroy(moved["domid"])
     assert waiter.proc.wait(30) == 0, waiter.stderr()
     [death] = waiter.lines()
@@ -67,12 +70,13 @@ def test_pool_wait_exit_statuses(pool):
     rows = {r["domid"]: r["uuid"] for r in a.sim.ctl.list()}
     crash = wait_cmd(pool, nats.url, rows[2])
     gone = wait_cmd(pool, nats.url, rows[3], "--grace", "1")
+    until(lambda: consumer_count(nats.url) == 2)  # both waiters have read the table
     missing = pool.run("pool", "wait", "--nats", nats.url, "--uuid", "no-such-uuid")
     assert missing.returncode == 22 and "no VM no-such-uuid" in missing.stderr
     late = pool.run("pool", "wait", "--nats", nats.url, "--uuid", rows[4], "--timeout", "1")
     assert late.returncode == 1 and "timed out" in late.stderr
-    time.sleep(1.0)
     a.sim.ctl.shutdown(2, "crash")
+    until(lambda: where(pool, nats.url, rows[2]) == [("a", "shutdown")])
     a.sim.ctl.destroy(2)
     assert crash.proc.wait(30) == 13, crash.stderr()
     # Suspended and destroyed, and it appears nowhere within the grace: a suspend's status.
