@@ -82,6 +82,7 @@ class Host:
     sim: SimHandle
     daemon: DaemonHandle
     log: Proc  # `xenmux watch` against the daemon: the host's own record of its events
+    daemon_args: tuple[str, ...] = ()
 
     def own_events(self) -> list[dict]:
         return [e for e in self.log.lines() if not e.get("missed")]
@@ -94,7 +95,7 @@ class Host:
                 os.unlink(self.daemon.sock)
         else:
             self.daemon.stop()
-        self.daemon = start_daemon(self.sim, *DAEMON_ARGS, sock=self.daemon.sock)
+        self.daemon = start_daemon(self.sim, *DAEMON_ARGS, *self.daemon_args, sock=self.daemon.sock)
 
 
 DAEMON_ARGS = ("--shutdown-poll", "0.05", "--full-scan", "5")
@@ -142,16 +143,16 @@ class Pool:
 
     # -- hosts -----------------------------------------------------------------------------
 
-    def host(self, name: str, domains: int = 6) -> Host:
+    def host(self, name: str, domains: int = 6, daemon_args: tuple[str, ...] = ()) -> Host:
         sim = self.sim_factory(domains=domains)
-        daemon = start_daemon(sim, *DAEMON_ARGS)
+        daemon = start_daemon(sim, *DAEMON_ARGS, *daemon_args)
         # `xenmux watch` ends on SIGTERM with 128 + 15 (the default handler's -15 before).
         log = self.start(
             [*sim_command(), "watch", "--socket", daemon.sock],
             f"log-{name}",
             ok=(-signal.SIGTERM, 128 + signal.SIGTERM),
         )
-        host = Host(name, sim, daemon, log)
+        host = Host(name, sim, daemon, log, daemon_args)
         self.hosts.append(host)
         # The log must be subscribed before anything happens on the host.
         until(lambda: daemon.stats()["subscribers"] >= 1, timeout=20)
@@ -179,11 +180,19 @@ class Pool:
             "",
             *extra,
         ]
+        url = urls.split(",")[0]
+        key = checkpoint_key(encode_host(host.name))
+        # A bridge writes its host's table and checkpoint at every start: a checkpoint that
+        # is not the one a bridge before it left.
+        old = bucket_checkpoint(url, key) if ready else None
         proc = self.start(args, f"bridge-{host.name}", **({} if ok is None else {"ok": ok}))
         if ready:
-            url = urls.split(",")[0]
-            key = checkpoint_key(encode_host(host.name))
-            until(lambda: proc.proc.poll() is not None or key in bucket_keys(url), timeout=30)
+            until(
+                lambda: (
+                    proc.proc.poll() is not None or bucket_checkpoint(url, key) not in (None, old)
+                ),
+                timeout=30,
+            )
             assert proc.proc.poll() is None, proc.stderr()
         return proc
 
@@ -281,6 +290,13 @@ def bucket_keys(url: str, bucket: str = "xenmux-domains", **connect) -> set[str]
         return set(bucket_values(url, bucket, **connect))
     except Exception:  # the bucket or the stream may not exist yet
         return set()
+
+
+def bucket_checkpoint(url: str, key: str) -> dict | None:
+    try:
+        return bucket_values(url).get(key)
+    except Exception:  # the bucket or the stream may not exist yet
+        return None
 
 
 def bucket_values(url: str, bucket: str = "xenmux-domains", **connect) -> dict[str, dict]:

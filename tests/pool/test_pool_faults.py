@@ -6,18 +6,22 @@ that host, in pool order, must be that log, no more, no less.
 
 from __future__ import annotations
 
+import re
 import time
 
-import pytest
 from conftest import (
     assert_exactly_once,
+    brief,
     bucket_rows,
     bucket_values,
     daemon_rows,
     stream_messages,
     wait_for_pool,
 )
+from daemonhelpers import until
 from simhelpers import sim_command
+
+from mux.bridge.names import checkpoint_key, encode_host
 
 
 def churn(pool, host, seconds: float, rate: int = 40, seed: int = 1):
@@ -146,19 +150,9 @@ def stream_info(url: str) -> dict:
     return asyncio.run(read())
 
 
-def needs_journal(host) -> None:
-    """A bridge restarted, or a daemon restarted under it, resumes by the daemon's cursor:
-    with a daemon that keeps no journal there is nothing to resume from (events of the
-    downtime would come as made-up `missed` ones, which the exact comparison rejects)."""
-    with host.daemon.client() as c:
-        if "history" not in c.hello():
-            pytest.skip("the daemon keeps no journal (issue 12): nothing to resume from")
-
-
 def test_bridge_killed_mid_publish_and_restarted(pool):
     nats = pool.nats()
     hosts = [pool.host("a"), pool.host("b")]
-    needs_journal(hosts[0])
     watch = pool.watch(nats.url, "--since", "1")
     bridges = [pool.bridge(h, nats.url) for h in hosts]
     churners = [churn(pool, h, 4, rate=60, seed=20 + i) for i, h in enumerate(hosts)]
@@ -169,14 +163,13 @@ def test_bridge_killed_mid_publish_and_restarted(pool):
     for c in churners:
         assert c.proc.wait(60) == 0, c.stderr()
     settle(pool, nats.url, hosts, watch)
-    # It resumed from the stream's cursor: the daemon replayed, no snapshot was needed.
+    # It resumed from the stream's cursor (`since`): the daemon replayed, no snapshot taken.
     assert "daemon snapshot" not in restarted.stderr(), restarted.stderr()
 
 
 def test_daemon_restarted_under_the_bridge(pool):
     nats = pool.nats()
     hosts = [pool.host("a")]
-    needs_journal(hosts[0])
     watch = pool.watch(nats.url, "--since", "1")
     bridge = pool.bridge(hosts[0], nats.url)
     c = churn(pool, hosts[0], 4, rate=40, seed=30)
@@ -185,5 +178,46 @@ def test_daemon_restarted_under_the_bridge(pool):
     time.sleep(1.0)
     hosts[0].restart_daemon(kill=True)  # SIGKILL: its journal has what it sent
     assert c.proc.wait(60) == 0, c.stderr()
-    settle(pool, nats.url, hosts, watch)
+    lines = settle(pool, nats.url, hosts, watch)
     assert bridge.proc.poll() is None, bridge.stderr()
+    # What changed while the daemon was down came after its restart as `late` events, in the
+    # pool as on the host; the bridge resumed with `since`: only its first start took a snapshot.
+    assert any(e.get("late") for e in lines), [brief(e) for e in lines]
+    assert bridge.stderr().count("daemon snapshot") == 1, bridge.stderr()
+
+
+def test_after_a_gap_the_bucket_is_the_daemons_snapshot(pool):
+    """A bridge away longer than its daemon's journal reaches back: the daemon answers its
+    cursor with a gap and a snapshot; the stream gets events made up (`missed`) for what
+    changed, the bucket the whole snapshot, then the live events follow."""
+    nats = pool.nats()
+    a = pool.host("a", daemon_args=("--journal-max-bytes", "16384", "--checkpoint-interval", "0.2"))
+    watch = pool.watch(nats.url, "--since", "1")
+    bridge = pool.bridge(a, nats.url)
+    assert churn(pool, a, 1, rate=20, seed=40).proc.wait(60) == 0
+    wait_for_pool(watch, [a])
+    assert bridge.stop() == 0
+    before = bucket_values(nats.url)[checkpoint_key(encode_host("a"))]["seq"]
+    assert churn(pool, a, 3, rate=60, seed=41).proc.wait(60) == 0
+    with a.daemon.client() as c:
+        assert c.hello()["oldest_seq"] > before + 1  # the journal no longer reaches back
+    restarted = pool.bridge(a, nats.url)
+    [snapshot_seq] = [
+        int(m) for m in re.findall(r"daemon snapshot at \w+:(\d+)", restarted.stderr())
+    ]
+    assert churn(pool, a, 1, rate=20, seed=42).proc.wait(60) == 0
+    # Every event the daemon sent before the bridge stopped and after the snapshot, once,
+    # in order; what came between is in the stream as made-up events.
+    own = [brief(e) for e in a.own_events() if not before < e["seq"] <= snapshot_seq]
+
+    def pool_has_them():
+        got = [brief(e) for e in watch.lines() if not e.get("missed")]
+        return got if len(got) >= len(own) else None
+
+    assert until(pool_has_them, timeout=30) == own
+    missed = [e for e in watch.lines() if e.get("missed")]
+    assert missed and all(e["host"] == "a" for e in missed)
+    deadline = time.monotonic() + 30
+    while diff := bucket_difference(nats.url, [a]):
+        assert time.monotonic() < deadline, f"the bucket is not the daemon's table: {diff}"
+        time.sleep(0.2)

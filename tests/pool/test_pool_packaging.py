@@ -1,28 +1,14 @@
-"""The bridge's systemd unit: hardened as every unit of the project, and runnable as written."""
+"""The bridge's systemd unit runs the bridge as written (tests/e2e/test_packaging.py holds it,
+as every unit of the project, to an exposure of 4.0 or below and to `systemd-analyze verify`)."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
-import pytest
 from simhelpers import REPO, sim_command
 
 UNIT = REPO / "packaging" / "xenmux-bridge.service"
-
-
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_the_unit_scores_4_or_below_on_systemd_analyze_security():
-    got = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", got.stdout)
-    assert m, got.stdout + got.stderr
-    assert float(m.group(1)) <= 4.0, got.stdout
 
 
 def test_the_units_command_line_is_one_the_bridge_takes():
