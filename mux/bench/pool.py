@@ -62,6 +62,9 @@ class PoolParams:
     # hosts, so that every size carries the same load (2 cores carry all of it).
     churn_rate: float | None = None
     seed: int = 1
+    # A NATS outage this long (nats-server SIGKILLed, restarted after it) with the churn
+    # going on, at the first size measured: how long the pool takes to catch up. 0: none.
+    outage_seconds: float = 60.0
 
 
 @dataclass
@@ -69,6 +72,7 @@ class PoolPlan:
     hosts: int
     domains: int
     latency: bool = True
+    outage: bool = False
 
 
 @dataclass
@@ -101,6 +105,7 @@ class PoolBench:
         self.daemons: list[int] = []
         self.bridges: list[int] = []
         self.seen = Seen()
+        self.last_pool_seq = 0  # the stream sequence of the last message the consumer got
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class PoolBench:
     # -- the measurement ---------------------------------------------------------------------
 
     async def measure(self) -> dict:
+
         import nats
 
         assert self.nats is not None
@@ -163,18 +169,16 @@ class PoolBench:
         try:
             js = nc.jetstream()
             await self._bridges_ready(js)
+            await self._consume(nc)
             subs = await self._subscribe_daemons()
-            await js.subscribe(
-                f"{names.SUBJECT_ROOT}.>",
-                stream=names.DEFAULT_STREAM,
-                ordered_consumer=True,
-                deliver_policy=nats.js.api.DeliverPolicy.NEW,
-                cb=self._on_pool,
-            )
             row: dict = {"hosts": self.plan.hosts, "domains": self.plan.domains}
             if self.plan.latency:
                 row["latency"] = await self._latency_phase(subs)
             row["churn"] = await self._churn_phase(js, subs)
+            if self.plan.outage and self.params.outage_seconds > 0:
+                await nc.close()
+                row["outage"] = await self._outage_phase()
+                nc = await self._consume()
             row["burst"] = await self._burst_phase()
             row["lost"], row["duplicates"] = self._check()
             row["missed"] = self.seen.missed
@@ -184,6 +188,71 @@ class PoolBench:
             return row
         finally:
             await nc.close()
+
+    async def _consume(self, nc=None):
+        """The pool consumer on `nc` (else a new connection): every message after the last
+        one the consumer got (from the next one on at the start)."""
+        import nats
+        from nats.js.api import DeliverPolicy
+
+        assert self.nats is not None
+        if nc is None:
+            nc = await nats.connect(self.nats.url, allow_reconnect=False)
+        start = (
+            {"deliver_policy": DeliverPolicy.NEW}
+            if not self.last_pool_seq
+            else {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                "config": nats.js.api.ConsumerConfig(opt_start_seq=self.last_pool_seq + 1),
+            }
+        )
+        await nc.jetstream().subscribe(
+            f"{names.SUBJECT_ROOT}.>",
+            stream=names.DEFAULT_STREAM,
+            ordered_consumer=True,
+            cb=self._on_pool,
+            **start,
+        )
+        return nc
+
+    async def _outage_phase(self) -> dict:
+        """nats-server SIGKILLed and, after outage_seconds of churn on every host, started
+        again on the same store: how long until every event the daemons sent meanwhile has
+        come through the pool consumer."""
+        from mux.sim.ctl import AsyncSimControl
+
+        assert self.nats is not None
+        seconds = self.params.outage_seconds
+        before = len(self.seen.host_stream)
+        self.nats.kill()
+
+        async def churn(sim: SimHost) -> None:
+            ctl = await AsyncSimControl.connect(sim.dir, timeout=seconds + 60)
+            try:
+                await ctl.churn(seconds, rate=self.churn_rate, seed=self.params.seed + 7)
+            finally:
+                await ctl.close()
+
+        await asyncio.gather(*(churn(s) for s in self.sims))
+        behind = len(self.seen.host_stream) - before
+        t_restart = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, self.nats.restart)
+        nc = await self._consume()
+        try:
+            deadline = t_restart + DRAIN_TIMEOUT
+            while not set(self.seen.host_stream) <= set(self.seen.pool):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+            caught_up = time.monotonic() - t_restart
+        finally:
+            await nc.close()
+        return {
+            "seconds": seconds,
+            "events_during": behind,
+            "catch_up_s": round(caught_up, 2),
+            "catch_up_events_per_s": round(behind / caught_up, 1) if caught_up else None,
+        }
 
     async def _bridges_ready(self, js) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -233,6 +302,7 @@ class PoolBench:
         if ev.get("missed"):
             self.seen.missed += 1
             return
+        self.last_pool_seq = max(self.last_pool_seq, msg.metadata.sequence.stream)
         key = (ev.get("host"), ev.get("seq"))
         if key in self.seen.pool:
             self.seen.duplicates += 1
@@ -439,6 +509,12 @@ def summary_line(row: dict) -> str:
             f"; change->pool {_ms(lat['change_to_pool_consumer'])}, "
             f"bridge adds {_ms(lat['added_by_bridge'])}"
         )
+    if "outage" in row:
+        o = row["outage"]
+        parts.append(
+            f"; after {o['seconds']:.0f} s without NATS ({o['events_during']} events) "
+            f"caught up in {o['catch_up_s']} s"
+        )
     parts.append(f"; lost={row['lost']} duplicates={row['duplicates']}")
     return " ".join(parts)
 
@@ -482,6 +558,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{_ms(lat and lat['added_by_bridge'])} | {r.get('lost', '-')} | "
             f"{r.get('duplicates', '-')} |"
         )
+    for r in rows:
+        if "outage" in r:
+            o = r["outage"]
+            out += [
+                "",
+                f"NATS outage at {r['hosts']} x {r['domains']:,}: nats-server SIGKILLed for "
+                f"{o['seconds']:.0f} s while the hosts churned ({o['events_during']} events); "
+                f"after its restart the pool consumer had every one of them in "
+                f"{o['catch_up_s']} s ({o['catch_up_events_per_s']} events/s).",
+            ]
     out += ["", "Parameters: " + json.dumps(meta["params"]), ""]
     return "\n".join(out)
 
@@ -499,20 +585,33 @@ def write(out_dir: str, rows: list[dict], meta: dict) -> list[str]:
 
 def plans(quick: bool, sizes: list[tuple[int, int]] | None) -> list[PoolPlan]:
     if sizes:
-        return [PoolPlan(h, d, latency=h <= 8) for h, d in sizes]
-    if quick:
-        return [PoolPlan(2, 50)]
-    return [PoolPlan(8, 1000), PoolPlan(64, 100, latency=False)]
+        todo = [PoolPlan(h, d, latency=h <= 8) for h, d in sizes]
+    elif quick:
+        todo = [PoolPlan(2, 50)]
+    else:
+        todo = [PoolPlan(8, 1000), PoolPlan(64, 100, latency=False)]
+    todo[0].outage = True
+    return todo
 
 
-def params_for(quick: bool, seconds: float | None, rate: float | None) -> PoolParams:
+def params_for(
+    quick: bool, seconds: float | None, rate: float | None, outage: float | None = None
+) -> PoolParams:
     if quick:
-        return PoolParams(latency_seconds=1.5, latency_rate=5, churn_seconds=1.5, churn_rate=10.0)
+        return PoolParams(
+            latency_seconds=1.5,
+            latency_rate=5,
+            churn_seconds=1.5,
+            churn_rate=10.0,
+            outage_seconds=2.0 if outage is None else outage,
+        )
     p = PoolParams()
     if seconds:
         p.latency_seconds = p.churn_seconds = seconds
     if rate:
         p.churn_rate = rate
+    if outage is not None:
+        p.outage_seconds = outage
     return p
 
 
@@ -520,7 +619,7 @@ def run(args, machine: str) -> int:
     """The `--pool` mode of `xenmux bench`: exit status 1 when an event was lost or doubled."""
     from mux.bench.natsserver import PeerMissing, nats_server_version
 
-    params = params_for(args.quick, args.pool_seconds, args.pool_rate)
+    params = params_for(args.quick, args.pool_seconds, args.pool_rate, args.pool_outage)
     todo = plans(args.quick, args.pool_sizes)
     try:
         version = nats_server_version()

@@ -39,3 +39,10 @@ def add_pool_arguments(p: argparse.ArgumentParser) -> None:
         help="with --pool: churn lifecycles per second per host (default: 160 over the "
         "whole pool, 20 per host at 8 hosts, 2.5 at 64)",
     )
+    p.add_argument(
+        "--pool-outage",
+        type=float,
+        metavar="S",
+        help="with --pool: at the first size, nats-server killed for S seconds while the "
+        "hosts churn, then the time the pool takes to catch up (default 60; 0: none)",
+    )
