@@ -292,6 +292,26 @@ def bucket_keys(url: str, bucket: str = "xenmux-domains", **connect) -> set[str]
         return set()
 
 
+def pool_vms(url: str) -> list[dict]:
+    """What `xenmux pool domains --json` prints, read in this process by the same code
+    (cheaper than a command per poll)."""
+
+    async def read() -> list[dict]:
+        from mux.bridge.natsconn import NatsOptions, connect
+        from mux.bridge.reader import load_pool
+        from mux.bridge.vms import placements
+        from mux.commands.pool_domains import vm_line
+
+        conn = await connect(NatsOptions([url]), "tests")
+        try:
+            pool = await load_pool(conn, "xenmux-events", "xenmux-domains")
+        finally:
+            await conn.close()
+        return [vm_line(r) for r in placements(pool.rows())]
+
+    return asyncio.run(read())
+
+
 def bucket_checkpoint(url: str, key: str) -> dict | None:
     try:
         return bucket_values(url).get(key)

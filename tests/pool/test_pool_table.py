@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import consumer_count
+from conftest import consumer_count, pool_vms
 from daemonhelpers import json_lines, until
 
 
@@ -16,8 +16,8 @@ def pool_domains(pool, url: str) -> list[dict]:
     return json_lines(got.stdout)
 
 
-def where(pool, url: str, uuid: str) -> list[tuple]:
-    return [(v["host"], v["state"]) for v in pool_domains(pool, url) if v["uuid"] == uuid]
+def where(url: str, uuid: str) -> list[tuple]:
+    return [(v["host"], v["state"]) for v in pool_vms(url) if v["uuid"] == uuid]
 
 
 def wait_cmd(pool, url: str, uuid: str, *extra: str):
@@ -41,22 +41,24 @@ def test_a_migrated_vm_is_shown_where_it_runs_and_pool_wait_follows_it(pool):
     pool.bridge(b, nats.url)
     vm = next(r for r in a.sim.ctl.list() if r["domid"] == 3)
     uuid = vm["uuid"]
-    assert where(pool, nats.url, uuid) == [("a", "running")]
+    shown = [(v["host"], v["state"]) for v in pool_domains(pool, nats.url) if v["uuid"] == uuid]
+    assert shown == [("a", "running")]
     waiter = wait_cmd(pool, nats.url, uuid, "--grace", "30")
     until(lambda: consumer_count(nats.url) == 1)  # the waiter has read the table
     # A migration: suspended on a, the same UUID new on b, then destroyed on a.
     a.sim.ctl.suspend(3)
-    until(lambda: where(pool, nats.url, uuid) == [("a", "shutdown")])
+    until(lambda: where(nats.url, uuid) == [("a", "shutdown")])
     [moved] = b.sim.ctl.create(uuid=uuid, name="moved")
-    until(lambda: where(pool, nats.url, uuid) == [("b", "running")])
+    until(lambda: where(nats.url, uuid) == [("b", "running")])
     a.sim.ctl.destroy(3)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # a's death and release: still on b, never dead
-        assert where(pool, nats.url, uuid) == [("b", "running")]
+        assert where(nats.url, uuid) == [("b", "running")]
+        time.sleep(0.1)
     assert waiter.proc.poll() is None, waiter.lines()  # it lives on b: no verdict
     b.sim.ctl.shutdown(moved["domid"], "poweroff")
     # Seen shut down before it goes: a death whose shutdown no scan saw has no reason.
-    until(lambda: where(pool, nats.url, uuid) == [("b", "shutdown")])
+    until(lambda: where(nats.url, uuid) == [("b", "shutdown")])
     b.sim.ctl.destroy(moved["domid"])
     assert waiter.proc.wait(30) == 0, waiter.stderr()
     [death] = waiter.lines()
@@ -76,12 +78,12 @@ def test_pool_wait_exit_statuses(pool):
     late = pool.run("pool", "wait", "--nats", nats.url, "--uuid", rows[4], "--timeout", "1")
     assert late.returncode == 1 and "timed out" in late.stderr
     a.sim.ctl.shutdown(2, "crash")
-    until(lambda: where(pool, nats.url, rows[2]) == [("a", "shutdown")])
+    until(lambda: where(nats.url, rows[2]) == [("a", "shutdown")])
     a.sim.ctl.destroy(2)
     assert crash.proc.wait(30) == 13, crash.stderr()
     # Suspended and destroyed, and it appears nowhere within the grace: a suspend's status.
     a.sim.ctl.suspend(3)
-    until(lambda: where(pool, nats.url, rows[3]) == [("a", "shutdown")])
+    until(lambda: where(nats.url, rows[3]) == [("a", "shutdown")])
     t = time.monotonic()
     a.sim.ctl.destroy(3)
     assert gone.proc.wait(30) == 12, gone.stderr()
@@ -95,9 +97,7 @@ def test_pool_domains_lists_every_vm_of_every_host(pool):
     pool.bridge(a, nats.url)
     pool.bridge(b, nats.url)
     a.sim.ctl.shutdown(2, "reboot")
-    until(
-        lambda: ("a", "shutdown") in {(v["host"], v["state"]) for v in pool_domains(pool, nats.url)}
-    )
+    until(lambda: ("a", "shutdown") in {(v["host"], v["state"]) for v in pool_vms(nats.url)})
     vms = pool_domains(pool, nats.url)
     expect = {(h.name, r["domid"], r["uuid"]) for h in (a, b) for r in h.sim.ctl.list()}
     # dom0 of each sim has the same all-zero UUID: it is one VM to the pool, shown once.
