@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mux.bridge import names, view
+from mux.bridge import names, tasks, view
 from mux.bridge.natsconn import NatsOptions, NatsRejected, NatsUnavailable, connect
 from mux.bridge.position import parse_event, replay_tail, split_bucket
 from mux.bridge.store import read_bucket
@@ -236,9 +236,7 @@ class Inbox:
         return None
 
     async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.task
+        await tasks.cancel(self.task)
 
 
 def _say_once(already: bool, line: str) -> bool:

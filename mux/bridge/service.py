@@ -29,6 +29,7 @@ from mux.bridge.publisher import ACK_TIMEOUT, Ack, Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import StoreConfig, StoreError, ensure_bucket, ensure_stream
 from mux.bridge.table import TableWriter
+from mux.bridge.tasks import cancel
 
 log = logging.getLogger("xenmux.bridge")
 
@@ -217,9 +218,7 @@ class Bridge:
             done, _ = await asyncio.wait((*tasks, stopper), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel(*tasks)
         for task in tasks:
             if task in done and task.exception() is not None:
                 raise task.exception()
@@ -367,7 +366,5 @@ async def _until_stop(stop: asyncio.Event, coro):
         stopper.cancel()
     if task.done():
         return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel(task)
     return None
