@@ -20,13 +20,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mux.bridge import names, tasks, view
-from mux.bridge.natsconn import NatsOptions, NatsRejected, NatsUnavailable, connect
+from mux.bridge.natsconn import (
+    CONNECT_TIMEOUT,
+    NatsOptions,
+    NatsRejected,
+    NatsUnavailable,
+    connect,
+)
 from mux.bridge.position import parse_event, replay_tail, split_bucket
 from mux.bridge.store import read_bucket
 
 FETCH_BATCH = 256
 IDLE = 1.0  # how long one wait for messages lasts before the connection is checked
 BACKOFF_MAX = 2.0
+LINGER_MARGIN = 0.25
 
 
 @dataclass
@@ -71,6 +78,9 @@ class Follower:
         self.durable = durable
         self.name = name
         self.last = 0  # the stream sequence of the last message yielded
+        # Set by Inbox.close before it cancels: a cancel lost on the way (mux/bridge/tasks.py)
+        # still ends the session at its next message, its clean-up done.
+        self.stopping = False
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message from the start, in stream order, for ever. Raises NatsRejected."""
@@ -78,7 +88,7 @@ class Follower:
 
         delay = 0.05
         outage = False
-        while True:
+        while not self.stopping:
             try:
                 conn = await connect(self.opts, self.name)
             except NatsUnavailable as exc:
@@ -105,7 +115,8 @@ class Follower:
                 )
                 await asyncio.sleep(IDLE)
             except Exception as exc:
-                outage = _say_once(outage, f"lost NATS: {exc or type(exc).__name__}")
+                if not self.stopping:
+                    outage = _say_once(outage, f"lost NATS: {str(exc) or type(exc).__name__}")
             finally:
                 await conn.close()
 
@@ -123,11 +134,12 @@ class Follower:
         # wait. A request that got its whole batch is over.
         lingers_until = 0.0
         try:
-            while True:
+            while not self.stopping:
                 if conn.lost.is_set():
                     raise NatsUnavailable("the connection was lost")
                 if self.durable:
-                    lingers_until = time.monotonic() + IDLE
+                    # (the server counts the request's expiry from when it gets it: a margin)
+                    lingers_until = time.monotonic() + IDLE + LINGER_MARGIN
                     try:
                         batch = await sub.fetch(FETCH_BATCH, timeout=IDLE)
                     except NatsTimeout:
@@ -139,7 +151,7 @@ class Follower:
                         batch = [await sub.next_msg(timeout=IDLE)]
                     except NatsTimeout:
                         continue
-                while batch:
+                while batch and not self.stopping:
                     msg = batch.pop(0)
                     seq = msg.metadata.sequence.stream
                     parsed = _message(seq, msg.subject, msg.data) if seq > self.last else None
@@ -211,6 +223,7 @@ class Inbox:
 
     def __init__(self, follower: Follower) -> None:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=FETCH_BATCH * 4)
+        self.follower = follower
         self.task = asyncio.ensure_future(self._pump(follower))
 
     async def _pump(self, follower: Follower) -> None:
@@ -236,7 +249,9 @@ class Inbox:
         return None
 
     async def close(self) -> None:
-        await tasks.cancel(self.task)
+        self.follower.stopping = True
+        # The patience covers a durable's clean-up: the last pull request's lapse, the naks.
+        await tasks.cancel(self.task, patience=IDLE + 2 * CONNECT_TIMEOUT)
 
 
 def _say_once(already: bool, line: str) -> bool:
