@@ -26,6 +26,8 @@ def every_kind(host) -> None:
     ctl.shutdown(2, "poweroff")
     ctl.destroy(2)
     ctl.destroy(3)
+    # Done once the host's own log has the last of it (the pool is compared with that log).
+    until(lambda: any(e["event"] == "released" and e["domid"] == 3 for e in host.own_events()))
 
 
 def _state(host, domid):
