@@ -204,6 +204,30 @@ class Pool:
             [*sim_command(), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
         )
 
+    def run_all(self, *commands: tuple[str, ...], timeout: float = 60) -> list:
+        """Several commands at once (each a `run`): their CompletedProcess, in order."""
+        procs = [
+            subprocess.Popen(
+                [*sim_command(), *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            for args in commands
+        ]
+        done = []
+        try:
+            for args, proc in zip(commands, procs, strict=True):
+                out, err = proc.communicate(timeout=timeout)
+                done.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        return done
+
     def close(self) -> list[str]:
         errors = []
         for proc in reversed(self.procs):

@@ -70,19 +70,21 @@ def check_filters(pool, nats_url: str, everything: list[dict]) -> None:
         ("--events", "new,released"): lambda e: e["event"] in ("new", "released"),
         ("--uuid", uuid): lambda e: e["uuid"] == uuid,
     }
-    for flags, wanted in cases.items():
-        got = pool.run(
-            "pool", "watch", "--nats", nats_url, "--since", "1", "--timeout", "1", *flags
-        )
+    watch = ("pool", "watch", "--nats", nats_url, "--timeout", "1")
+    *filtered, since_now, since_5, pretty = pool.run_all(
+        *((*watch, "--since", "1", *flags) for flags in cases),
+        (*watch, "--since", "0s"),
+        (*watch, "--since", "5"),
+        (*watch, "--since", "1", "--pretty", "--host", "alpha", "--events", "death"),
+    )
+    for (flags, wanted), got in zip(cases.items(), filtered, strict=True):
         assert got.returncode == 0, got.stderr
         expect = [e["pool_seq"] for e in everything if wanted(e)]
         assert expect, flags
         assert [e["pool_seq"] for e in json_lines(got.stdout)] == expect, flags
     # --since a time: only what came after it; --since a stream sequence: from there.
-    got = pool.run("pool", "watch", "--nats", nats_url, "--since", "0s", "--timeout", "1")
-    assert (got.returncode, got.stdout) == (0, ""), got.stderr
-    got = pool.run("pool", "watch", "--nats", nats_url, "--since", "5", "--timeout", "1")
-    assert [e["pool_seq"] for e in json_lines(got.stdout)] == [
+    assert (since_now.returncode, since_now.stdout) == (0, ""), since_now.stderr
+    assert [e["pool_seq"] for e in json_lines(since_5.stdout)] == [
         e["pool_seq"] for e in everything[4:]
     ]
     # A durable consumer keeps its place between runs: the second run starts after the first.
@@ -97,10 +99,6 @@ def check_filters(pool, nats_url: str, everything: list[dict]) -> None:
         [e["pool_seq"] for e in everything[:3]],
         [e["pool_seq"] for e in everything[3:6]],
     ], [r.stderr for r in runs]
-    pretty = pool.run(
-        *("pool", "watch", "--nats", nats_url, "--since", "1", "--timeout", "1", "--pretty"),
-        *("--host", "alpha", "--events", "death"),
-    )
     rows = pretty.stdout.splitlines()
     header = ["TIME", "POOL_SEQ", "HOST", "DOMID", "NAME", "EVENT", "REASON", "UUID"]
     assert rows[0].split() == header
