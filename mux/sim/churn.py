@@ -10,6 +10,10 @@ Each lifecycle is what a toolstack does to one domain, its steps a few milliseco
     migrate    suspend, resume (a checkpoint, or a migration that was cancelled)
     destroy    destroy a running domain (`xl destroy`)
 
+With `guests_only` (`sim-ctl churn --guests-only`) only the guests act: they power off,
+reboot, crash or trip their watchdog by themselves, and each domain then stays shut down
+until a toolstack (`xenmux act`) acts; boots still come to keep the population.
+
 Lifecycles start at `rate` per second and overlap; a domain takes part in one at a time.
 The number of guests stays near where it started: boots are favoured below it, and
 lifecycles that end a domain above it.
@@ -22,16 +26,28 @@ import random
 from collections import Counter
 
 from mux.records import SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT
+from mux.sim.guests import ToolstackBook
 from mux.sim.host import SimError, SimHost
 
 KINDS = ("boot", "reboot", "poweroff", "crash", "migrate", "destroy")
+# guests_only: what guests do by themselves (mux.sim.guests), weighted
+_GUEST_WEIGHTS = {"boot": 2, "reboot": 3, "poweroff": 2, "crash": 1, "watchdog": 1}
 _WEIGHTS = {"boot": 2, "reboot": 3, "poweroff": 2, "crash": 1, "migrate": 2, "destroy": 1}
 _ENDING = ("poweroff", "crash", "destroy")
 
 
 class Churn:
-    def __init__(self, host: SimHost, busy: set[int], *, seed: int | None, step_delay: float):
+    def __init__(
+        self,
+        host: SimHost,
+        busy: set[int],
+        *,
+        seed: int | None,
+        step_delay: float,
+        book: ToolstackBook | None = None,
+    ):
         self.host = host
+        self.book = book  # guests only: their shutdowns and the boots go through the book
         self.busy = busy
         self.rng = random.Random(seed)
         self.step_delay = step_delay
@@ -46,13 +62,14 @@ class Churn:
             if d.domid not in self.busy and not d.dying and not d.shutdown
         ]
         population = len(self.host.guests())
-        weights = dict(_WEIGHTS)
+        weights = dict(_GUEST_WEIGHTS if self.book is not None else _WEIGHTS)
         if population < target:
             weights["boot"] *= 3
         elif population > target:
             weights["boot"] = 0
             for kind in _ENDING:
-                weights[kind] *= 2
+                if kind in weights:
+                    weights[kind] *= 2
         if not free:
             return "boot", None
         kinds = list(weights)
@@ -65,6 +82,9 @@ class Churn:
     async def _lifecycle(self, kind: str, domid: int | None) -> None:
         host = self.host
         try:
+            if self.book is not None:
+                self._guest_lifecycle(kind, domid)
+                return
             if kind == "boot":
                 host.create()
                 self.ops["create"] += 1
@@ -99,6 +119,16 @@ class Churn:
         finally:
             if domid is not None:
                 self.busy.discard(domid)
+
+    def _guest_lifecycle(self, kind: str, domid: int | None) -> None:
+        assert self.book is not None
+        if kind == "boot":
+            self.book.created(self.host.create(), {}, "churn")
+            self.ops["create"] += 1
+        else:
+            assert domid is not None
+            self.book.guest(domid, kind)
+            self.ops["guest"] += 1
 
     async def run(self, seconds: float, rate: float) -> dict:
         if rate <= 0 or seconds < 0:

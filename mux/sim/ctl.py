@@ -22,7 +22,11 @@ import socket
 import sys
 from typing import Any
 
+from mux.act.policy import ACTIONS, REASON_KEYS
 from mux.sim.paths import sim_paths
+
+SETTING_KEYS = tuple(REASON_KEYS.values())  # on_poweroff ...
+GUEST_ACTIONS = tuple(REASON_KEYS)  # what a guest does by itself: the reasons act acts on
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -53,10 +57,22 @@ class _Ops:
     def request(self, op: str, **fields: Any):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def create(self, *, uuid=None, domid=None, name=None, count=None, introduce=True):
-        """Create domains; returns their rows (domid, uuid, name, state...).
+    def create(
+        self,
+        *,
+        uuid=None,
+        domid=None,
+        name=None,
+        count=None,
+        introduce=True,
+        settings=None,
+        by=None,
+    ):
+        """Create domains; returns their rows (domid, uuid, name, state, settings...).
 
-        `introduce=False`: xenstored never hears of them (no @releaseDomain for them)."""
+        `introduce=False`: xenstored never hears of them (no @releaseDomain for them).
+        `settings`: the toolstack's on_* actions for them (`{"on_crash": "preserve"}`).
+        `by`: who asks, for the truth log (DIR/toolstack.log)."""
         return self._then(
             self.request(
                 "create",
@@ -65,9 +81,32 @@ class _Ops:
                 name=name,
                 count=count,
                 introduce=None if introduce else False,
+                settings=settings or None,
+                by=by,
             ),
             lambda r: r["domains"],
         )
+
+    def domain(self, domid):
+        """One domain's row with its stored on_* settings."""
+        return self._then(self.request("domain", domid=domid), lambda r: r["domain"])
+
+    def guest(self, domid, action):
+        """The guest itself powers off, reboots, crashes, trips its watchdog or asks for a
+        soft reset: the domain stays shut down until a toolstack acts."""
+        return self.request("guest", domid=domid, action=action)
+
+    def dump_core(self, domid, path, by=None):
+        return self.request("dump-core", domid=domid, path=path, by=by)
+
+    def rename(self, domid, name, uuid, by=None):
+        """Keep a domain under another name and UUID (libxl's preserve)."""
+        return self._then(
+            self.request("rename", domid=domid, name=name, uuid=uuid, by=by), lambda r: r["domain"]
+        )
+
+    def soft_reset(self, domid, by=None):
+        return self.request("soft-reset", domid=domid, by=by)
 
     def shutdown(self, domid, reason="poweroff"):
         """Shut a domain (or "all" running guests) down; reason by name or number."""
@@ -79,8 +118,8 @@ class _Ops:
     def resume(self, domid):
         return self.request("resume", domid=domid)
 
-    def destroy(self, domid, zombie=False):
-        return self.request("destroy", domid=domid, zombie=zombie or None)
+    def destroy(self, domid, zombie=False, by=None):
+        return self.request("destroy", domid=domid, zombie=zombie or None, by=by)
 
     def release(self, domid):
         return self.request("release", domid=domid)
@@ -104,8 +143,15 @@ class _Ops:
         nodes and introduce the living guests again. Returns the reply (`domids`)."""
         return self.request("reintroduce")
 
-    def churn(self, seconds, rate=None, seed=None, step_delay=None):
-        return self.request("churn", seconds=seconds, rate=rate, seed=seed, step_delay=step_delay)
+    def churn(self, seconds, rate=None, seed=None, step_delay=None, guests_only=False):
+        return self.request(
+            "churn",
+            seconds=seconds,
+            rate=rate,
+            seed=seed,
+            step_delay=step_delay,
+            guests_only=guests_only or None,
+        )
 
     def _then(self, reply, fn):
         return fn(reply)
@@ -233,6 +279,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="never introduce them to xenstored (it then never fires for them)",
     )
+    for key in SETTING_KEYS:
+        p.add_argument(
+            "--" + key.replace("_", "-"),
+            choices=ACTIONS,
+            metavar="ACTION",
+            help=f"the toolstack's {key} action ({', '.join(ACTIONS)})"
+            if key == "on_poweroff"
+            else f"the toolstack's {key} action",
+        )
+
+    p = sub.add_parser("guest", help="the guest shuts itself down: it stays so until acted on")
+    p.add_argument("domid", type=int)
+    p.add_argument("action", choices=GUEST_ACTIONS)
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
     p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
@@ -267,6 +326,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=10.0, help="lifecycles per second (default 10)")
     p.add_argument("--seed", type=int)
     p.add_argument("--step-delay", type=float, help="seconds between a lifecycle's steps")
+    p.add_argument(
+        "--guests-only",
+        action="store_true",
+        help="only guests act (shut down, reboot, crash, watchdog); `xenmux act` does the rest",
+    )
 
 
 def _emit(obj: dict) -> None:
@@ -288,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
                     name=args.name,
                     count=args.count,
                     introduce=args.introduce,
+                    settings={
+                        k: getattr(args, k) for k in SETTING_KEYS if getattr(args, k) is not None
+                    },
                 ):
                     _emit(row)
             elif op == "list":
@@ -295,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
                     _emit(row)
             elif op == "shutdown":
                 _emit(sim.shutdown(args.domid, args.reason))
+            elif op == "guest":
+                _emit(sim.guest(args.domid, args.action))
             elif op == "suspend":
                 _emit(sim.suspend(args.domid, args.silent))
             elif op == "resume":
@@ -312,7 +381,9 @@ def run(args: argparse.Namespace) -> int:
             elif op == "info":
                 _emit(sim.info())
             elif op == "churn":
-                _emit(sim.churn(args.seconds, args.rate, args.seed, args.step_delay))
+                _emit(
+                    sim.churn(args.seconds, args.rate, args.seed, args.step_delay, args.guests_only)
+                )
     except SimControlError as exc:
         print(f"xenmux sim-ctl: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,8 @@ class SimPaths:
     xenstored: str  # the sim's xenstored socket; its existence means the sim is ready
     control: str  # `xenmux sim-ctl`'s socket
     state: str  # the daemon's default --state-dir for this simulated host
+    act_state: str  # `xenmux act --toolstack sim`'s default --state-dir
+    toolstack_log: str  # what the sim's toolstack did, one JSON line per operation
 
 
 def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
@@ -27,4 +29,6 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         xenstored=os.path.join(d, "xenstored.sock"),
         control=os.path.join(d, "control.sock"),
         state=os.path.join(d, "xenmux-state"),
+        act_state=os.path.join(d, "act-state"),
+        toolstack_log=os.path.join(d, "toolstack.log"),
     )
