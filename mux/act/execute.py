@@ -198,8 +198,11 @@ class Executor:
     async def _do(self, step: str, job: Job, dom: Domain, plan: Plan, own: dict) -> object:
         command = plan.commands.get(self._action_of(job))
         if command is not None and step != "dump":
-            # The policy names the whole action's command: it replaces every step but the dump.
+            # The policy names the whole action's command: it replaces every step but the
+            # dump; an interrupted one runs again only if the incarnation is still there.
             if step in ("destroy", "rename", "soft-reset"):
+                if job.recovering and not await self._there(dom):
+                    return True
                 await run_command(command, self._values(job), self.hook_timeout)
             return True
         if step == "dump":
@@ -228,13 +231,12 @@ class Executor:
     def _action_of(self, job: Job) -> str:
         return job.steps.get("action", "")
 
+    async def _there(self, dom: Domain) -> bool:
+        return any(d.domid == dom.domid and d.uuid == dom.uuid for d in await self.ts.domains())
+
     async def _destroy(self, job: Job, dom: Domain) -> bool:
-        if job.recovering:
-            there = any(
-                d.domid == dom.domid and d.uuid == dom.uuid for d in await self.ts.domains()
-            )
-            if not there:
-                return True  # the interrupted run destroyed it
+        if job.recovering and not await self._there(dom):
+            return True  # the interrupted run destroyed it
         try:
             await self.ts.destroy(dom)
         except NoSuchDomain:

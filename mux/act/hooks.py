@@ -8,11 +8,23 @@ its own, so that a hook that hangs is stopped with everything it started.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 from collections.abc import Mapping
 
 from mux.act.policy import command_argv
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_act() -> None:
+    """In the child: SIGKILL when act dies. A command left running by a SIGKILLed act would
+    race the run that act makes of the same job at its next start."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class CommandFailed(Exception):
@@ -32,6 +44,7 @@ async def run_command(template: str, values: Mapping[str, object], timeout: floa
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_die_with_act,
         )
     except OSError as exc:
         raise CommandFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
