@@ -61,6 +61,8 @@ class Decider:
         elif kind == "resumed":
             self.record.rearm(domid, uuid)
         elif kind == "death":
+            if (domid, uuid) in self.record.died:
+                return  # replayed after a restart of act: its hooks have their job already
             self._death(domid, uuid, name, ev.get("reason"), ev.get("seq"))
             self.record.dead(domid, uuid)
         elif kind == "released" and self.names.get(domid, ("",))[0] == uuid:

@@ -23,11 +23,12 @@ import json
 import os
 import time
 from collections import defaultdict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 CURSOR = "cursor"
 JOURNAL = "actions.jsonl"
 LOCK = "lock"
+KEEP_DEATHS = 65536
 
 
 class StateError(OSError):
@@ -63,6 +64,7 @@ class Record:
         self.cursor: str | None = None
         self.pending: dict[str, Job] = {}
         self.acted: set[tuple[int, str]] = set()
+        self.died: dict[tuple[int, str], None] = {}  # deaths handled, oldest first
         self.restarts: dict[str, deque[float]] = defaultdict(deque)  # uuid -> times
         self._journal = None
         self._lock_fd: int | None = None
@@ -138,8 +140,11 @@ class Record:
             self.restarts[rec["uuid"]].extend(rec["times"])
         elif t == "acted":
             self.acted.add((rec["domid"], rec["uuid"]))
-        elif t == "rearm" or t == "dead":
+        elif t == "rearm":
             self.acted.discard((rec["domid"], rec["uuid"]))
+        elif t == "dead":
+            self.acted.discard((rec["domid"], rec["uuid"]))
+            self.died[(rec["domid"], rec["uuid"])] = None
 
     def _compact(self) -> None:
         """Rewrite the journal to what is still needed, then append to it."""
@@ -149,6 +154,10 @@ class Record:
             pending_incarnations = {j.incarnation for j in self.pending.values()}
             for domid, uuid in sorted(self.acted - pending_incarnations):
                 f.write(json.dumps({"t": "acted", "domid": domid, "uuid": uuid}) + "\n")
+            # Deaths are kept only as long as the daemon's journal could replay them, in
+            # practice: the last KEEP_DEATHS of them.
+            for domid, uuid in list(self.died)[-KEEP_DEATHS:]:
+                f.write(json.dumps({"t": "dead", "domid": domid, "uuid": uuid}) + "\n")
             for uuid, times in self.restarts.items():
                 recent = [t for t in times if t > horizon]
                 if recent:
@@ -168,15 +177,24 @@ class Record:
     def _write(self, rec: dict) -> None:
         if self._journal is None:
             return
+        # write() reaching the kernel is what survives a SIGKILL of act. No fsync: what it
+        # would add is surviving a crash of dom0, and in Xen that reboots the whole host:
+        # every domain is gone, and the daemon starts a new history.
         self._journal.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._journal.flush()
-        os.fsync(self._journal.fileno())
 
     @staticmethod
     def _job_line(job: Job) -> dict:
-        line = {"t": "job"}
-        line.update({k: v for k, v in asdict(job).items() if k not in ("steps", "recovering")})
-        return line
+        return {
+            "t": "job",
+            "id": job.id,
+            "kind": job.kind,
+            "domid": job.domid,
+            "uuid": job.uuid,
+            "name": job.name,
+            "reason": job.reason,
+            "seq": job.seq,
+        }
 
     def new_job(
         self, kind: str, domid: int, uuid: str, name: str, reason: str | None, seq: int | None
@@ -215,9 +233,9 @@ class Record:
             self._write({"t": "rearm", "domid": domid, "uuid": uuid})
 
     def dead(self, domid: int, uuid: str) -> None:
-        if (domid, uuid) in self.acted:
-            self.acted.discard((domid, uuid))
-            self._write({"t": "dead", "domid": domid, "uuid": uuid})
+        self.acted.discard((domid, uuid))
+        self.died[(domid, uuid)] = None
+        self._write({"t": "dead", "domid": domid, "uuid": uuid})
 
     def recent_restarts(self, uuid: str, window: float) -> int:
         times = self.restarts.get(uuid)

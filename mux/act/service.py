@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 from mux.act.decide import Decider
@@ -26,6 +27,7 @@ log = logging.getLogger("xenmux.act")
 
 STOP_GRACE = 10.0
 IDLE = 0.5  # seconds between looks at the stop flag while no event comes
+SAVE_EVERY = 0.05  # seconds between two cursor writes while events keep coming
 
 
 @dataclass
@@ -146,14 +148,21 @@ class Act:
                 self._policy.source,
                 self.ts.name,
             )
+            saved = time.monotonic()
             while not self.stop.is_set():
-                ev = await sub.next_event(IDLE)
-                if ev is None:
-                    continue
-                self.decider.event(ev)
-                self.record.save_cursor(sub.cursor)
+                ev = await sub.next_event(IDLE if self.record.cursor == sub.cursor else SAVE_EVERY)
+                if ev is not None:
+                    self.decider.event(ev)
+                # The cursor moves after the jobs of every event before it are journaled;
+                # during a burst, once per SAVE_EVERY (a replay of a few events after a
+                # SIGKILL is harmless: their jobs are known by incarnation).
+                now = time.monotonic()
+                if ev is None or now - saved >= SAVE_EVERY:
+                    self.record.save_cursor(sub.cursor)
+                    saved = now
         finally:
             if sub is not None:
+                self.record.save_cursor(sub.cursor)
                 await sub.close()
             if not await self.executor.drain(STOP_GRACE):
                 log.warning("stopping with jobs still running: they run again at the next start")

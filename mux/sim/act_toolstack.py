@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from mux.act.policy import ACTIONS
 from mux.act.toolstack import Domain, NoSuchDomain, ToolstackError
@@ -24,6 +24,42 @@ from mux.sim.ctl import AsyncSimControl, SimControlError
 from mux.sim.paths import sim_paths
 
 BY = "act"
+
+
+class Batcher:
+    """Requests of one kind made while one is in flight go out together in the next, so
+    that a burst of 1,000 shutdowns costs the sim a few table changes, not 1,000."""
+
+    def __init__(self, send: Callable[[list], Awaitable[list]]) -> None:
+        self.send = send
+        self.queue: list[tuple[object, asyncio.Future]] = []
+        self.running = False
+        self._task: asyncio.Task | None = None
+
+    async def __call__(self, item: object):
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((item, future))
+        if not self.running:
+            self.running = True
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, self.queue = self.queue, []
+                try:
+                    results = await self.send([item for item, _ in batch])
+                except Exception as exc:  # every request of the batch gets the failure
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self.running = False
 
 
 class SimToolstack:
@@ -38,6 +74,8 @@ class SimToolstack:
         self.default_state_dir = sim_paths(self.dir).act_state
         self._ctl: AsyncSimControl | None = None
         self._lock = asyncio.Lock()
+        self._rows = Batcher(lambda domids: self._call("domains", domids))
+        self._destroys = Batcher(lambda pairs: self._call("destroy_incarnations", pairs, by=BY))
 
     async def _call(self, method: str, *args, **kwargs):
         """One request on a connection made (again) as needed: the sim may restart."""
@@ -70,11 +108,8 @@ class SimToolstack:
         return f"sim {op} {dom.domid} ({dom.name} {dom.uuid}){tail}"
 
     async def settings(self, dom: Domain) -> Mapping[str, str]:
-        try:
-            row = await self._call("domain", dom.domid)
-        except NoSuchDomain:
-            return {}
-        if row.get("uuid") != dom.uuid:
+        row = await self._rows(dom.domid)
+        if row is None or row.get("uuid") != dom.uuid:
             return {}
         return row.get("settings") or {}
 
@@ -82,10 +117,8 @@ class SimToolstack:
         return [Domain(r["domid"], r["uuid"], r["name"]) for r in await self._call("list")]
 
     async def destroy(self, dom: Domain) -> None:
-        row = await self._call("domain", dom.domid)
-        if row["uuid"] != dom.uuid:
-            raise NoSuchDomain(f"domain {dom.domid} is another incarnation now")
-        await self._call("destroy", dom.domid, by=BY)
+        if not await self._destroys((dom.domid, dom.uuid)):
+            raise NoSuchDomain(f"domain {dom.domid} ({dom.uuid}) is not there")
 
     async def create(self, dom: Domain, config: str, settings: Mapping[str, str]) -> int:
         # The simulated toolstack keeps what a config file would say: the on_* settings.

@@ -87,6 +87,20 @@ class _Ops:
             lambda r: r["domains"],
         )
 
+    def domains(self, domids):
+        """The rows (None where no domain) of several domids at once."""
+        return self._then(self.request("domains", domids=list(domids)), lambda r: r["domains"])
+
+    def destroy_incarnations(self, incarnations, by=None):
+        """Destroy each (domid, uuid) that is still that incarnation, all in one table
+        change; returns, for each, whether it was there."""
+        return self._then(
+            self.request(
+                "destroy-incarnations", incarnations=[list(i) for i in incarnations], by=by
+            ),
+            lambda r: r["there"],
+        )
+
     def domain(self, domid):
         """One domain's row with its stored on_* settings."""
         return self._then(self.request("domain", domid=domid), lambda r: r["domain"])

@@ -61,6 +61,25 @@ class ToolstackBook:
             self.settings.pop((dom.domid, dom.uuid), None)
             self.note("destroy", dom, by=by)
 
+    def destroy_incarnations(self, pairs: list, by: str | None) -> list[bool]:
+        """Destroy each (domid, uuid) that is still that incarnation, in one table change;
+        for each, whether it was there to destroy."""
+        there = []
+        for domid, uuid in pairs:
+            dom = self.host.hv.domains.get(int(domid))
+            there.append(dom is not None and dom.domid != 0 and dom.uuid == uuid)
+        doomed = sorted({int(p[0]) for p, ok in zip(pairs, there, strict=True) if ok})
+        if doomed:
+            self.destroyed(self.host.destroy(doomed), by)
+        return there
+
+    def rows(self, domids: list) -> list[dict | None]:
+        out = []
+        for domid in domids:
+            dom = self.host.hv.domains.get(int(domid))
+            out.append(None if dom is None else self.row(dom))
+        return out
+
     def row(self, dom: Domain) -> dict:
         row = dom.as_dict()
         row["settings"] = dict(self.settings.get((dom.domid, dom.uuid), {}))

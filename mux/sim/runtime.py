@@ -435,6 +435,14 @@ class Sim:
         """One domain's row with its stored on_* settings (what `xl list -l` shows)."""
         return {"domain": self.book.row(self.host.get(int(self._target(req))))}
 
+    def _op_domains(self, req):
+        """The rows (or null) of a list of domids."""
+        return {"domains": self.book.rows(list(req["domids"]))}
+
+    def _op_destroy_incarnations(self, req):
+        """Destroy each [domid, uuid] still there, in one table change: `there` says which."""
+        return {"there": self.book.destroy_incarnations(list(req["incarnations"]), req.get("by"))}
+
     def _op_guest(self, req):
         return self._doms([self.book.guest(int(self._target(req)), str(req["action"]))])
 

@@ -54,6 +54,15 @@ class ActHandle:
             assert time.monotonic() < deadline, f"no {needle!r} in act's log: {text[-3000:]}"
             time.sleep(0.02)
 
+    def metrics(self) -> str:
+        """The act's /metrics text (started with --metrics-addr 127.0.0.1:0)."""
+        import re
+        import urllib.request
+
+        port = re.search(r"metrics on [^:]+:(\d+)/metrics", self.text())[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -80,10 +89,11 @@ def act_command(sim_dir: Path, sock: str, *extra: str) -> list[str]:
 class Host:
     """A sim, its daemon and the acts started on it."""
 
-    def __init__(self, sim, daemon, tmp: Path) -> None:
+    def __init__(self, sim, daemon, tmp: Path, daemons: list) -> None:
         self.sim = sim
         self.ctl = sim.ctl
         self.daemon = daemon
+        self.daemons = daemons  # every daemon started, stopped at teardown
         self.tmp = tmp
         self.acts: list[ActHandle] = []
         self.truth_path = Path(sim_paths(sim.dir).toolstack_log)
@@ -107,6 +117,15 @@ class Host:
         if ready:
             handle.wait_log("acting for every domain")
         return handle
+
+    def kill_daemon_and_restart(self) -> None:
+        """SIGKILL the daemon, then start another on the same socket and state dir."""
+        self.daemon.proc.send_signal(signal.SIGKILL)
+        self.daemon.proc.wait(10)
+        self.daemon = start_daemon(
+            self.sim, *self.daemon.args[self.daemon.args.index("debug") + 1 :]
+        )
+        self.daemons.append(self.daemon)
 
     def truth(self) -> Truth:
         try:
@@ -152,7 +171,7 @@ def host_factory(sim_factory, tmp_path):
         sim = sim_factory(domains=domains)
         daemon = start_daemon(sim, *daemon_args)
         daemons.append(daemon)
-        h = Host(sim, daemon, tmp_path)
+        h = Host(sim, daemon, tmp_path, daemons)
         made.append(h)
         return h
 
