@@ -120,9 +120,18 @@ class XlToolstack:
                 )
         return out
 
+    async def _incarnation(self, dom: Domain) -> bool:
+        """Whether DOMID is still this incarnation (its UUID), from `xl list -l DOMID`."""
+        try:
+            rows = await self._list_long(str(dom.domid))
+        except ToolstackError:
+            return False  # xl says no such domain
+        c_info = ((rows[0].get("config") or {}).get("c_info") or {}) if rows else {}
+        return str(c_info.get("uuid", "")).lower() == dom.uuid.lower()
+
     async def destroy(self, dom: Domain) -> None:
-        if not any(d.domid == dom.domid and d.uuid == dom.uuid for d in await self.domains()):
-            raise NoSuchDomain(f"domain {dom.domid} is gone")
+        if not await self._incarnation(dom):
+            raise NoSuchDomain(f"domain {dom.domid} ({dom.uuid}) is not there")
         await self._run(self.commands("destroy", dom)[0])
 
     async def create(self, dom: Domain, config: str, settings: Mapping[str, str]) -> int:

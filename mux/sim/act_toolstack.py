@@ -136,6 +136,11 @@ class SimToolstack:
         return Domain(row["domid"], row["uuid"], row["name"])
 
     async def soft_reset(self, dom: Domain) -> None:
+        row = await self._rows(dom.domid)
+        if row is None or row["uuid"] != dom.uuid:
+            raise NoSuchDomain(f"domain {dom.domid} ({dom.uuid}) is not there")
+        if row["state"] == "running":
+            return  # reset already (an interrupted run did it)
         await self._call("soft_reset", dom.domid, by=BY)
 
     async def close(self) -> None:
