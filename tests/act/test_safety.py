@@ -163,7 +163,7 @@ def test_dry_run_prints_the_commands_and_does_nothing(host):
 
 
 def test_dry_run_with_xl_names_the_xl_commands(host):
-    """xl is not installed here: its list cannot be read, so the defaults apply (said once)."""
+    """With no xl on PATH its list cannot be read: the defaults apply, and act says so once."""
     env = dict(os.environ, PATH="/nonexistent")
     log = host.tmp / "xl-act.log"
     cmd = act_command(host.sim.dir, host.daemon.sock, "--dry-run")
@@ -185,3 +185,19 @@ def test_dry_run_with_xl_names_the_xl_commands(host):
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     assert proc.returncode == 0
+
+
+def test_two_acts_never_share_a_state_dir(host):
+    host.act()
+    proc = subprocess.run(
+        act_command(host.sim.dir, host.daemon.sock),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    state = os.path.join(host.sim.dir, "act-state")
+    assert proc.stderr == (
+        f"xenmux act: another xenmux act runs with the state dir {state} (--state-dir)\n"
+    )
