@@ -201,3 +201,25 @@ def test_two_acts_never_share_a_state_dir(host):
     assert proc.stderr == (
         f"xenmux act: another xenmux act runs with the state dir {state} (--state-dir)\n"
     )
+
+
+def test_at_a_first_start_domains_found_shut_down_are_acted_upon_once(host):
+    """Without a cursor act takes the snapshot: shut-down domains count as just shut down,
+    suspended ones do not, and one it already acted upon (its journal says so) is not
+    acted upon again."""
+    policy = host.policy('[defaults]\non_poweroff = "preserve"\n')
+    act = host.act("--policy", policy)
+    host.ctl.guest(1, "poweroff")
+    act.wait_log("domid=1 name=guest-1 reason=poweroff action=preserve outcome=ok")
+    act.stop()
+    host.ctl.guest(2, "crash")  # while no act runs
+    host.ctl.suspend(3)
+    os.unlink(os.path.join(host.sim.dir, "act-state", "cursor"))
+    again = host.act("--policy", policy)
+    again.wait_log("domid=2 name=guest-2 reason=crash action=destroy outcome=ok")
+    time.sleep(0.5)
+    text = again.text()
+    assert "domid=1 " not in text, text
+    assert "domid=3 name=guest-3 reason=suspend: not acted upon" in text
+    assert "domid=3 name=guest-3 reason=suspend action" not in text
+    assert host.truth().ops("act") == [("destroy", 2)]
