@@ -128,7 +128,10 @@ class Executor:
         dom = Domain(job.domid, job.uuid, job.name)
         own = job.steps.get("settings")
         if own is None:
-            own = dict(await self.ts.settings(dom))
+            try:
+                own = dict(await self._attempts("settings", lambda: self.ts.settings(dom)))
+            except ToolstackError as exc:
+                return "none", "failed", f"cannot read the domain's settings: {exc}"
             self._step(job, "settings", own)
         action = job.steps.get("action")
         detail = ""

@@ -12,7 +12,8 @@
   A job without `done` was interrupted: it is run again on start, with its steps, each
   action re-checked against the toolstack's list first. An incarnation with a shutdown job
   and no later `rearm` or `dead` has been acted upon. On start the journal is rewritten to
-  what is still needed (unfinished jobs, incarnations acted upon, recent restarts).
+  what is still needed (unfinished jobs, incarnations acted upon, recent restarts and
+  deaths), and again every COMPACT_AFTER lines.
 - `lock`: held (flock) while act runs, so that two acts never share one state dir.
 """
 
@@ -29,6 +30,7 @@ CURSOR = "cursor"
 JOURNAL = "actions.jsonl"
 LOCK = "lock"
 KEEP_DEATHS = 65536
+COMPACT_AFTER = 100_000  # journal lines appended before it is rewritten to what is needed
 
 
 class StateError(OSError):
@@ -69,6 +71,7 @@ class Record:
         self._journal = None
         self._lock_fd: int | None = None
         self._counter = 0
+        self._appended = 0
         if self.durable:
             self._open()
 
@@ -182,6 +185,11 @@ class Record:
         # every domain is gone, and the daemon starts a new history.
         self._journal.write(json.dumps(rec, separators=(",", ":")) + "\n")
         self._journal.flush()
+        self._appended += 1
+        if self._appended >= COMPACT_AFTER:
+            self._appended = 0
+            self._journal.close()
+            self._compact()
 
     @staticmethod
     def _job_line(job: Job) -> dict:
@@ -235,6 +243,9 @@ class Record:
     def dead(self, domid: int, uuid: str) -> None:
         self.acted.discard((domid, uuid))
         self.died[(domid, uuid)] = None
+        if len(self.died) > 2 * KEEP_DEATHS:  # keep memory bounded on a long-lived host
+            for key in list(self.died)[:KEEP_DEATHS]:
+                del self.died[key]
         self._write({"t": "dead", "domid": domid, "uuid": uuid})
 
     def recent_restarts(self, uuid: str, window: float) -> int:
