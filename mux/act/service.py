@@ -125,6 +125,22 @@ class Act:
         self.record.save_cursor(sub.cursor)
         return sub
 
+    async def _until_stopped(self, coro):
+        """`coro`'s result, or None if SIGTERM/SIGINT came first (a daemon that cannot be
+        reached at start is retried for ever: a stop must still stop)."""
+        task = asyncio.ensure_future(coro)
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        return None
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -142,7 +158,9 @@ class Act:
             self.executor.submit(job)
         sub = None
         try:
-            sub = await self._subscribe()
+            sub = await self._until_stopped(self._subscribe())
+            if sub is None:
+                return 0  # stopped while the daemon could not be reached
             log.info(
                 "acting for every domain (policy %s, toolstack %s)",
                 self._policy.source,
