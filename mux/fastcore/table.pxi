@@ -495,7 +495,7 @@ cdef class DomainTable:
         for i in range(r.n):
             key = touched[i]
             domid = <unsigned int>(key >> 32)
-            i_rec = <Py_ssize_t>(key & 0xFFFFFFFF)
+            i_rec = <Py_ssize_t>(<uint32_t>key)
             self._apply(domid, base + (i_rec - 1) * XM_RECORD_SIZE if i_rec else NULL, t, events)
         if self._n_present == 0:
             self._hi = 0
