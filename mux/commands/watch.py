@@ -8,7 +8,7 @@ import sys
 from mux.cli import add_socket_argument
 from mux.client import Subscription, Unreachable, XenmuxError
 from mux.commands.output import clock, emit, fail, table
-from mux.protocol import EVENT_KINDS
+from mux.protocol import DEFAULT_KINDS, EVENT_KINDS
 
 PRETTY = ("TIME", "SEQ", "DOMID", "NAME", "EVENT", "REASON", "UUID")
 
@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("domids", nargs="*", type=int, metavar="DOMID", help="domains (all if none)")
     p.add_argument("--snapshot", action="store_true", help="print the current state first")
     p.add_argument("--pretty", action="store_true", help="a readable table with domain names")
-    p.add_argument("--events", help="comma-separated kinds to show (default: all)")
+    p.add_argument("--events", help=f"comma-separated kinds (default: {','.join(DEFAULT_KINDS)})")
     p.add_argument("--count", type=int, help="stop after this many events")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     add_socket_argument(p)

@@ -46,10 +46,10 @@ class Config:
     use_depth: bool = True
 
 
-def _new_table():
+def _new_table(suspend_window: float):
     from mux._fast import DomainTable
 
-    return DomainTable()
+    return DomainTable(suspend_window=suspend_window)
 
 
 class Daemon:
@@ -58,7 +58,9 @@ class Daemon:
         self.backend = backend
         self.instance = secrets.token_hex(8)
         self.stats = Stats()
-        self.table = table if table is not None else _new_table()
+        # How recent a suspend must be for a vanished record to keep it: one poll (none: 0).
+        window = max(config.shutdown_poll, 0.0)
+        self.table = table if table is not None else _new_table(window)
         self.fanout = Fanout()
         self.clients: set[ClientConnection] = set()
         self.scanloop = ScanLoop(
