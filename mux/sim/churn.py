@@ -3,7 +3,7 @@
 Each lifecycle is what a toolstack does to one domain, its steps a few milliseconds apart
 (a toolstack needs time between a shutdown and the destroy that follows it):
 
-    boot       create
+    boot       create (paused, as Xen builds it), unpause
     reboot     shutdown(reboot), destroy, create again (same name and UUID, a new domid)
     poweroff   shutdown(poweroff), destroy
     crash      shutdown(crash), destroy
@@ -62,12 +62,24 @@ class Churn:
     async def _step(self) -> None:
         await asyncio.sleep(self.step_delay * (0.5 + self.rng.random()))
 
+    async def _boot(self, **create) -> None:
+        """As libxl and xl do it: built paused and introduced, unpaused a step later (the
+        toolstack attaches the devices in between); the domain is busy until then."""
+        [dom] = self.host.create(paused=True, **create)
+        self.ops["create"] += 1
+        self.busy.add(dom.domid)
+        try:
+            await self._step()
+            self.host.unpause(dom.domid)
+            self.ops["unpause"] += 1
+        finally:
+            self.busy.discard(dom.domid)
+
     async def _lifecycle(self, kind: str, domid: int | None) -> None:
         host = self.host
         try:
             if kind == "boot":
-                host.create()
-                self.ops["create"] += 1
+                await self._boot()
                 return
             assert domid is not None
             dom = host.get(domid)
@@ -91,8 +103,7 @@ class Churn:
             self.ops["destroy"] += 1
             if kind == "reboot":
                 await self._step()
-                host.create(uuid=dom.handle, name=dom.name)
-                self.ops["create"] += 1
+                await self._boot(uuid=dom.handle, name=dom.name)
         except SimError:
             # Someone else (sim-ctl, another churn) changed the domain meanwhile.
             self.errors += 1

@@ -53,10 +53,11 @@ class _Ops:
     def request(self, op: str, **fields: Any):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def create(self, *, uuid=None, domid=None, name=None, count=None, introduce=True):
+    def create(self, *, uuid=None, domid=None, name=None, count=None, introduce=True, paused=False):
         """Create domains; returns their rows (domid, uuid, name, state...).
 
-        `introduce=False`: xenstored never hears of them (no @releaseDomain for them)."""
+        `introduce=False`: xenstored never hears of them (no @releaseDomain for them).
+        `paused=True`: left paused, as Xen builds them, until `unpause` (`xl create -p`)."""
         return self._then(
             self.request(
                 "create",
@@ -65,9 +66,18 @@ class _Ops:
                 name=name,
                 count=count,
                 introduce=None if introduce else False,
+                paused=paused or None,
             ),
             lambda r: r["domains"],
         )
+
+    def pause(self, domid):
+        """`xl pause`: the domain's paused flag set (nothing fires)."""
+        return self.request("pause", domid=domid)
+
+    def unpause(self, domid):
+        """`xl unpause`: one pause taken back; the flag clears with the last (nothing fires)."""
+        return self.request("unpause", domid=domid)
 
     def shutdown(self, domid, reason="poweroff"):
         """Shut a domain (or "all" running guests) down; reason by name or number."""
@@ -233,6 +243,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="never introduce them to xenstored (it then never fires for them)",
     )
+    p.add_argument(
+        "--paused", action="store_true", help="leave them paused, as Xen builds them (xl -p)"
+    )
+
+    p = sub.add_parser("pause", help="pause a domain (xl pause; fires nothing)")
+    p.add_argument("domid", type=int)
+    p = sub.add_parser("unpause", help="unpause a domain (xl unpause; fires nothing)")
+    p.add_argument("domid", type=int)
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
     p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
@@ -288,8 +306,11 @@ def run(args: argparse.Namespace) -> int:
                     name=args.name,
                     count=args.count,
                     introduce=args.introduce,
+                    paused=args.paused,
                 ):
                     _emit(row)
+            elif op in ("pause", "unpause"):
+                _emit(getattr(sim, op)(args.domid))
             elif op == "list":
                 for row in sim.list():
                     _emit(row)
