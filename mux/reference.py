@@ -71,6 +71,33 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _hex_digits(text: object) -> str | None:
+    """The 32 digits of a UUID in the 8-4-4-4-12 form, as every frame and dump has it."""
+    if type(text) is str and len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        digits = text[:8] + text[9:13] + text[14:18] + text[19:23] + text[24:]
+        # fromhex would take spaces between digits, int() (and so uuid.UUID) around them
+        if digits.isascii() and digits.isalnum():
+            return digits
+    return None
+
+
+def _handle_of(text: object) -> bytes:
+    """The 16 bytes of a UUID's text (ValueError, TypeError or AttributeError if it is not
+    one, as uuid.UUID); without uuid.UUID's cost for the usual form (a checkpoint and its
+    journal hold one UUID per row and event)."""
+    digits = _hex_digits(text)
+    return _uuid.UUID(text).bytes if digits is None else bytes.fromhex(digits)
+
+
+def _uuid_text(text: object) -> str:
+    """The canonical text of a UUID's text (errors as _handle_of)."""
+    digits = _hex_digits(text)
+    if isinstance(text, str) and digits is not None and digits == digits.lower():
+        bytes.fromhex(digits)  # ValueError for what is not hex
+        return text
+    return uuid_str(_handle_of(text))
+
+
 def _flag_value(what: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"Event.{what} must be a bool")
@@ -651,7 +678,7 @@ def _parse_row(row: object, i: int, gen_top: int) -> DumpRow:
     where = f"row {i} (domid {domid})"
     text = _field(row, "uuid", where)
     try:
-        handle = _uuid.UUID(text).bytes
+        handle = _handle_of(text)
     except (AttributeError, TypeError, ValueError):
         raise _BadDump(f"{where}: uuid {text!r} is not a UUID") from None
     flags = _int_field(row, "flags", where, _U32)
@@ -745,21 +772,25 @@ class _BadEvent(ValueError):
     pass
 
 
-def _event_fields(ev: object, i: int) -> tuple[int, str, int, str]:
-    """(seq, kind, domid, uuid) of journaled event `i`, checked."""
+def _event_seq(ev: object, i: int) -> int:
     if not isinstance(ev, Mapping):
         raise _BadEvent(f"event {i} is not an object")
     seq = ev.get("seq")
-    kind = ev.get("event")
-    domid = ev.get("domid")
     if not _is_int(seq) or seq < 0:
         raise _BadEvent(f"event {i}: seq {seq!r} is not an integer >= 0")
+    return seq
+
+
+def _event_fields(ev: Mapping, i: int, seq: int) -> tuple[str, int, str]:
+    """(kind, domid, uuid) of journaled event `i` (its seq checked), all checked."""
+    kind = ev.get("event")
+    domid = ev.get("domid")
     if kind not in EVENT_KINDS:
         raise _BadEvent(f"event {i} (seq {seq}): {kind!r} is not an event kind")
     if not _is_int(domid) or not 0 <= domid < DOMID_FIRST_RESERVED:
         raise _BadEvent(f"event {i} (seq {seq}): domid {domid!r} is out of range")
     try:
-        uuid = str(_uuid.UUID(ev.get("uuid")))
+        uuid = _uuid_text(ev.get("uuid"))
     except (AttributeError, TypeError, ValueError):
         raise _BadEvent(f"event {i} (seq {seq}): uuid {ev.get('uuid')!r} is not a UUID") from None
     reason = ev.get("reason")
@@ -768,7 +799,7 @@ def _event_fields(ev: object, i: int) -> tuple[int, str, int, str]:
     name = ev.get("name")
     if name is not None and not isinstance(name, str):
         raise _BadEvent(f"event {i} (seq {seq}): name {name!r} is not a string")
-    return seq, kind, domid, uuid
+    return kind, domid, uuid
 
 
 def _replay_one(table: dict[int, dict], ev: Mapping, kind: str, domid: int, uuid: str) -> None:
@@ -834,12 +865,13 @@ def replay(dump: object, events: Iterable[object]) -> dict:
         }
     try:
         for i, ev in enumerate(events):
-            ev_seq, kind, domid, uuid = _event_fields(ev, i)
+            ev_seq = _event_seq(ev, i)
             if ev_seq <= seq:
                 continue
             if ev_seq != seq + 1:
                 raise _BadEvent(f"event {i}: seq {ev_seq} follows {seq} (events are missing)")
             seq = ev_seq
+            kind, domid, uuid = _event_fields(ev, i, ev_seq)
             if ev.get("transient") is True:
                 continue  # reported for a domain the table never held
             try:

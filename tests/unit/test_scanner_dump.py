@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scannerhelpers import IMPLS, NOW, batch, primed, rec, summary, uuid_of
 
 from mux import _fast, reference
@@ -292,3 +295,23 @@ def test_fast_takes_the_reference_dump_checks():
     """One check of a dump for both twins: the specification's."""
     with pytest.raises(ValueError, match="bad table dump: it is not an object"):
         _fast.DomainTable.load(None)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    text=st.uuids().map(str)
+    | st.uuids().map(lambda u: str(u).upper())
+    | st.text(alphabet="0123456789abcdefABCDEF-{} _xz", min_size=30, max_size=40)
+    | st.uuids().map(lambda u: str(u)[:-1] + " ")
+)
+def test_the_quick_uuid_reading_is_uuid_uuids(text):
+    """Dumps and journals hold a UUID per row and event: read without uuid.UUID's cost, but
+    exactly as it reads them (the same bytes, or an error)."""
+    try:
+        want = uuid.UUID(text).bytes
+    except ValueError:
+        with pytest.raises(ValueError):
+            reference._handle_of(text)
+        return
+    assert reference._handle_of(text) == want
+    assert reference._uuid_text(text) == str(uuid.UUID(text))
