@@ -1,8 +1,9 @@
 """Debian's real C xenstored as the host's xenstored, under the hypervisor stand-in.
 
 The stand-in (mux.realxen, see docs/real-xen.md) is support code shipped with the package, so
-this works from any installation that has Debian's xen-utils-4.17 and libxen-dev and a C
-compiler; without them the harness says why it measured the sim's xenstored alone.
+this works from any installation that has Debian's C xenstored (xen-utils-4.17 installed, or
+extracted by `make deb-peers`: mux.debpeers), libxen-dev and a C compiler; without them the
+harness says why it measured the sim's xenstored alone.
 
 The simulated host keeps its domain table and sends each VIRQ_DOM_EXC to the real xenstored's
 event-channel socket (`xenmux sim --virq-socket`); the real xenstored reads the table through
@@ -16,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mux.realxen import XENSTORED, RealXenError, StubLibs, XenstoredUnderStub, build_stubs
+from mux.realxen import RealXenError, StubLibs, XenstoredUnderStub, build_stubs
+from mux.realxen.servers import locate_server
 
 
 def factory(tmp_root: str) -> tuple[Callable[[str], RealXenstored] | None, str | None]:
     """(make(workdir) -> RealXenstored, None), or (None, why it cannot be measured)."""
-    if not XENSTORED.exists():
-        return None, f"{XENSTORED} is missing (Debian: apt-get install xen-utils-4.17)"
+    try:
+        locate_server("xenstored")
+    except RealXenError as exc:
+        return None, str(exc)
     try:
         libs = build_stubs(Path(tmp_root) / "xenstub")
     except RealXenError as exc:
