@@ -24,7 +24,16 @@ cdef enum:
     EV_RESUMED = 2
     EV_DEATH = 3
     EV_RELEASED = 4
-    N_EVENT_KINDS = 5
+    EV_PAUSED = 5
+    EV_UNPAUSED = 6
+    N_EVENT_KINDS = 7
+
+
+# Event._flags: the optional `true` keys of a frame, in the frame's order.
+cdef enum:
+    EVF_PAUSED = 1
+    EVF_LATE = 2
+    EVF_TRANSIENT = 4
 
 
 # One slot of the domain table: 32 bytes, two to a cache line, what an unchanged domain's
@@ -54,17 +63,24 @@ cdef class Event:
     cdef readonly double time
     cdef int _kind
     cdef int _reason
+    cdef int _flags                 # EVF_*
     cdef unsigned char _handle[XM_HANDLE_SIZE]
     cdef object _name
     cdef object _frame
 
     cdef bytes _encode(self)
+    cdef void _set_flag(self, int flag, object value, str what) except *
 
 
 cdef class DomainTable:
     cdef dom_entry *_dom
     cdef uint32_t *_gen        # incarnation number per domid
     cdef uint32_t *_stamp      # epoch of the last batch that held the domid (duplicates)
+    # When a domain shut down with a resumable reason was last seen so: the time and number
+    # of the scan that did it, unless a full scan since (_last_full_*) is the later one.
+    # Its cpu_time then is the slot's (a quiet record of it is one of a suspended domain).
+    cdef double *_susp_seen
+    cdef uint64_t *_susp_scan  # 0: no scan of this table saw it (loaded without one)
     cdef uint64_t *_touched    # scratch: (domid << 32 | record index + 1) of one diff
     cdef undo_entry *_undo     # scratch: see undo_entry
     cdef uint32_t _epoch
@@ -74,6 +90,11 @@ cdef class DomainTable:
     cdef uint32_t _gen_counter
     cdef unsigned long long _seq
     cdef dict _names
+    cdef unsigned int _n_paused    # held paused and not dead
+    cdef uint64_t _scan_no         # scans of this table, numbered from 2 (1: its making)
+    cdef uint64_t _last_full_scan  # the last full scan (or prime) that had shut-down domains
+    cdef double _last_full_time
+    cdef double _window            # suspend_window
 
     cdef uint32_t _next_epoch(self) noexcept
     cdef uint32_t _validate(self, const unsigned char *base, Py_ssize_t size,
@@ -83,11 +104,23 @@ cdef class DomainTable:
     cdef void _clear(self) noexcept
     cdef list _diff(self, const unsigned char *base, Py_ssize_t size, Py_ssize_t count,
                     object now)
+    cdef void _saw_all(self, double now) noexcept
     cdef list _diff_one(self, object domid, const unsigned char *base, Py_ssize_t size,
                         Py_ssize_t count, object now)
     cdef int _prime(self, const unsigned char *base, Py_ssize_t size,
                     Py_ssize_t count) except -1
     cdef void _set_state(self, dom_entry *e, uint8_t state) noexcept
+    cdef bint _suspended_seen(self, uint32_t domid, const dom_entry *e,
+                              double *seen) noexcept
+    cdef bint _ran_since_suspended(self, uint32_t domid, const dom_entry *e,
+                                   uint64_t cpu) noexcept
+    cdef bint _resumed(self, uint32_t domid, const dom_entry *e, uint32_t flags,
+                       uint64_t cpu) noexcept
+    cdef int _reason_dying(self, uint32_t domid, const dom_entry *e, uint32_t flags,
+                           uint64_t cpu) noexcept
+    cdef int _reason_gone(self, uint32_t domid, const dom_entry *e, double now) noexcept
+    cdef object _suspend_fields(self, uint32_t domid, const dom_entry *e)
+    cdef void _load_rows(self, list rows) except *
     cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
                     list events) except -1
     cdef Event _emit(self, int kind, uint32_t domid, const dom_entry *e, int reason,

@@ -6,7 +6,8 @@ from typing import Literal
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
-Kind = Literal["new", "shutdown", "resumed", "death", "released"]  # mux.protocol.EVENT_KINDS
+# mux.protocol.EVENT_KINDS
+Kind = Literal["new", "shutdown", "resumed", "death", "released", "paused", "unpaused"]
 State = Literal["running", "shutdown", "dead"]  # mux.protocol.DOMAIN_STATES
 
 # The import guard (mux/fastcore/records.pxi, mux/fastcore/events.pxi): ImportError on a
@@ -30,8 +31,13 @@ class Event:
     def reason(self) -> str | None: ...
     @property
     def time(self) -> float: ...
-    # Settable until frame() is first taken; AttributeError after.
+    @property
+    def paused(self) -> bool:
+        """Only on `new`: the domain was paused when first seen."""
+    # Settable until frame() is first taken; AttributeError after (TypeError for a wrong type).
     name: str | None
+    late: bool
+    transient: bool
     def __init__(
         self,
         seq: int,
@@ -41,6 +47,10 @@ class Event:
         reason: str | None,
         time: float,
         name: str | None = None,
+        *,
+        paused: bool = False,
+        late: bool = False,
+        transient: bool = False,
     ) -> None: ...
     def frame(self) -> bytes: ...
     def to_dict(self) -> dict[str, object]: ...
@@ -48,15 +58,26 @@ class Event:
 class DomainTable:
     """The scanner's table of domains keyed by domid (domids below 0x7FF0)."""
 
-    def __init__(self, seq: int = 0) -> None: ...
+    def __init__(self, seq: int = 0, *, suspend_window: float = 0.25) -> None: ...
+    @classmethod
+    def load(cls, dump: object, *, suspend_window: float = 0.25) -> DomainTable:
+        """The table of a `dump()`; ValueError "bad table dump: ..." for a bad one."""
+    def dump(self) -> dict[str, object]: ...
     @property
     def seq(self) -> int: ...
     @property
+    def suspend_window(self) -> float: ...
+    @property
     def n_shutdown(self) -> int: ...
-    def prime(self, buffer: ReadableBuffer, count: int) -> None: ...
+    @property
+    def n_paused(self) -> int: ...
+    def prime(self, buffer: ReadableBuffer, count: int, now: float | None = None) -> None: ...
     def diff(self, buffer: ReadableBuffer, count: int, now: float | None = None) -> list[Event]: ...
     def diff_one(
         self, domid: int, buffer: ReadableBuffer, count: int, now: float | None = None
+    ) -> list[Event]: ...
+    def transient(
+        self, domid: int, uuid: str, name: str | None, now: float | None = None
     ) -> list[Event]: ...
     def snapshot(self, domids: Iterable[int] | None = None) -> list[dict[str, object]]: ...
     def rows(self) -> list[dict[str, object]]: ...

@@ -30,18 +30,25 @@ def default_socket(environ: Mapping[str, str] | None = None) -> str:
 
 # -- events ----------------------------------------------------------------------------------
 
-# Event kinds, in the order one domain incarnation's events can follow each other. A kind's
-# bit in a subscription mask is 1 << its index here, so the order is part of the C core's ABI
-# (mux/_fast checks its enum against this tuple at import).
+# Event kinds. A kind's bit in a subscription mask is 1 << its index here, so the order is
+# part of the C core's ABI (mux/_fast checks its enum against this tuple at import) and new
+# kinds are appended: the first five follow one domain incarnation's life in their order;
+# `paused` and `unpaused` (the record's paused flag, as `xl pause` sets it) come in between.
 NEW = "new"
 SHUTDOWN = "shutdown"
 RESUMED = "resumed"
 DEATH = "death"
 RELEASED = "released"
-EVENT_KINDS: tuple[str, ...] = (NEW, SHUTDOWN, RESUMED, DEATH, RELEASED)
+PAUSED = "paused"
+UNPAUSED = "unpaused"
+EVENT_KINDS: tuple[str, ...] = (NEW, SHUTDOWN, RESUMED, DEATH, RELEASED, PAUSED, UNPAUSED)
 
 KIND_BITS: dict[str, int] = {kind: 1 << i for i, kind in enumerate(EVENT_KINDS)}
 ALL_KINDS_MASK = (1 << len(EVENT_KINDS)) - 1
+# What a subscription that names no kinds gets: the kinds there were before `paused` and
+# `unpaused`, so that an existing subscriber gets what it always got.
+DEFAULT_KINDS: tuple[str, ...] = (NEW, SHUTDOWN, RESUMED, DEATH, RELEASED)
+DEFAULT_KINDS_MASK = sum(KIND_BITS[kind] for kind in DEFAULT_KINDS)
 
 # Not an event of a domain: the frame that tells a subscriber it was cut off.
 OVERFLOW = "overflow"
@@ -136,13 +143,13 @@ ERROR_CODES: tuple[str, ...] = (
 
 
 def kinds_mask(kinds: Iterable[str] | None) -> int:
-    """The subscription mask of some event kinds (None: all of them).
+    """The subscription mask of some event kinds (None: DEFAULT_KINDS).
 
     Raises ValueError naming the first unknown kind and the known ones, or when `kinds`
     is not a collection of kinds (a request's `"events": 5` or `"events": "death"`).
     """
     if kinds is None:
-        return ALL_KINDS_MASK
+        return DEFAULT_KINDS_MASK
     if not isinstance(kinds, (list, tuple, set, frozenset)):  # "death" or 5 from a request
         raise ValueError(f"events must be a list of event kinds, not {kinds!r}")
     mask = 0

@@ -34,7 +34,7 @@ from mux.daemon.statedir import (
     StateDirError,
     read_boot_id,
 )
-from mux.daemon.tablestate import dump_table, replay
+from mux.reference import replay
 
 log = logging.getLogger("xenmux.state")
 
@@ -164,7 +164,7 @@ class Checkpointer:
             return
         if self.seq == self.table.seq and self.seq is not None:
             return
-        self._write(self.table.seq, dump_table(self.table))
+        self._write(self.table.seq, self.table.dump())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="checkpoints")
@@ -202,7 +202,7 @@ class Checkpointer:
         if seq == self.seq:
             journal.checkpointed(seq)
             return
-        dump = dump_table(self.table)
+        dump = self.table.dump()
         state = self.state
         await asyncio.to_thread(state.statedir.write_checkpoint, state.history.history, seq, dump)
         self._written(seq)

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
-from mux.daemon.tablestate import mark_late
 from mux.daemon.watcher import INTRODUCE, Firing, Identity
 from mux.hypervisor.base import Backend, HypervisorError
 from mux.protocol import (
@@ -237,7 +236,9 @@ class ScanLoop:
         it: what happened meanwhile comes out as ordinary events, each flagged late (its
         `time` this scan's), published before any subscriber can connect. Returns how many."""
         async with self._lock:
-            events = mark_late(self._full(TRIGGER_STARTUP))
+            events = self._full(TRIGGER_STARTUP)
+            for ev in events:
+                ev.late = True
             await self._publish(events, None)
         if events:
             log.info("first scan after a restart: %d events happened meanwhile", len(events))

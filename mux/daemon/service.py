@@ -36,7 +36,6 @@ from mux.daemon.requests import RequestContext, handle_line
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
-from mux.daemon.tablestate import load_table
 from mux.daemon.watcher import Watcher, XenstoreTimeouts
 from mux.hypervisor.base import Backend
 
@@ -107,10 +106,12 @@ class Daemon:
 
     def _wire(self, table_class) -> None:
         config, backend, state = self.config, self.backend, self.state
+        # How recent a suspend must be for a vanished record to keep it: one poll (none: 0).
+        window = max(config.shutdown_poll, 0.0)
         if state.restored is not None:
-            self.table = load_table(table_class, state.restored)
+            self.table = table_class.load(state.restored, suspend_window=window)
         else:
-            self.table = table_class()
+            self.table = table_class(suspend_window=window)
         self.fanout = Fanout()
         self.clients = Clients(config.limits)
         self.checkpointer = Checkpointer(state, self.table, interval=config.checkpoint_interval)

@@ -36,6 +36,8 @@ _C_EVENT_KINDS = {
     EV_RESUMED: _protocol.RESUMED,
     EV_DEATH: _protocol.DEATH,
     EV_RELEASED: _protocol.RELEASED,
+    EV_PAUSED: _protocol.PAUSED,
+    EV_UNPAUSED: _protocol.UNPAUSED,
 }
 _check_event_kinds(_protocol.EVENT_KINDS)
 
@@ -61,16 +63,25 @@ cdef inline str _uuid_text(const unsigned char *handle):
 
 
 
+cdef inline bint _flag_value(object value, str what) except -1:
+    if not isinstance(value, bool):
+        raise TypeError(f"Event.{what} must be a bool")
+    return value
+
+
 @cython.freelist(512)
 @cython.no_gc  # holds only str, bytes and None: no cycles, so no GC tracking (mass events)
 cdef class Event:
     """One change of one domain incarnation. `frame()` is its JSON line, encoded once."""
 
-    def __init__(self, seq, kind, domid, uuid, reason, time, name=None):
+    def __init__(self, seq, kind, domid, uuid, reason, time, name=None, *, paused=False,
+                 late=False, transient=False):
         import uuid as _uuid_mod
 
         if kind not in _KIND_CODES:
             raise ValueError(f"unknown event kind {kind!r}")
+        if _flag_value(paused, "paused") and kind != _protocol.NEW:
+            raise ValueError("only a `new` event carries paused")
         self.seq = seq
         self._kind = _KIND_CODES[kind]
         self.domid = domid
@@ -78,7 +89,10 @@ cdef class Event:
         memcpy(self._handle, <const char *>handle, XM_HANDLE_SIZE)
         self._reason = XM_SHUTDOWN_NONE if reason is None else _records.REASON_CODES[reason]
         self.time = time
+        self._flags = EVF_PAUSED if paused else 0
         self.name = name
+        self.late = late
+        self.transient = transient
 
     @property
     def kind(self):
@@ -104,6 +118,37 @@ cdef class Event:
             raise TypeError("Event.name must be a str or None")
         self._name = value
 
+    @property
+    def paused(self):
+        """On `new`: the domain was paused when first seen (as every domain is built)."""
+        return (self._flags & EVF_PAUSED) != 0
+
+    @property
+    def late(self):
+        """Found by the first scan after a restart: it happened while the daemon was down."""
+        return (self._flags & EVF_LATE) != 0
+
+    @late.setter
+    def late(self, value):
+        self._set_flag(EVF_LATE, value, "late")
+
+    @property
+    def transient(self):
+        """Half of a `new` + `death` pair for a domain that came and went between two scans."""
+        return (self._flags & EVF_TRANSIENT) != 0
+
+    @transient.setter
+    def transient(self, value):
+        self._set_flag(EVF_TRANSIENT, value, "transient")
+
+    cdef void _set_flag(self, int flag, object value, str what) except *:
+        if self._frame is not None:
+            raise AttributeError(f"Event.{what} cannot change once frame() has been taken")
+        if _flag_value(value, what):
+            self._flags |= flag
+        else:
+            self._flags &= ~flag
+
     def to_dict(self):
         """The frame's fields as a dict (same keys, same order; `time` unrounded)."""
         d = {"seq": self.seq, "event": _KINDS[self._kind], "domid": self.domid,
@@ -112,6 +157,12 @@ cdef class Event:
             d["reason"] = _REASON_NAMES[self._reason]
         if self._name is not None:
             d["name"] = self._name
+        if self._flags & EVF_PAUSED:
+            d["paused"] = True
+        if self._flags & EVF_LATE:
+            d["late"] = True
+        if self._flags & EVF_TRANSIENT:
+            d["transient"] = True
         d["time"] = self.time
         return d
 
@@ -122,10 +173,11 @@ cdef class Event:
         return self._frame
 
     cdef bytes _encode(self):
-        # {"seq": N, "event": "K", "domid": D, "uuid": "U"[, "reason": "R"][, "name": J],
-        #  "time": T.TTTTTT}\n  -- the same bytes as reference.Event.frame().
+        # {"seq": N, "event": "K", "domid": D, "uuid": "U"[, "reason": "R"][, "name": J]
+        #  [, "paused": true][, "late": true][, "transient": true], "time": T.TTTTTT}\n
+        # -- the same bytes as reference.Event.frame().
         cdef char head[160]
-        cdef char tail[420]
+        cdef char tail[480]
         cdef char *p = head
         cdef char *q = tail
         cdef bytes reason = <bytes>_REASON_PIECES[self._reason]
@@ -144,6 +196,13 @@ cdef class Event:
         p += 36
         p[0] = b'"'
         nhead = p + 1 - head
+        if self._flags:
+            if self._flags & EVF_PAUSED:
+                q = xm_put(q, b', "paused": true', 16)
+            if self._flags & EVF_LATE:
+                q = xm_put(q, b', "late": true', 14)
+            if self._flags & EVF_TRANSIENT:
+                q = xm_put(q, b', "transient": true', 19)
         q = xm_put(q, b', "time": ', 10)
         q = xm_put_fixed6(q, self.time)
         q = xm_put(q, b'}\n', 2)

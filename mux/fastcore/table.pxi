@@ -1,9 +1,22 @@
-# The scanner's domain table and its diff (docs/architecture.md, "Event model"): one C slot
+# The scanner's domain table and its diff (docs/protocol.md, "Event model"): one C slot
 # per domid; an unchanged domain costs one compare of its slot and allocates nothing.
 # Part of mux/_fast.pyx, after fastcore/events.pxi.
 
-# Snapshot states by ST_* code (ST_ABSENT has none).
+# The checks of a dump and of a suspend_window are the specification's own.
+from mux import reference as _reference
+
+# Snapshot states by ST_* code (ST_ABSENT has none), and back.
 _STATES = (None, _protocol.RUNNING, _protocol.SHUTDOWN, _protocol.DEAD)
+_STATE_CODES = {_STATES[i]: i for i in range(1, N_STATES)}
+
+
+cdef inline bint _resumable(int reason) noexcept nogil:
+    """A shutdown a resume can undo (mux.reference.RESUMABLE)."""
+    return reason == XM_SHUTDOWN_SUSPEND or reason == XM_SHUTDOWN_SOFT_RESET
+
+
+cdef inline bint _live_paused(const dom_entry *e) noexcept nogil:
+    return (e.state == ST_RUNNING or e.state == ST_SHUTDOWN) and (e.flags & XM_DOMINF_PAUSED)
 
 
 cdef object _reserved_domid(Py_ssize_t i, unsigned int domid):
@@ -152,10 +165,14 @@ cdef class DomainTable:
         # A diff touches (or overwrites) at most every valid domid once.
         self._touched = <uint64_t *>malloc(XM_DOMID_FIRST_RESERVED * sizeof(uint64_t))
         self._undo = <undo_entry *>malloc(XM_DOMID_FIRST_RESERVED * sizeof(undo_entry))
+        self._susp_seen = <double *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(double))
+        self._susp_scan = <uint64_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint64_t))
         if (self._dom is NULL or self._gen is NULL or self._stamp is NULL
-                or self._touched is NULL or self._undo is NULL):
+                or self._touched is NULL or self._undo is NULL or self._susp_seen is NULL
+                or self._susp_scan is NULL):
             raise MemoryError()
         self._names = {}
+        self._scan_no = 1
 
     def __dealloc__(self):
         free(self._dom)
@@ -163,8 +180,11 @@ cdef class DomainTable:
         free(self._stamp)
         free(self._touched)
         free(self._undo)
+        free(self._susp_seen)
+        free(self._susp_scan)
 
-    def __init__(self, seq=0):
+    def __init__(self, seq=0, *, suspend_window=_reference.DEFAULT_SUSPEND_WINDOW):
+        self._window = _reference.check_suspend_window(suspend_window)
         self._seq = seq
 
     # -- the table ----------------------------------------------------------------------
@@ -175,9 +195,18 @@ cdef class DomainTable:
         return self._seq
 
     @property
+    def suspend_window(self):
+        return self._window
+
+    @property
     def n_shutdown(self):
         """Domains shut down but not dead: while any exist, the daemon polls."""
         return self._n_state[ST_SHUTDOWN]
+
+    @property
+    def n_paused(self):
+        """Domains held paused and not dead: an unpause fires nothing either."""
+        return self._n_paused
 
     def counts(self):
         return {
@@ -229,6 +258,7 @@ cdef class DomainTable:
                 "state": _STATES[e.state],
                 "reason": _REASON_NAMES[e.reason],
                 "name": self._names.get(d),
+                "paused": _live_paused(e),
             })
         return out
 
@@ -241,6 +271,7 @@ cdef class DomainTable:
             e = &self._dom[d]
             if e.state == ST_ABSENT:
                 continue
+            suspend_cpu, suspend_seen = self._suspend_fields(d, e)
             out.append({
                 "domid": d,
                 "uuid": _uuid_text(<const unsigned char *>&e.h0),
@@ -251,8 +282,79 @@ cdef class DomainTable:
                 "reason": _REASON_NAMES[e.reason],
                 "reason_code": e.reason,
                 "name": self._names.get(d),
+                "suspend_cpu": suspend_cpu,
+                "suspend_seen": suspend_seen,
             })
         return out
+
+    # -- the journal's checkpoint ---------------------------------------------------------
+
+    def dump(self):
+        """Everything the diff needs to go on exactly as this table would, as JSON values."""
+        cdef unsigned int d
+        cdef dom_entry *e
+        rows = []
+        for d in range(self._hi):
+            e = &self._dom[d]
+            if e.state == ST_ABSENT:
+                continue
+            suspend_cpu, suspend_seen = self._suspend_fields(d, e)
+            rows.append(_reference.dump_row(
+                d, _uuid_text(<const unsigned char *>&e.h0), e.flags, e.cpu_time,
+                self._gen[d], _STATES[e.state], e.reason, self._names.get(d), suspend_cpu,
+                suspend_seen))
+        return {"seq": self._seq, "gen": self._gen_counter, "rows": rows}
+
+    @classmethod
+    def load(cls, dump, *, suspend_window=_reference.DEFAULT_SUSPEND_WINDOW):
+        """The table a `dump()` was taken of (ValueError naming what is wrong with a bad one)."""
+        seq, gen, rows = _reference.parse_dump(dump)
+        cdef DomainTable table = cls(seq, suspend_window=suspend_window)
+        table._gen_counter = gen
+        table._load_rows(rows)
+        return table
+
+    cdef void _load_rows(self, list rows) except *:
+        cdef unsigned int d
+        cdef dom_entry *e
+        cdef bytes handle
+        for row in rows:
+            d = row.domid
+            e = &self._dom[d]
+            handle = row.handle
+            memcpy(&e.h0, <const char *>handle, 8)
+            memcpy(&e.h1, (<const char *>handle) + 8, 8)
+            e.flags = row.flags
+            e.cpu_time = row.cpu_time
+            e.state = _STATE_CODES[row.state]
+            e.reason = row.reason_code
+            self._gen[d] = row.gen
+            if row.name is not None:
+                self._names[d] = row.name
+            if row.suspend_seen is not None:
+                # Seen suspended before this table was made (scan 1).
+                self._susp_seen[d] = row.suspend_seen
+                self._susp_scan[d] = 1
+            self._n_state[e.state] += 1
+            self._n_present += 1
+            self._n_paused += _live_paused(e)
+            if d >= self._hi:
+                self._hi = d + 1
+
+    def transient(self, domid, uuid, name, now=None):
+        """`new` and `death`, both flagged transient, for a domain that came and went between
+        two scans (known only from xenstore). They take the next seqs; the table is unchanged.
+        """
+        _reference.check_domid(domid)
+        if name is not None and not isinstance(name, str):
+            raise TypeError("name must be a str or None")
+        if not isinstance(uuid, str):
+            raise TypeError("uuid must be a str")
+        t = _time.time() if now is None else now
+        born = Event(self._seq + 1, _protocol.NEW, domid, uuid, None, t, name, transient=True)
+        died = Event(self._seq + 2, _protocol.DEATH, domid, uuid, None, t, name, transient=True)
+        self._seq += 2
+        return [born, died]
 
     # -- internals ----------------------------------------------------------------------
 
@@ -294,6 +396,7 @@ cdef class DomainTable:
             self._dom[d].state = ST_ABSENT
         self._hi = 0
         self._n_present = 0
+        self._n_paused = 0
         memset(self._n_state, 0, sizeof(self._n_state))
         self._names.clear()
 
@@ -306,6 +409,7 @@ cdef class DomainTable:
         ev.domid = domid
         memcpy(ev._handle, &e.h0, XM_HANDLE_SIZE)
         ev._reason = reason
+        ev._flags = 0
         ev.time = now
         if self._names:
             ev._name = self._names.get(domid)
@@ -316,6 +420,73 @@ cdef class DomainTable:
         self._n_state[e.state] -= 1
         self._n_state[state] += 1
         e.state = state
+
+    # -- the rules of the event model (mux/reference.py says them in Python) ---------------
+
+    cdef bint _suspended_seen(self, uint32_t domid, const dom_entry *e,
+                              double *seen) noexcept:
+        """Whether a scan saw `e` shut down as it is now (resumable), and when: the scan
+        that last applied its record, or the last full scan if later (quiet records are
+        not applied: being quiet, they showed it just so)."""
+        cdef uint64_t scan = self._susp_scan[domid]
+        if e.state != ST_SHUTDOWN or not _resumable(e.reason):
+            return False
+        if scan >= self._last_full_scan:
+            if scan == 0:
+                return False
+            seen[0] = self._susp_seen[domid]
+        else:
+            seen[0] = self._last_full_time
+        return True
+
+    cdef bint _ran_since_suspended(self, uint32_t domid, const dom_entry *e,
+                                   uint64_t cpu) noexcept:
+        """A dying record's cpu_time past the one seen while suspended (the slot's)."""
+        cdef double seen
+        return self._suspended_seen(domid, e, &seen) and cpu > e.cpu_time
+
+    cdef bint _resumed(self, uint32_t domid, const dom_entry *e, uint32_t flags,
+                       uint64_t cpu) noexcept:
+        """Whether the record of a shut-down domain proves a resume since the last scan."""
+        cdef int rreason = (flags >> XM_DOMINF_SHUTDOWNSHIFT) & XM_DOMINF_SHUTDOWNMASK
+        if flags & XM_DOMINF_SHUTDOWN:
+            # Xen keeps the first reason until a resume resets it.
+            if rreason != e.reason:
+                return True
+            return (flags & XM_DOMINF_DYING) != 0 and self._ran_since_suspended(domid, e, cpu)
+        if flags & XM_DOMINF_DYING:
+            return self._ran_since_suspended(domid, e, cpu)
+        return True
+
+    cdef int _reason_dying(self, uint32_t domid, const dom_entry *e, uint32_t flags,
+                           uint64_t cpu) noexcept:
+        """The reason a domain dies with, its record (dying) at hand."""
+        cdef double seen
+        if e.state != ST_SHUTDOWN:
+            return XM_SHUTDOWN_NONE
+        if not _resumable(e.reason) or (flags & XM_DOMINF_SHUTDOWN):
+            return e.reason
+        if self._suspended_seen(domid, e, &seen) and cpu == e.cpu_time:
+            return e.reason
+        return XM_SHUTDOWN_NONE
+
+    cdef int _reason_gone(self, uint32_t domid, const dom_entry *e, double now) noexcept:
+        """The reason a domain dies with, its record gone."""
+        cdef double seen
+        if e.state != ST_SHUTDOWN:
+            return XM_SHUTDOWN_NONE
+        if not _resumable(e.reason):
+            return e.reason
+        if self._suspended_seen(domid, e, &seen) and now - seen <= self._window:
+            return e.reason
+        return XM_SHUTDOWN_NONE
+
+    cdef object _suspend_fields(self, uint32_t domid, const dom_entry *e):
+        """(suspend_cpu, suspend_seen) as rows() and dump() give them."""
+        cdef double seen
+        if self._suspended_seen(domid, e, &seen):
+            return e.cpu_time, seen
+        return None, None
 
     cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
                     list events) except -1:
@@ -328,6 +499,8 @@ cdef class DomainTable:
         cdef uint64_t cpu = 0, h0 = 0, h1 = 0
         cdef int reason
         cdef uint8_t rreason
+        cdef bint was_paused = _live_paused(e)
+        cdef Event ev
         if rec is not NULL:
             flags = xm_ld32(rec + XM_OFF_FLAGS)
             cpu = xm_ld64(rec + XM_OFF_CPU_TIME)
@@ -341,8 +514,7 @@ cdef class DomainTable:
             # The incarnation we knew is over: it dies (unless it already did) and its
             # record has left the list (even if the domid is already back).
             if e.state != ST_DEAD:
-                reason = e.reason if e.state == ST_SHUTDOWN else XM_SHUTDOWN_NONE
-                self._emit(EV_DEATH, domid, e, reason, now, events)
+                self._emit(EV_DEATH, domid, e, self._reason_gone(domid, e, now), now, events)
             self._emit(EV_RELEASED, domid, e, XM_SHUTDOWN_NONE, now, events)
             self._n_state[e.state] -= 1
             self._n_present -= 1
@@ -350,11 +522,14 @@ cdef class DomainTable:
             if self._names:
                 self._names.pop(domid, None)
         if rec is NULL:
+            self._n_paused -= was_paused
             return 0
 
         if e.state == ST_ABSENT:
             e.h0 = h0
             e.h1 = h1
+            e.flags = flags
+            e.cpu_time = cpu
             e.state = ST_RUNNING
             e.reason = XM_SHUTDOWN_NONE
             self._n_state[ST_RUNNING] += 1
@@ -363,41 +538,52 @@ cdef class DomainTable:
                 self._hi = domid + 1
             self._gen_counter += 1
             self._gen[domid] = self._gen_counter
-            self._emit(EV_NEW, domid, e, XM_SHUTDOWN_NONE, now, events)
+            ev = self._emit(EV_NEW, domid, e, XM_SHUTDOWN_NONE, now, events)
+            if flags & XM_DOMINF_PAUSED:
+                ev._flags = EVF_PAUSED
 
         if e.state != ST_DEAD:
-            rreason = (flags >> XM_DOMINF_SHUTDOWNSHIFT) & XM_DOMINF_SHUTDOWNMASK
-            if flags & XM_DOMINF_SHUTDOWN:
-                if e.state != ST_SHUTDOWN or e.reason != rreason:
-                    self._set_state(e, ST_SHUTDOWN)
-                    e.reason = rreason
-                    self._emit(EV_SHUTDOWN, domid, e, rreason, now, events)
-            elif e.state == ST_SHUTDOWN and not (flags & XM_DOMINF_DYING):
+            if e.state == ST_SHUTDOWN and self._resumed(domid, e, flags, cpu):
                 self._set_state(e, ST_RUNNING)
                 e.reason = XM_SHUTDOWN_NONE
                 self._emit(EV_RESUMED, domid, e, XM_SHUTDOWN_NONE, now, events)
+            if (flags & XM_DOMINF_SHUTDOWN) and e.state != ST_SHUTDOWN:
+                rreason = (flags >> XM_DOMINF_SHUTDOWNSHIFT) & XM_DOMINF_SHUTDOWNMASK
+                self._set_state(e, ST_SHUTDOWN)
+                e.reason = rreason
+                self._emit(EV_SHUTDOWN, domid, e, rreason, now, events)
             if flags & XM_DOMINF_DYING:
-                # Dies with the shutdown still in force: the record's if its shutdown flag
-                # is set (just copied into the entry), else the one of the last scan.
-                reason = e.reason if e.state == ST_SHUTDOWN else XM_SHUTDOWN_NONE
+                reason = self._reason_dying(domid, e, flags, cpu)
                 self._set_state(e, ST_DEAD)
                 e.reason = <uint8_t>reason
                 self._emit(EV_DEATH, domid, e, reason, now, events)
+            elif (flags ^ e.flags) & XM_DOMINF_PAUSED:
+                self._emit(EV_PAUSED if flags & XM_DOMINF_PAUSED else EV_UNPAUSED, domid, e,
+                           XM_SHUTDOWN_NONE, now, events)
 
         e.flags = flags
         e.cpu_time = cpu
+        if e.state == ST_SHUTDOWN and _resumable(e.reason):
+            self._susp_seen[domid] = now
+            self._susp_scan[domid] = self._scan_no
+        self._n_paused += <int>_live_paused(e) - <int>was_paused
         return 0
 
     # -- loading and diffing --------------------------------------------------------------
 
-    def prime(self, buffer, Py_ssize_t count):
+    def prime(self, buffer, Py_ssize_t count, now=None):
         """Replace the table with the batch, without events (the start-up scan)."""
         cdef Py_buffer view
+        cdef double t = _time.time() if now is None else now
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         try:
             self._prime(<const unsigned char *>view.buf, view.len, count)
         finally:
             PyBuffer_Release(&view)
+        # Every domain was seen: those suspended, at `t`.
+        self._scan_no += 1
+        self._last_full_scan = self._scan_no
+        self._last_full_time = t
 
     cdef int _prime(self, const unsigned char *base, Py_ssize_t size,
                     Py_ssize_t count) except -1:
@@ -429,6 +615,7 @@ cdef class DomainTable:
                 e.reason = XM_SHUTDOWN_NONE
             self._n_state[e.state] += 1
             self._n_present += 1
+            self._n_paused += _live_paused(e)
             if domid >= self._hi:
                 self._hi = domid + 1
         # Incarnation numbers in domid order, whatever the order of the records.
@@ -473,6 +660,7 @@ cdef class DomainTable:
             raise _duplicate_domid(r.bad_index, r.bad_domid)
 
         # The batch is valid: from here on, nothing can fail half-way.
+        self._scan_no += 1
         if count - r.n_new != self._n_present:
             # Some known domains were not in the batch: they are gone.
             if not r.stamped:
@@ -487,6 +675,8 @@ cdef class DomainTable:
                     r.n += 1
 
         if r.n == 0:
+            if self._n_state[ST_SHUTDOWN]:
+                self._saw_all(_time.time() if now is None else now)
             return []
         if not r.ordered:
             qsort(touched, r.n, sizeof(uint64_t), xm_cmp_u64)
@@ -495,11 +685,18 @@ cdef class DomainTable:
         for i in range(r.n):
             key = touched[i]
             domid = <unsigned int>(key >> 32)
-            i_rec = <Py_ssize_t>(key & 0xFFFFFFFF)
+            i_rec = <Py_ssize_t>(<uint32_t>key)
             self._apply(domid, base + (i_rec - 1) * XM_RECORD_SIZE if i_rec else NULL, t, events)
         if self._n_present == 0:
             self._hi = 0
+        if self._n_state[ST_SHUTDOWN]:
+            self._saw_all(t)
         return events
+
+    cdef void _saw_all(self, double now) noexcept:
+        """A full scan at `now` saw every domain shut down (the quiet ones as they were)."""
+        self._last_full_scan = self._scan_no
+        self._last_full_time = now
 
     def diff_one(self, domid, buffer, Py_ssize_t count, now=None):
         """A targeted scan of one domid, from getinfolist(first=domid, max>=1).
@@ -523,6 +720,7 @@ cdef class DomainTable:
             raise ValueError(f"domid {domid} out of range 0..{XM_DOMID_FIRST_RESERVED - 1}")
         target = domid
         self._validate(base, size, count)
+        self._scan_no += 1
         for i in range(count):
             if xm_domid(base + i * XM_RECORD_SIZE) == target:
                 rec = base + i * XM_RECORD_SIZE

@@ -15,8 +15,11 @@ cdef extern from "fastcore/xm_helpers.h":
         XM_HANDLE_SIZE
         XM_DOMINF_DYING
         XM_DOMINF_SHUTDOWN
+        XM_DOMINF_PAUSED
         XM_DOMINF_SHUTDOWNSHIFT
         XM_DOMINF_SHUTDOWNMASK
+        XM_SHUTDOWN_SUSPEND
+        XM_SHUTDOWN_SOFT_RESET
         XM_SHUTDOWN_NONE
         XM_DOMID_FIRST_RESERVED
         XM_EVENT_FLAGS_MASK

@@ -24,16 +24,20 @@
 
 #define XM_DOMINF_DYING 0x1
 #define XM_DOMINF_SHUTDOWN 0x4
+#define XM_DOMINF_PAUSED 0x8 /* held paused by the toolstack (xl pause; a domain is built so) */
 #define XM_DOMINF_SHUTDOWNSHIFT 16
 #define XM_DOMINF_SHUTDOWNMASK 0xff
+#define XM_SHUTDOWN_SUSPEND 2 /* the two shutdowns a resume can undo */
+#define XM_SHUTDOWN_SOFT_RESET 5
 #define XM_SHUTDOWN_NONE 0xff /* the reason code of a domain never shut down */
 #define XM_DOMID_FIRST_RESERVED 0x7FF0 /* domids at or above this are not ordinary domains */
 
 /* Every number above, for the import guard to walk: a number missing here goes unchecked. */
 #define XM_RECORD_LAYOUT(X)                                                                   \
 	X(RECORD_SIZE) X(OFF_DOMAIN) X(OFF_FLAGS) X(OFF_CPU_TIME) X(OFF_HANDLE) X(HANDLE_SIZE) \
-	X(DOMINF_DYING) X(DOMINF_SHUTDOWN) X(DOMINF_SHUTDOWNSHIFT) X(DOMINF_SHUTDOWNMASK)       \
-	X(SHUTDOWN_NONE) X(DOMID_FIRST_RESERVED)
+	X(DOMINF_DYING) X(DOMINF_SHUTDOWN) X(DOMINF_PAUSED) X(DOMINF_SHUTDOWNSHIFT)             \
+	X(DOMINF_SHUTDOWNMASK) X(SHUTDOWN_SUSPEND) X(SHUTDOWN_SOFT_RESET) X(SHUTDOWN_NONE)      \
+	X(DOMID_FIRST_RESERVED)
 
 typedef struct {
 	const char *name; /* as in mux/records.py */

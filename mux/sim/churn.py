@@ -3,7 +3,7 @@
 Each lifecycle is what a toolstack does to one domain, its steps a few milliseconds apart
 (a toolstack needs time between a shutdown and the destroy that follows it):
 
-    boot            create
+    boot            create (paused, as Xen builds it), unpause a step later
     reboot          shutdown(reboot), destroy, create again (same name and UUID, a new domid)
     poweroff        shutdown(poweroff), destroy
     crash           shutdown(crash), destroy
@@ -168,9 +168,18 @@ class Churn:
                 return d
         return None
 
-    def _create(self, **kwargs) -> None:
-        self.host.create(**kwargs)
+    async def _boot(self, **create) -> None:
+        """As libxl and xl do it: built paused and introduced, unpaused a step later (the
+        toolstack attaches the devices in between); the domain is busy until then."""
+        [dom] = self.host.create(paused=True, **create)
         self.ops["create"] += 1
+        self.busy.add(dom.domid)
+        try:
+            await self._step()
+            self.host.unpause(dom.domid)
+            self.ops["unpause"] += 1
+        finally:
+            self.busy.discard(dom.domid)
 
     async def _lifecycle(self, kind: str, domid: int | None) -> None:
         host = self.host
@@ -179,7 +188,7 @@ class Churn:
                 self._guest_lifecycle(kind, domid)
                 return
             if kind == "boot":
-                self._create(domid=self._free_domid())
+                await self._boot(domid=self._free_domid())
                 return
             assert domid is not None
             dom = host.get(domid)
@@ -212,13 +221,13 @@ class Churn:
             self.ops["destroy"] += 1
             if kind == "reboot":
                 await self._step()
-                self._create(uuid=dom.handle, name=dom.name, domid=self._free_domid(domid))
+                await self._boot(uuid=dom.handle, name=dom.name, domid=self._free_domid(domid))
             elif kind == "reuse":
                 same = self.rng.random() < 0.5
                 # The same UUID on the same domid is only told apart by the daemon if it
                 # sees the domid dying or gone in between: give it time (`hold`).
                 await (self._hold() if same else self._step())
-                self._create(uuid=dom.handle if same else None, name=dom.name, domid=domid)
+                await self._boot(uuid=dom.handle if same else None, name=dom.name, domid=domid)
         except SimError:
             # Someone else (sim-ctl, another churn) changed the domain meanwhile.
             self.errors += 1

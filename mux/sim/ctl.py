@@ -73,12 +73,14 @@ class _Ops:
         name=None,
         count=None,
         introduce=True,
+        paused=False,
         settings=None,
         by=None,
     ):
         """Create domains; returns their rows (domid, uuid, name, state, settings...).
 
         `introduce=False`: xenstored never hears of them (no @releaseDomain for them).
+        `paused=True`: left paused, as Xen builds them, until `unpause` (`xl create -p`).
         `settings`: the toolstack's on_* actions for them (`{"on_crash": "preserve"}`).
         `by`: who asks, for the truth log (DIR/toolstack.log)."""
         return self._then(
@@ -91,6 +93,7 @@ class _Ops:
                 introduce=None if introduce else False,
                 settings=settings or None,
                 by=by,
+                paused=paused or None,
             ),
             lambda r: r["domains"],
         )
@@ -129,6 +132,14 @@ class _Ops:
 
     def soft_reset(self, domid, by=None):
         return self.request("soft-reset", domid=domid, by=by)
+
+    def pause(self, domid):
+        """`xl pause`: the domain's paused flag set (nothing fires)."""
+        return self.request("pause", domid=domid)
+
+    def unpause(self, domid):
+        """`xl unpause`: one pause taken back; the flag clears with the last (nothing fires)."""
+        return self.request("unpause", domid=domid)
 
     def shutdown(self, domid, reason="poweroff"):
         """Shut a domain (or "all" running guests) down; reason by name or number."""
@@ -328,10 +339,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
             if key == "on_poweroff"
             else f"the toolstack's {key} action",
         )
+    p.add_argument(
+        "--paused", action="store_true", help="leave them paused, as Xen builds them (xl -p)"
+    )
 
     p = sub.add_parser("guest", help="the guest shuts itself down: it stays so until acted on")
     p.add_argument("domid", type=int)
     p.add_argument("action", choices=GUEST_ACTIONS)
+
+    p = sub.add_parser("pause", help="pause a domain (xl pause; fires nothing)")
+    p.add_argument("domid", type=int)
+    p = sub.add_parser("unpause", help="unpause a domain (xl unpause; fires nothing)")
+    p.add_argument("domid", type=int)
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
     p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
@@ -412,8 +431,11 @@ def run(args: argparse.Namespace) -> int:
                     settings={
                         k: getattr(args, k) for k in SETTING_KEYS if getattr(args, k) is not None
                     },
+                    paused=args.paused,
                 ):
                     _emit(row)
+            elif op in ("pause", "unpause"):
+                _emit(getattr(sim, op)(args.domid))
             elif op == "list":
                 for row in sim.list():
                     _emit(row)

@@ -9,6 +9,11 @@ under a stand-in event channel library).
 `SimHost` is what the toolstack does around it: create = build the domain, write its xenstore
 nodes, XS_INTRODUCE; resume = XEN_DOMCTL_resumedomain then XS_RESUME; destroy = dying, then
 gone, then the nodes removed. The xenstore side goes through a `Toolstack` (toolstack.py).
+Xen builds every domain paused (XEN_DOMCTL_createdomain); libxl writes its nodes and
+introduces it still paused, and `xl create` unpauses it last (unless `-p`). `create(paused=
+True)` is that order up to the introduction, the toolstack's `unpause` coming later; a plain
+`create` folds the unpause into the build, so that no scan can find the domain paused (as
+none would of a toolstack that unpauses at once). Pause and unpause fire nothing.
 
 `TruthLog` is the host's own record of what the hypervisor did: one JSON line per
 incarnation and lifecycle step, written once the step is in the table (a refused operation
@@ -31,6 +36,7 @@ from mux.records import (
     DOMID_FIRST_RESERVED,
     DOMINF_BLOCKED,
     DOMINF_DYING,
+    DOMINF_PAUSED,
     DOMINF_RUNNING,
     DOMINF_SHUTDOWN,
     DOMINF_SHUTDOWNMASK,
@@ -71,6 +77,8 @@ class Domain:
     vcpus: int = 2
     zombie: bool = False
     incarnation: int = 0  # the host's count of domains built, this one's number
+    # XEN_DOMCTL_pausedomain counts: the record says paused while any pause is held.
+    pause_count: int = 0
 
     @property
     def uuid(self) -> str:
@@ -87,6 +95,10 @@ class Domain:
     @property
     def reason(self) -> int:
         return (self.flags >> DOMINF_SHUTDOWNSHIFT) & DOMINF_SHUTDOWNMASK
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.flags & DOMINF_PAUSED)
 
     @property
     def state(self) -> str:
@@ -115,6 +127,7 @@ class Domain:
             "flags": self.flags,
             "cpu_time": self.cpu_time,
             "zombie": self.zombie,
+            "paused": self.paused,
         }
 
 
@@ -325,6 +338,19 @@ class Hypervisor(DomainSource):
         if virq:
             self.raise_virq()
 
+    def set_paused(self, dom: Domain) -> None:
+        """Write the domain's paused flag as its pause count says: one table change, no
+        VIRQ (a pause fires nothing)."""
+        if dom.pause_count:
+            dom.flags |= DOMINF_PAUSED
+        else:
+            dom.flags &= ~DOMINF_PAUSED
+        self.shm.begin()
+        try:
+            self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
+        finally:
+            self.shm.end()
+
     def tick(self, domids: Iterable[int], ns: int) -> None:
         """Running domains use CPU: grow cpu_time (not a lifecycle change, no stamp)."""
         doms = [self.domains[d] for d in domids if d in self.domains]
@@ -387,11 +413,14 @@ class SimHost:
         name: str | None = None,
         count: int = 1,
         introduce: bool = True,
+        paused: bool = False,
     ) -> list[Domain]:
         """Build `count` domains in one table change, then write their nodes and introduce
         each (one @introduceDomain per domain, as xenstored fires one per XS_INTRODUCE).
 
         `introduce=False` leaves them unknown to xenstored, which then never fires for them.
+        `paused=True` builds them paused and leaves them so (`xl create -p`, or a toolstack
+        still attaching devices) until `unpause`; else they are unpaused from the start.
         """
         if count < 1:
             raise SimError("count must be at least 1")
@@ -417,8 +446,9 @@ class SimHost:
                     domid=new_id,
                     handle=handle if handle is not None else self.new_handle(),
                     name=name or f"guest-{new_id}",
-                    flags=make_flags(base=DOMINF_BLOCKED),
+                    flags=make_flags(base=DOMINF_BLOCKED | (DOMINF_PAUSED if paused else 0)),
                     cpu_time=self.hv._boot_cpu_time(),
+                    pause_count=int(paused),
                 )
             )
         self.hv.add(doms)  # XEN_DOMCTL_createdomain raises no VIRQ
@@ -427,6 +457,32 @@ class SimHost:
             if introduce:
                 self.toolstack.introduce(dom.domid)
         return doms
+
+    # pause / unpause -------------------------------------------------------------------------
+
+    def _pausable(self, domid: int) -> Domain:
+        dom = self._guest(domid)
+        if dom.dying:
+            raise SimError(f"domain {domid} is dying")
+        return dom
+
+    def pause(self, domid: int) -> Domain:
+        """XEN_DOMCTL_pausedomain (`xl pause`): one more pause held; nothing fires."""
+        dom = self._pausable(domid)
+        dom.pause_count += 1
+        if dom.pause_count == 1:
+            self.hv.set_paused(dom)
+        return dom
+
+    def unpause(self, domid: int) -> Domain:
+        """XEN_DOMCTL_unpausedomain (`xl unpause`): one pause fewer; nothing fires."""
+        dom = self._pausable(domid)
+        if not dom.pause_count:
+            raise SimError(f"domain {domid} is not paused")
+        dom.pause_count -= 1
+        if not dom.pause_count:
+            self.hv.set_paused(dom)
+        return dom
 
     # shutdown / suspend / resume ---------------------------------------------------------------
 

@@ -446,9 +446,16 @@ class Sim:
             name=req.get("name"),
             count=int(req.get("count", 1)),
             introduce=bool(req.get("introduce", True)),
+            paused=bool(req.get("paused", False)),
         )
         self.book.created(doms, settings, req.get("by"))
         return {"domains": [self.book.row(d) for d in doms]}
+
+    def _op_pause(self, req):
+        return {"domain": self.book.row(self.host.pause(int(req["domid"])))}
+
+    def _op_unpause(self, req):
+        return {"domain": self.book.row(self.host.unpause(int(req["domid"])))}
 
     def _op_shutdown(self, req):
         try:

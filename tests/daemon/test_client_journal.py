@@ -7,14 +7,7 @@ library against a test double of that protocol meanwhile.
 
 from __future__ import annotations
 
-import pytest
 from daemonhelpers import take
-
-from mux.protocol import PROTOCOL_VERSION
-
-pytestmark = pytest.mark.skipif(
-    PROTOCOL_VERSION < 2, reason="the daemon keeps no journal before protocol 2"
-)
 
 
 def test_a_subscription_resumes_across_a_daemon_restart(sim, daemon_factory):

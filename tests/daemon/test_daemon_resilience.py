@@ -11,8 +11,6 @@ from collections import Counter
 from daemonhelpers import brief, start_daemon, take, until
 from simhelpers import sim_command
 
-from mux.protocol import PROTOCOL_VERSION
-
 
 def _deaths(events: list[dict]) -> Counter:
     return Counter((e["domid"], e["uuid"]) for e in events if e["event"] == "death")
@@ -59,7 +57,7 @@ def test_daemon_restart_reports_missed_deaths_once(sim, daemon_factory, tmp_path
         sim.ctl.destroy(2)  # dies while the daemon is away
         sim.ctl.destroy(4)
         sim.ctl.create(domid=2)  # and the domid is reused by a new incarnation
-        fresh = ("--state-dir", str(tmp_path / "fresh-state")) if PROTOCOL_VERSION >= 2 else ()
+        fresh = ("--state-dir", str(tmp_path / "fresh-state"))
         d2 = daemon_factory(sim, *fresh, sock=d.sock)
         events = take(sub, 5, timeout=30)
         assert sub.hello["instance"] != first_instance
@@ -96,7 +94,7 @@ def test_wait_returns_21_when_the_death_happened_while_the_daemon_was_away(
     # A daemon with a journal (protocol 2) would replay the death (wait then exits 20, as
     # tests/e2e/test_commands_journal.py checks): on a fresh state directory it starts a
     # new history, and the death falls in a gap.
-    fresh = ("--state-dir", str(tmp_path / "fresh-state")) if PROTOCOL_VERSION >= 2 else ()
+    fresh = ("--state-dir", str(tmp_path / "fresh-state"))
     daemon_factory(sim, *fresh, sock=d.sock)
     assert waiter.wait(30) == 21
     out = json.loads(waiter.stdout.read())

@@ -1,4 +1,4 @@
-"""The table across a restart (mux/daemon/tablestate.py), with both scanner twins: a table
+"""The table across a restart (the twins' dump, load and `reference.replay`): a table
 loaded from a dump, or from an older dump with the journaled events since replayed onto
 it, goes on exactly as the table that was never stopped: the same events, byte for byte,
 from the same records. And the first scan's events carry `"late": true` in their frames.
@@ -13,7 +13,6 @@ import uuid
 import pytest
 
 from mux import _fast, reference
-from mux.daemon.tablestate import dump_table, load_table, mark_late, replay
 from mux.records import (
     SHUTDOWN_CRASH,
     SHUTDOWN_POWEROFF,
@@ -100,13 +99,13 @@ def test_checkpoint_plus_replayed_journal_goes_on_as_if_never_stopped(seed, sour
         now += 1
         evs = table.diff(*host.batch(), now)
         if step == 20:
-            checkpoint = json.loads(json.dumps(dump_table(table)))  # as written to disk
+            checkpoint = json.loads(json.dumps(table.dump()))  # as written to disk
         elif checkpoint is not None:
             journaled += parsed(evs)
     assert checkpoint is not None and journaled, "the random host changed nothing"
 
-    from_dump = load_table(TWINS[target], json.loads(json.dumps(dump_table(table))))
-    from_replay = load_table(TWINS[target], replay(checkpoint, journaled))
+    from_dump = TWINS[target].load(json.loads(json.dumps(table.dump())))
+    from_replay = TWINS[target].load(reference.replay(checkpoint, journaled))
     for restored in (from_dump, from_replay):
         assert restored.seq == table.seq
         assert restored.snapshot(None) == table.snapshot(None)
@@ -126,8 +125,8 @@ def test_replay_skips_what_the_dump_already_has():
     host.step()
     host.create()
     evs = parsed(table.diff(*host.batch(), 5.0))
-    dump = dump_table(table)
-    assert replay(dump, evs) == dump
+    dump = table.dump()
+    assert reference.replay(dump, evs) == dump
 
 
 @pytest.mark.parametrize("twin", sorted(TWINS))
@@ -137,7 +136,9 @@ def test_the_first_scans_events_say_late_in_their_frames(twin):
     table.prime(*host.batch())
     del host.doms[1]
     host.create()
-    evs = mark_late(table.diff(*host.batch(), 7.5))
+    evs = table.diff(*host.batch(), 7.5)
+    for ev in evs:
+        ev.late = True
     evs[-1].name = "born"  # names are still filled in after the mark
     got = parsed(evs)
     assert [e["event"] for e in got] == ["death", "released", "new"]

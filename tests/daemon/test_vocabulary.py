@@ -15,6 +15,7 @@ import pytest
 
 from mux.daemon.stats import WATCH_PATHS
 from mux.protocol import (
+    DEFAULT_KINDS,
     DOMAIN_STATES,
     ERROR_CODES,
     EVENT_KINDS,
@@ -94,7 +95,10 @@ def test_the_checks_see_a_missing_and_a_stale_word():
 def test_subscription_masks_follow_the_order_of_the_kinds():
     # The C core's enum and every subscriber's mask depend on this order (mux/_fast).
     assert [KIND_BITS[k] for k in EVENT_KINDS] == [1 << i for i in range(len(EVENT_KINDS))]
-    assert kinds_mask(None) == kinds_mask(EVENT_KINDS) == (1 << len(EVENT_KINDS)) - 1
+    assert kinds_mask(EVENT_KINDS) == (1 << len(EVENT_KINDS)) - 1
+    # A subscription that names no kinds gets those of protocol 1 (not paused/unpaused).
+    assert kinds_mask(None) == kinds_mask(DEFAULT_KINDS) == 0b11111
+    assert EVENT_KINDS[: len(DEFAULT_KINDS)] == DEFAULT_KINDS
     assert kinds_mask([EVENT_KINDS[3]]) == 8
     with pytest.raises(ValueError, match=f"'boom': use some of {', '.join(EVENT_KINDS)}"):
         kinds_mask(["boom"])

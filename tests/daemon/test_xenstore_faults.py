@@ -391,10 +391,6 @@ def test_depth_a_domain_gone_with_its_nodes_is_counted_and_named(sim422, daemon_
     assert d.log_text().count(line) == 1
 
 
-@pytest.mark.skipif(
-    not hasattr(_fast.DomainTable, "transient"),
-    reason="needs the event model's DomainTable.transient() (contract_w2), not merged yet",
-)
 def test_depth_a_domain_gone_while_xenstore_holds_it_is_a_transient_pair(sim422, daemon_factory):
     """xenopsd destroys a domain before it removes its nodes: a scan that comes after the
     record is gone still finds its name and UUID in xenstore. The sim's toolstack removes
@@ -467,25 +463,8 @@ class _Published:
         self.batches.append(list(events))
 
 
-class _TableWithTransient(reference.DomainTable):
-    """The reference table with the contract's `transient()` (contract_w2), for as long as
-    the event model's own is not merged: a flagged new + death, seq assigned, table as it was."""
-
-    def transient(self, domid: int, uuid: str, name: str, now: float) -> list:
-        pair = []
-        for kind in (NEW, DEATH):
-            self._seq += 1
-            pair.append(reference.Event(self._seq, kind, domid, uuid, None, now, name))
-        return pair
-
-
-def _table():
-    if hasattr(reference.DomainTable, "transient"):
-        return reference.DomainTable()
-    return _TableWithTransient()
-
-
-def test_the_scan_loop_settles_what_its_firings_found():
+@pytest.mark.parametrize("twin", [_fast, reference], ids=["fast", "reference"])
+def test_the_scan_loop_settles_what_its_firings_found(twin):
     """Three depth firings for domids the scan finds gone: 7 still has its name and UUID in
     xenstore (a transient pair; its @releaseDomain/7 is explained by the pair's death), 8
     has nothing left (counted), and a firing for 9 whose xenstore read hangs (counted once
@@ -501,7 +480,7 @@ def test_the_scan_loop_settles_what_its_firings_found():
     async def main():
         stats = Stats()
         published = _Published()
-        table = _table()
+        table = twin.DomainTable()
         loop = ScanLoop(table, _EmptyHost(), published, stats, shutdown_poll=0, full_scan=0)
         loop.prime()
         for path, domid in ((INTRODUCE, 7), (RELEASE, 7), (INTRODUCE, 8), (INTRODUCE, 9)):
@@ -512,6 +491,7 @@ def test_the_scan_loop_settles_what_its_firings_found():
             (NEW, 7, uuid7, "blink", 1),
             (DEATH, 7, uuid7, "blink", 2),
         ]
+        assert all(e.transient for e in events)
         assert 7 not in table and len(table) == 0 and table.seq == 2
         assert stats.transient_pairs == 1
         assert stats.firings_without_change == {RELEASE: 0, INTRODUCE: 2}

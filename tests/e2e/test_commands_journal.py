@@ -11,12 +11,6 @@ import pytest
 from daemonhelpers import json_lines, until
 from simhelpers import sim_command
 
-from mux.protocol import PROTOCOL_VERSION
-
-pytestmark = pytest.mark.skipif(
-    PROTOCOL_VERSION < 2, reason="the daemon keeps no journal before protocol 2"
-)
-
 
 def _cursor(stderr: str) -> str:
     last = stderr.strip().splitlines()[-1]

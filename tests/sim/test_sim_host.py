@@ -1,7 +1,10 @@
-"""The simulated hypervisor in process: the table layout, domids, lifecycle flags, batches."""
+"""The simulated hypervisor in process: the table layout, domids, lifecycle flags, batches,
+and pauses (a count of pauses held, as Xen keeps it; domains built paused as Xen builds them;
+the churn's boots unpaused by the toolstack a step after their introduction)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -9,8 +12,10 @@ import time
 
 import pytest
 
-from mux import records
+from mux import _fast, records
 from mux.sim import shm as shmmod
+from mux.sim.backend import SimBackend
+from mux.sim.churn import Churn
 from mux.sim.host import Hypervisor, SimError, SimHost
 from mux.sim.paths import sim_paths
 from mux.sim.shm import ShmReader, ShmTable
@@ -30,6 +35,10 @@ class Host:
     def table(self) -> list[records.DomainRecord]:
         with ShmReader(self.path) as reader:
             return reader.snapshot().domains()
+
+    def record_of(self, domid: int) -> records.DomainRecord:
+        [rec] = [r for r in self.table() if r.domid == domid]
+        return rec
 
     def header(self) -> tuple:
         with open(self.path, "rb") as f:
@@ -226,3 +235,88 @@ def test_sim_backend_scan_reads_a_host_that_outgrew_its_buffer(sim_factory):
         assert n == 2011 and ids == sorted(set(ids)) and ids[0] == 0
     finally:
         backend.close()
+
+
+# -- pause / unpause ------------------------------------------------------------------------
+
+
+def test_created_paused_stays_paused_until_unpaused(h):
+    virqs, introduced = h.hv.virqs, h.xs.counters.as_dict()["introduce_firings"]
+    [dom] = h.host.create(paused=True, name="p")
+    assert h.record_of(dom.domid).flags & records.DOMINF_PAUSED
+    assert dom.as_dict()["paused"] is True and dom.as_dict()["state"] == "running"
+    # Introduced while paused, as libxl does: @introduceDomain fired, no VIRQ.
+    assert h.xs.counters.as_dict()["introduce_firings"] == introduced + 1
+    h.host.unpause(dom.domid)
+    assert not h.record_of(dom.domid).flags & records.DOMINF_PAUSED
+    assert dom.as_dict()["paused"] is False
+    assert h.hv.virqs == virqs  # neither creating nor unpausing raises one
+    with pytest.raises(SimError, match=f"domain {dom.domid} is not paused"):
+        h.host.unpause(dom.domid)
+    # A plain create is never seen paused.
+    [plain] = h.host.create()
+    assert not h.record_of(plain.domid).flags & records.DOMINF_PAUSED
+
+
+def test_pauses_are_counted_as_xen_counts_them(h):
+    [dom] = h.host.create()
+    h.host.pause(dom.domid)
+    h.host.pause(dom.domid)
+    h.host.unpause(dom.domid)
+    assert h.record_of(dom.domid).flags & records.DOMINF_PAUSED  # one pause still held
+    h.host.unpause(dom.domid)
+    assert not h.record_of(dom.domid).flags & records.DOMINF_PAUSED
+    # Shut down domains may be paused; dom0 and dying ones may not.
+    h.host.shutdown(dom.domid, records.SHUTDOWN_SUSPEND)
+    h.host.pause(dom.domid)
+    rec = h.record_of(dom.domid)
+    assert rec.flags & records.DOMINF_PAUSED and rec.shutdown
+    with pytest.raises(SimError, match="domain 0 cannot do that"):
+        h.host.pause(0)
+    h.host.destroy(dom.domid, zombie=True)
+    with pytest.raises(SimError, match="is dying"):
+        h.host.unpause(dom.domid)
+    with pytest.raises(SimError, match="no domain 77"):
+        h.host.pause(77)
+
+
+def test_the_scanner_reads_pauses_through_the_sim_backend(h, tmp_path):
+    backend = SimBackend(str(tmp_path))
+    table = _fast.DomainTable()
+    try:
+
+        def scan():
+            return [(e.kind, e.domid, e.paused) for e in table.diff(*backend.scan_all())]
+
+        table.prime(*backend.scan_all())
+        [dom] = h.host.create(paused=True)
+        assert scan() == [("new", dom.domid, True)]
+        h.host.unpause(dom.domid)
+        assert scan() == [("unpaused", dom.domid, False)]
+        h.host.pause(dom.domid)
+        assert scan() == [("paused", dom.domid, False)]
+        assert table.snapshot([dom.domid])[0]["paused"] is True
+        h.host.destroy(dom.domid, zombie=True)
+        assert scan() == [("death", dom.domid, False)]
+        assert table.snapshot([dom.domid])[0]["paused"] is False and table.n_paused == 0
+    finally:
+        backend.close()
+
+
+def test_churn_boots_paused_and_unpauses_a_step_later(h):
+    unpaused: list[tuple[int, bool]] = []
+    unpause = h.host.unpause
+
+    def watched(domid):
+        unpaused.append((domid, bool(h.record_of(domid).flags & records.DOMINF_PAUSED)))
+        return unpause(domid)
+
+    h.host.unpause = watched
+    h.host.create(count=20)
+    churn = Churn(h.host, set(), seed=3, step_delay=0.002)
+    result = asyncio.run(churn.run(0.5, 80))
+    assert result["ops"]["create"] > 0 and result["errors"] == 0
+    assert result["ops"]["unpause"] == result["ops"]["create"]
+    assert len(unpaused) == result["ops"]["unpause"]
+    assert all(was_paused for _domid, was_paused in unpaused)
+    assert not any(d.paused for d in h.host.guests())
