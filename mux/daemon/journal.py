@@ -2,17 +2,20 @@
 
 Segments `journal-<first seq, 20 digits>` in the state dir (statedir.py), each:
 
-    segment header, 32 bytes: magic b"XMJRNL01", the history (16 bytes), the first seq (u64)
+    segment header, 32 bytes: magic b"XMJRNL02", the history (16 bytes), the first seq (u64)
     one batch per `append` (one write(2) each), little endian:
         header, 24 bytes: body length u32, crc32 u32, first seq u64, count u32,
-                          kinds u16 (bit i set: EVENT_KINDS[i] occurs in the batch), 0 u16
-        index: count x (domid u16, kind u8, 0 u8, frame length u32)
-        frames: the events' frames, the very bytes subscribers get, back to back
+                          kinds u16 (bit i set: EVENT_KINDS[i] occurs in the batch),
+                          domid u16 (of a batch of one event; MANY for more)
+        body: the events' frames, the very bytes subscribers get, back to back
 
-The crc32 covers the header from `first seq` on, and the body. A batch's frames lie back to
-back, so replaying to a wildcard subscriber copies whole frame regions; other subscriptions
-walk the index. The journal only has to outlive the daemon, not the host (a reboot starts
-a new history), so nothing is fsynced.
+The crc32 covers the header from `first seq` on, and the body. A batch is its header and
+the frames as the scanner encoded them, so an append costs the same few steps whatever
+its size, and replaying to a wildcard subscriber copies whole frame regions. The usual
+batch, one event, says in its header all a filter needs; a subscription that filters
+reads the kind and domid of a larger batch's events from their frames, which begin with
+them (docs/protocol.md: `{"seq": N, "event": "K", "domid": D, ...`). The journal only has
+to outlive the daemon, not the host (a reboot starts a new history), so nothing is fsynced.
 
 A daemon killed in the middle of a write leaves a torn last batch: `open` checks the last
 segment, batch by batch, and cuts it off. It was never sent: the fan-out comes after the
@@ -34,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import struct
 import zlib
 from array import array
@@ -47,31 +51,30 @@ from mux.protocol import EVENT_KINDS
 
 log = logging.getLogger("xenmux.journal")
 
-MAGIC = b"XMJRNL01"
+MAGIC = b"XMJRNL02"
+_MAGIC_FAMILY = MAGIC[:6]  # of every version of the format
 _SEG_HEAD = struct.Struct("<8s16sQ")
 _HEAD = struct.Struct("<IIQIHH")
-_IDX = struct.Struct("<HBxI")
 _LENCRC = struct.Struct("<II")
 _CRC_FROM = _LENCRC.size  # the crc covers the batch header from its first seq on
 _TAIL = struct.Struct("<QIHH")  # the header from `first seq` on
-_TAIL_ONE = struct.Struct("<QIHHHBxI")  # that and the index of a batch of one event
-_DOM = struct.Struct("<H")
-_TAIL_SIZE = _TAIL.size
-_pack_one = _TAIL_ONE.pack
+_pack_tail = _TAIL.pack
 _pack_lencrc = _LENCRC.pack
 _crc32 = zlib.crc32
 SEG_HEAD_SIZE = _SEG_HEAD.size
 HEAD_SIZE = _HEAD.size
-IDX_SIZE = _IDX.size
 
 CHUNK = 256 * 1024  # bytes of frames a reader hands over at a time (at most 1.5 times that)
 MIN_MAX_BYTES = 16 * 1024
 SEGMENT_MIN = 4 * 1024
 SEGMENT_MAX = 8 * 1024 * 1024
 
-_KIND_CODES = {kind: code for code, kind in enumerate(EVENT_KINDS)}
+_KIND_BITS = {kind: 1 << code for code, kind in enumerate(EVENT_KINDS)}
+_FRAME_KIND_BITS = {kind.encode(): bit for kind, bit in _KIND_BITS.items()}
 _KNOWN_KINDS = (1 << len(EVENT_KINDS)) - 1
-MANY = 0xFFFF  # the domid of a batch whose events are of several domids
+MANY = 0xFFFF  # the domid of a batch of several events
+# What a filter needs of an event frame, from its start (the key order of docs/protocol.md).
+_FRAME_KEYS = re.compile(rb'\{"seq": \d+, "event": "([a-z]+)", "domid": (\d+),')
 
 
 def segment_name(first_seq: int) -> str:
@@ -92,7 +95,7 @@ class _Segment:
     batches it wrote, or an older segment's, are indexed when a reader first needs them
     (`index_more`); those of a segment not yet `checked` are checked then."""
 
-    __slots__ = ("checked", "doms", "first_seq", "frames", "indexed", "indexed_last", "kinds")
+    __slots__ = ("checked", "doms", "first_seq", "indexed", "indexed_last", "kinds")
     __slots__ += ("last_seq", "offs", "path", "seqs", "size", "union")
 
     def __init__(self, path: str, first_seq: int) -> None:
@@ -105,7 +108,6 @@ class _Segment:
         self.checked = True  # each batch's checksum and seq (False: to do when indexed)
         self.seqs = array("Q")  # first seq of each batch
         self.offs = array("I")  # file offset of each batch (a segment is far below 4 GiB)
-        self.frames = array("I")  # file offset of its frames
         self.kinds = array("H")  # bit i: EVENT_KINDS[i] occurs in it
         self.doms = array("H")
         self.union = 0  # of the kinds of every batch
@@ -117,7 +119,6 @@ class _Segment:
     def add(self, off: int, first: int, count: int, kinds: int, dom: int) -> None:
         self.seqs.append(first)
         self.offs.append(off)
-        self.frames.append(off + HEAD_SIZE + count * IDX_SIZE)
         self.kinds.append(kinds)
         self.doms.append(dom)
         self.union |= kinds
@@ -251,9 +252,8 @@ class Journal:
             ev = events[0]
             first = last = ev.seq
             frame = ev.frame()
-            code = _KIND_CODES[ev.kind]
-            body = _pack_one(first, 1, 1 << code, 0, ev.domid, code, len(frame)) + frame
-            record = _pack_lencrc(len(body) - _TAIL_SIZE, _crc32(body)) + body
+            tail = _pack_tail(first, 1, _KIND_BITS[ev.kind], ev.domid)
+            record = _pack_lencrc(len(frame), _crc32(frame, _crc32(tail))) + tail + frame
         elif n:
             first = events[0].seq
             last = first + n - 1
@@ -529,7 +529,7 @@ class JournalReader:
         """Append to `pieces` the frames of batches i..j that match (their bytes from
         offset `base` on are `mv`); returns how many frames."""
         after, domids, mask = self._after, self._domids, self._mask
-        seqs, frames, offs = seg.seqs, seg.frames, seg.offs
+        seqs, offs = seg.seqs, seg.offs
         sent = 0
         if seqs[i] <= after:  # the cursor is inside batch i: only its later events
             sent += self._walk(mv, offs[i] - base, after, pieces)
@@ -540,9 +540,8 @@ class JournalReader:
             # Every frame from batch i on: the frame regions, sliced.
             ends = offs[i + 1 : j + 1]
             ends.append(stop)
-            pieces += [
-                mv[a - base : b - base] for a, b in zip(frames[i : j + 1], ends, strict=True)
-            ]
+            skip = HEAD_SIZE - base
+            pieces += [mv[a + skip : b - base] for a, b in zip(offs[i : j + 1], ends, strict=True)]
             return sent + seg.last_of(j) - seqs[i] + 1
         kinds, doms = seg.kinds, seg.doms
         for k in range(i, j + 1):
@@ -551,28 +550,41 @@ class JournalReader:
             dom = doms[k]
             if dom == MANY:
                 sent += self._walk(mv, offs[k] - base, after, pieces)
-            elif domids is None or dom in domids:
-                if kinds[k] & ~mask:
-                    sent += self._walk(mv, offs[k] - base, after, pieces)
-                else:
-                    b = offs[k + 1] if k < j else stop
-                    pieces.append(mv[frames[k] - base : b - base])
-                    sent += seg.last_of(k) - seqs[k] + 1
+            elif domids is None or dom in domids:  # one event, of a kind in the mask
+                b = offs[k + 1] if k < j else stop
+                pieces.append(mv[offs[k] + HEAD_SIZE - base : b - base])
+                sent += 1
         return sent
 
     def _walk(self, mv: memoryview, p: int, after: int, pieces: list[memoryview]) -> int:
-        """One batch at `p`, event by event: those after `after` that match."""
+        """The batch at `p`, frame by frame: those after `after` that match. Its frames
+        say their kind and domid first; one not read so would have failed its checksum."""
         domids, mask = self._domids, self._mask
-        _len, _crc, seq, count, _kinds, _ = _HEAD.unpack_from(mv, p)
-        index = p + HEAD_SIZE
-        pos = index + count * IDX_SIZE
-        sent = 0
-        for domid, kind, length in _IDX.iter_unpack(mv[index : index + count * IDX_SIZE]):
-            if seq > after and (1 << kind) & mask and (domids is None or domid in domids):
-                pieces.append(mv[pos : pos + length])
-                sent += 1
-            pos += length
+        body_len, _crc, seq, count, kinds, _ = _HEAD.unpack_from(mv, p)
+        end_seq = seq + count
+        pos = p + HEAD_SIZE
+        data = mv[pos : pos + body_len].tobytes()
+        start = 0
+        while seq <= after:  # the cursor is inside the batch: its frames up to it go
+            start = data.index(b"\n", start) + 1
             seq += 1
+        if domids is None and not kinds & ~mask:
+            pieces.append(mv[pos + start : pos + body_len])
+            return end_seq - seq
+        sent = 0
+        match, bits = _FRAME_KEYS.match, _FRAME_KIND_BITS
+        size = len(data)
+        while start < size:
+            end = data.index(b"\n", start) + 1
+            m = match(data, start)
+            if m is None:
+                raise OSError(
+                    errno.EIO, f"a journaled frame that is not an event: {data[start:end]!r}"
+                )
+            if bits.get(m[1], 0) & mask and (domids is None or int(m[2]) in domids):
+                pieces.append(mv[pos + start : pos + end])
+                sent += 1
+            start = end
         return sent
 
 
@@ -588,22 +600,14 @@ def _chunk(data: bytes, ready: deque[bytes]) -> None:
 
 
 def _batch(events: Sequence[Event], first: int, n: int) -> bytes:
-    """The record of a batch of several events."""
-    parts = [b""]  # the header's tail goes first
-    frames = []
+    """The record of a batch of several events: per event, only its frame (which the
+    fan-out takes next) and its kind."""
+    frames = b"".join([ev.frame() for ev in events])
     kinds = 0
-    pack = _IDX.pack
-    codes = _KIND_CODES
-    for ev in events:
-        frame = ev.frame()
-        code = codes[ev.kind]
-        kinds |= 1 << code
-        parts.append(pack(ev.domid, code, len(frame)))
-        frames.append(frame)
-    parts[0] = _TAIL.pack(first, n, kinds, 0)
-    parts += frames
-    body = b"".join(parts)
-    return _LENCRC.pack(len(body) - _TAIL.size, zlib.crc32(body)) + body
+    for kind in {ev.kind for ev in events}:
+        kinds |= _KIND_BITS[kind]
+    tail = _pack_tail(first, n, kinds, MANY)
+    return b"".join((_pack_lencrc(len(frames), _crc32(frames, _crc32(tail))), tail, frames))
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -647,6 +651,8 @@ def _scan_segment(directory: str, name: str, history: bytes, *, last: bool) -> _
             os.pwrite(fd, _SEG_HEAD.pack(MAGIC, history, first_seq), 0)
             return seg
         fields = _SEG_HEAD.unpack(head) if len(head) == SEG_HEAD_SIZE else None
+        if fields is not None and fields[0] != MAGIC and fields[0][:6] == _MAGIC_FAMILY:
+            raise CorruptState(f"{name} is a journal segment of another format ({fields[0]!r})")
         if fields is None or fields[0] != MAGIC:
             raise CorruptState(f"{name} is not a journal segment")
         if fields[1] != history or fields[2] != first_seq:
@@ -686,14 +692,12 @@ def _index_batches(
     expect = seg.indexed_last + 1
     crc32 = zlib.crc32
     unpack_head = _HEAD.unpack_from
-    unpack_dom = _DOM.unpack_from
-    iter_index = _IDX.iter_unpack
     why = None
     while p < size:
         if size - p < HEAD_SIZE:
             why = "a batch header cut short" if whole else None
             break
-        body_len, crc, first, count, kinds, _ = unpack_head(view, p)
+        body_len, crc, first, count, kinds, dom = unpack_head(view, p)
         index = p + HEAD_SIZE
         nxt = index + body_len
         if nxt > size:
@@ -703,18 +707,19 @@ def _index_batches(
             if crc32(view[p + _CRC_FROM : nxt]) != crc:
                 why = "a checksum that does not match"
                 break
-            if first != expect or count == 0 or count * IDX_SIZE > body_len:
+            if first != expect:
                 why = f"a batch of seq {first} where {expect} was due"
                 break
             if kinds & ~_KNOWN_KINDS:
                 why = "an event kind this daemon does not know"
                 break
+            if count == 0 or count > body_len or (count == 1) != (dom != MANY):
+                why = f"a batch header that does not add up (seq {first}, {count} events)"
+                break
+            if count == 1 and kinds & (kinds - 1):
+                why = f"one event of several kinds (seq {first})"
+                break
             expect = first + count
-        if count == 1:
-            dom = unpack_dom(view, index)[0]
-        else:
-            domids = {d for d, _kind, _len in iter_index(view[index : index + count * IDX_SIZE])}
-            dom = domids.pop() if len(domids) == 1 else MANY
         seg.add(base + p, first, count, kinds, dom)
         p = nxt
     seg.indexed = base + p

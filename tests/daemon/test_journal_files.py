@@ -171,7 +171,7 @@ def test_a_torn_last_batch_is_cut_off_and_never_served(journal, caplog):
     written = fill(journal, [2, 3, 1])
     path = os.path.join(journal.directory, segment_files(journal.directory)[-1])
     size = os.path.getsize(path)
-    last_len = HEAD_SIZE + journal_module.IDX_SIZE + len(written[-1].frame())
+    last_len = HEAD_SIZE + len(written[-1].frame())
     os.truncate(path, size - last_len // 2)  # the daemon died half-way through its write
     with caplog.at_level(logging.WARNING, "xenmux.journal"):
         j = reopen(journal)
@@ -231,6 +231,18 @@ def test_a_segment_of_another_history_is_corruption(tmp_path):
     j.close()
     with pytest.raises(CorruptState, match="another history"):
         Journal.open(str(tmp_path), new_history_id(), 1 << 20, 0)
+
+
+def test_a_segment_of_an_older_format_is_corruption_that_names_it(tmp_path):
+    history = new_history_id()
+    j = Journal.create(str(tmp_path), history, 1 << 20)
+    fill(j, [2])
+    j.close()
+    (path,) = (tmp_path / name for name in segment_files(tmp_path))
+    with open(path, "r+b") as f:
+        f.write(b"XMJRNL01")  # the first format, which had an index after each header
+    with pytest.raises(CorruptState, match=r"another format .*XMJRNL01"):
+        Journal.open(str(tmp_path), history, 1 << 20, 0)
 
 
 def test_a_journal_that_ends_before_its_checkpoint_is_corruption(journal):
