@@ -281,6 +281,8 @@ def replay_throughput(
             host.stop_daemon()
             progress(f"replay: filling a {max_bytes >> 20} MiB journal in batches of {batch}")
             last, guests = host.fill_journal(batch, max_bytes)
+            # Measured stopped: a daemon's last segment has all its room allocated.
+            journal_mib = sum(f.stat().st_size for f in Path(host.state).glob("journal-*")) / 2**20
             host.serve("--journal-max-bytes", str(max_bytes))
             # Domid 1 is the first guest: both events of every `guests`-th pair are its.
             ones = sum(1 for s in range(1, last + 1) if ((s - 1) // 2) % guests == 0)
@@ -297,10 +299,7 @@ def replay_throughput(
                         "batch": batch,
                         "subscriber": what,
                         "journal_events": last,
-                        "journal_mib": sum(
-                            f.stat().st_size for f in Path(host.state).glob("journal-*")
-                        )
-                        / 2**20,
+                        "journal_mib": journal_mib,
                         "frames": frames,
                         "mib": nbytes / 2**20,
                         "best_s": best,
