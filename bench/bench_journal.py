@@ -228,7 +228,12 @@ class Host:
     def phases(self) -> dict[str, float]:
         """When the start-up's steps ended, in seconds from the spawn (the daemon's log)."""
         stamps = {}
-        marks = {"state restored": ("new history", "goes on from seq"), "socket": ("serving ",)}
+        marks = {
+            "state restored": ("new history", "goes on from seq"),
+            "xenstored watched": ("watching @",),
+            "names given up": ("gave up reading domain names",),  # its 10 s ran out
+            "socket": ("serving ",),
+        }
         for line in Path(self.daemon_log).read_text().splitlines():
             m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
             if not m:
@@ -428,6 +433,7 @@ def write_syscall_seconds(size: int = 200, n: int = 20000) -> float:
 
 
 PARTS = ("firing", "callgrind", "replay", "startup")
+STARTUP_PHASES = ("state restored", "xenstored watched", "names given up", "socket")
 
 
 def _main(argv: list[str]) -> None:
@@ -490,12 +496,11 @@ def _main(argv: list[str]) -> None:
                 [
                     case,
                     f"{r['seconds']:.2f} s",
-                    f"{ph.get('state restored', 0):.2f} s",
-                    f"{ph.get('socket', 0):.2f} s",
+                    *(f"{ph[k]:.2f} s" if k in ph else "" for k in STARTUP_PHASES),
                 ]
             )
-        header = [f"{domains:,} domains", "spawn to first served subscriber"]
-        _table([*header, "state restored", "socket opened"], "lrrr", rows)
+        header = [f"{domains:,} domains", "spawn to first served subscriber", *STARTUP_PHASES]
+        _table(header, "lrrrrr", rows)
 
 
 if __name__ == "__main__":
