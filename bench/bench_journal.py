@@ -363,8 +363,10 @@ def test_the_journal_costs_a_firing_little(benchmark):
 
 
 def test_a_full_journal_replays_fast(benchmark):
+    """A guard against gross regressions (target: 500,000 events/s; the guard allows for a
+    loaded machine). The best of 2: a daemon's first read of a segment checks it."""
     rows = benchmark.pedantic(
-        replay_throughput, kwargs={"max_bytes": 8 << 20, "repeats": 1}, rounds=1, iterations=1
+        replay_throughput, kwargs={"max_bytes": 8 << 20, "repeats": 2}, rounds=1, iterations=1
     )
     benchmark.extra_info.update(
         {f"{r['subscriber']} batch {r['batch']}": r["events_per_s"] for r in rows}
