@@ -64,6 +64,19 @@ def segment_files(directory) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.startswith("journal-"))
 
 
+def file_bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def killed(j: Journal) -> None:
+    """What a kill -9 leaves of `j`: its files as they are, the last one still at the size
+    it was allocated (a clean stop cuts it to what it holds)."""
+    j._map.close()
+    os.close(j._fd)
+    j._map = j._fd = j._tail = None
+
+
 # -- what goes in comes out --------------------------------------------------------------------
 
 
@@ -94,7 +107,8 @@ def test_a_reader_filters_by_domid_and_kind_and_ends_where_it_was_made(journal):
 @pytest.mark.parametrize("seed", range(6))
 def test_every_reader_gets_what_a_filter_of_all_events_would(tmp_path, seed):
     """Batches of one or several events, of one domid or several, of kinds in and out of
-    the mask, over several segments: each reader's frames are those of a plain filter."""
+    the mask, over several segments: each reader's frames are those of a plain filter.
+    Names that quote a frame's keys do not fool the filters that read frames."""
     rng = random.Random(seed)
     j = Journal.create(str(tmp_path), new_history_id(), 64 * 1024)
     written: list[Event] = []
@@ -109,6 +123,7 @@ def test_every_reader_gets_what_a_filter_of_all_events_would(tmp_path, seed):
                 UUID,
                 None,
                 5.0,
+                rng.choice([None, 'vm", "domid": 2, "uuid": "x', 'vm\n{"domid": 3,']),
             )
             for k in range(n)
         ]
@@ -117,7 +132,8 @@ def test_every_reader_gets_what_a_filter_of_all_events_would(tmp_path, seed):
     assert j.segment_count > 3 and j.oldest_seq == 1
     for _ in range(40):
         after = rng.randrange(0, j.last_seq + 1)
-        domids = rng.choice([None, set(rng.sample(range(6), rng.randint(1, 3)))])
+        few = set(rng.sample(range(6), rng.randint(1, 3)))
+        domids = rng.choice([None, few, few | set(range(100, 106))])  # found, or read
         mask = rng.choice([ALL_KINDS_MASK, rng.randrange(1, ALL_KINDS_MASK + 1)])
         want = [
             e.frame()
@@ -170,12 +186,17 @@ def test_a_reader_still_reads_a_segment_dropped_meanwhile(tmp_path):
 def test_a_torn_last_batch_is_cut_off_and_never_served(journal, caplog):
     written = fill(journal, [2, 3, 1])
     path = os.path.join(journal.directory, segment_files(journal.directory)[-1])
-    size = os.path.getsize(path)
-    last_len = HEAD_SIZE + journal_module.IDX_SIZE + len(written[-1].frame())
-    os.truncate(path, size - last_len // 2)  # the daemon died half-way through its write
+    assert len(segment_files(journal.directory)) == 1
+    size = journal.bytes
+    last_len = HEAD_SIZE + len(written[-1].frame())
+    # The daemon died half-way through its copy: the rest of the batch is still zeros.
+    journal._map[size - last_len // 2 : size] = bytes(last_len // 2)
+    killed(journal)
+    assert os.path.getsize(path) > size
     with caplog.at_level(logging.WARNING, "xenmux.journal"):
-        j = reopen(journal)
-    assert j.last_seq == 5 and os.path.getsize(path) == size - last_len
+        j = Journal.open(journal.directory, journal.history, journal.max_bytes, 0)
+    assert j.last_seq == 5 and j.bytes == size - last_len
+    assert not file_bytes(path)[size - last_len :].strip(b"\0")  # the torn part is gone
     assert "cut off" in caplog.text and path in caplog.text
     assert [e["seq"] for e in lines(j.reader(0, None, ALL_KINDS_MASK))] == [1, 2, 3, 4, 5]
     j.append(events(6, 2))  # and it goes on from there
@@ -183,14 +204,51 @@ def test_a_torn_last_batch_is_cut_off_and_never_served(journal, caplog):
     j.close()
 
 
+def test_what_a_kill_leaves_after_the_last_batch_is_cut_off_without_a_word(journal, caplog):
+    written = fill(journal, [2, 3, 1])
+    path = os.path.join(journal.directory, segment_files(journal.directory)[-1])
+    size = journal.bytes
+    killed(journal)
+    assert os.path.getsize(path) > size  # the room the segment was allocated
+    with caplog.at_level(logging.DEBUG, "xenmux.journal"):
+        j = Journal.open(journal.directory, journal.history, journal.max_bytes, 0)
+    assert j.last_seq == 6 and j.bytes == size
+    assert not caplog.records
+    assert b"".join(j.reader(0, None, ALL_KINDS_MASK)) == b"".join(e.frame() for e in written)
+    j.append(events(7, 2))
+    assert [e["seq"] for e in lines(j.reader(5, None, ALL_KINDS_MASK))] == [6, 7, 8]
+    j.close()
+    assert os.path.getsize(path) == j.bytes  # a clean stop cuts the file to what it holds
+
+
+def test_mass_batches_and_one_larger_than_a_segment_survive_a_kill(journal):
+    """A batch over COPY_MAX is written rather than copied; one over a segment's room gets
+    a segment of its own, as large as it needs."""
+    written = fill(journal, [2, 300, 1500, 1])
+    assert sum(len(e.frame()) for e in written[2:302]) > journal_module.COPY_MAX
+    assert sum(len(e.frame()) for e in written[302:1802]) > journal.segment_bytes
+    assert b"".join(journal.reader(0, None, ALL_KINDS_MASK)) == b"".join(e.frame() for e in written)
+    size = journal.bytes
+    killed(journal)
+    j = Journal.open(journal.directory, journal.history, journal.max_bytes, 0)
+    assert (j.last_seq, j.bytes) == (1803, size)
+    assert b"".join(j.reader(0, None, ALL_KINDS_MASK)) == b"".join(e.frame() for e in written)
+    assert [e["seq"] for e in lines(j.reader(1700, [2], KIND_BITS[DEATH]))] == [
+        e.seq for e in written[1700:] if e.domid == 2 and e.kind == DEATH
+    ]
+    j.close()
+
+
 def test_garbage_after_the_last_batch_is_cut_off(journal):
     written = fill(journal, [2, 2])
+    journal.close()
     path = os.path.join(journal.directory, segment_files(journal.directory)[-1])
     good = os.path.getsize(path)
     with open(path, "ab") as f:
         f.write(b'{"seq": 5, "event": "death"}\n' + os.urandom(300))
-    j = reopen(journal)
-    assert os.path.getsize(path) == good and j.last_seq == 4
+    j = Journal.open(journal.directory, journal.history, journal.max_bytes, 0)
+    assert j.bytes == good and j.last_seq == 4
+    assert not file_bytes(path)[good:].strip(b"\0")
     assert b"".join(j.reader(0, None, ALL_KINDS_MASK)) == b"".join(e.frame() for e in written)
     j.close()
 
@@ -233,6 +291,18 @@ def test_a_segment_of_another_history_is_corruption(tmp_path):
         Journal.open(str(tmp_path), new_history_id(), 1 << 20, 0)
 
 
+def test_a_segment_of_an_older_format_is_corruption_that_names_it(tmp_path):
+    history = new_history_id()
+    j = Journal.create(str(tmp_path), history, 1 << 20)
+    fill(j, [2])
+    j.close()
+    (path,) = (tmp_path / name for name in segment_files(tmp_path))
+    with open(path, "r+b") as f:
+        f.write(b"XMJRNL01")  # the first format, which had an index after each header
+    with pytest.raises(CorruptState, match=r"another format .*XMJRNL01"):
+        Journal.open(str(tmp_path), history, 1 << 20, 0)
+
+
 def test_a_journal_that_ends_before_its_checkpoint_is_corruption(journal):
     fill(journal, [3])
     with pytest.raises(CorruptState, match="before its checkpoint"):
@@ -264,23 +334,32 @@ def test_the_bound_drops_the_oldest_segments_but_never_one_a_restart_needs(tmp_p
 
 
 def test_a_full_disk_costs_a_gap_not_an_event(journal, monkeypatch, caplog):
+    """A segment is given all its room when it is opened, so a full disk is found there,
+    by the first batch that needs another segment, and never in an append's copy."""
     fill(journal, [2])
-    real_write = os.write
 
-    def full(fd, data):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setattr(journal_module.os, "posix_fallocate", full)
     monkeypatch.setattr(journal_module.os, "write", full)
     with caplog.at_level(logging.ERROR, "xenmux.journal"):
-        journal.append(events(3, 2))  # does not raise: the events still go out
-        journal.append(events(5, 1))
-    assert journal.write_errors == 2 and journal.last_seq == 5
+        while not journal.write_errors:  # does not raise: the events still go out
+            journal.append(events(journal.last_seq + 1, 2))
+        refused = journal.last_seq  # that batch: refused - 1 and refused
+        assert refused > 100  # the segment's room took the batches before it
+        journal.append(events(refused + 1, 1))
+    assert journal.write_errors == 2 and journal.last_seq == refused + 1
     assert caplog.text.count("cannot write") == 1  # once per episode
-    monkeypatch.setattr(journal_module.os, "write", real_write)
-    journal.append(events(6, 2))
+    assert segment_files(journal.directory) == []  # no segment left without its room
+    monkeypatch.undo()
+    journal.append(events(refused + 2, 2))
     # Nothing before the hole can be replayed any more: a cursor there gets a gap.
-    assert journal.oldest_seq == 6
-    assert [e["seq"] for e in lines(journal.reader(5, None, ALL_KINDS_MASK))] == [6, 7]
+    assert journal.oldest_seq == refused + 2
+    assert [e["seq"] for e in lines(journal.reader(refused + 1, None, ALL_KINDS_MASK))] == [
+        refused + 2,
+        refused + 3,
+    ]
 
 
 # -- the state dir -----------------------------------------------------------------------------

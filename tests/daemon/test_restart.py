@@ -124,10 +124,12 @@ def test_a_torn_or_garbage_tail_is_cut_off_and_never_served(sim, daemon_factory,
     kill9(d)  # no checkpoint since the start: both events are in the journal only
     (segment,) = (sim.dir / "xenmux-state").glob("journal-*")
     data = segment.read_bytes()
-    if damage == "torn":  # the daemon died half-way through writing the second event
-        segment.write_bytes(data[: len(data) - 40])
+    end = len(data.rstrip(b"\0"))  # a frame ends in a newline; then the segment's room
+    if damage == "torn":  # the daemon died half-way through copying the second event
+        segment.write_bytes(data[: end - 40] + bytes(len(data) - end + 40))
     else:
-        segment.write_bytes(data + b'{"seq": 3, "event": "death", "domid": 4}\n' + b"\0" * 99)
+        garbage = b'{"seq": 3, "event": "death", "domid": 4}\n' + b"\0" * 99
+        segment.write_bytes(data[:end] + garbage)
     d2 = daemon_factory(sim, sock=d.sock)
     assert "cut off" in d2.log_text() and "Traceback" not in d2.log_text()
     with Cursor(d2.sock) as c:
