@@ -34,6 +34,7 @@ from mux.realxen import (
     running,
 )
 from mux.records import DomainRecord
+from mux.xenstore import wire
 
 # The fixtures of tests/realxen.py, registered for this module.
 xenstub_libs = realxen.xenstub_libs
@@ -321,6 +322,26 @@ def test_introduce_fires_introduce_domain(real_xenstored):
 
 # ---------------------------------------------------------------------------------------------
 # The fixture itself
+
+
+@pytest.mark.parametrize("kind", ["xenstored", "oxenstored"])
+def test_introduce_all_writes_every_home_then_introduces_each(xenstub_libs, kind):
+    """What the bench does with the guests a host starts with: the homes first (owned by
+    their domain alone), then an XS_INTRODUCE each; every one is introduced and named."""
+    doms = [dom0(), *(guest(d) for d in range(1, 42))]
+    with running(kind, xenstub_libs, doms) as x:
+        w = x.connect()
+        w.watch("@introduceDomain", "intro")
+        assert w.sync() == [("@introduceDomain", "intro")]
+        x.introduce_all(range(1, 41), owner_only=True)
+        c = x.control
+        assert all(c.is_introduced(d) for d in range(1, 41))
+        assert c.read("/local/domain/40/name") == b"guest40"
+        assert c.call(wire.XS_GET_PERMS, b"/local/domain/40\0") == b"n40\0"
+        x.introduce(41, owner_only=False)
+        assert c.call(wire.XS_GET_PERMS, b"/local/domain/41\0") == b"n41\0r0\0"
+        assert len(w.sync()) >= 1  # @introduceDomain fired
+        assert x.alive(), x.log()
 
 
 def test_fixture_leaves_nothing_behind(xenstub_libs):
