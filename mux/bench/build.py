@@ -22,7 +22,6 @@ PROGRAMS = {
         "-lxenlight",
         "-lxentoollog",
         "-ldl",
-        "-lpthread",
         "-Wl,--export-dynamic-symbol=xc_domain_getinfolist",
     ],
 }
