@@ -207,7 +207,7 @@ def _report_only(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
-    from mux.bench import report, runner
+    from mux.bench import realxs, report, runner
     from mux.bench.build import BuildError
     from mux.bench.procs import ProcessSet
     from mux.bench.progress import Progress
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             skipped = [n for n in sizes + daemon_sizes if n not in xs_sizes]
             if xs != "sim" and skipped:
                 notes.append(
-                    f"{realxs_title(xs)}: measured at "
+                    f"{realxs.TITLES[xs]}: measured at "
                     + (", ".join(f"{n:,}" for n in xs_sizes) or "no size")
                     + f" domains only (--{xs}-sizes)"
                 )
@@ -346,12 +346,6 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp_root, ignore_errors=True)
 
 
-def realxs_title(xs: str) -> str:
-    from mux.bench.realxs import TITLES as REAL_TITLES
-
-    return REAL_TITLES.get(xs, xs)
-
-
 def _build(wanted: list[str], tmp_root: str, notes: list[str]) -> tuple[dict[str, str], list[str]]:
     """Compile what the models need; (binaries, the models that can run). The libxl model is
     left out, with a note, where Debian's libxenlight or the stand-in cannot be had."""
@@ -370,20 +364,20 @@ def _build(wanted: list[str], tmp_root: str, notes: list[str]) -> tuple[dict[str
             binaries["libxenctrl_stub"] = str(stand_in(tmp_root).xenctrl)
         except (BuildError, RealXenError) as exc:
             models.remove("libxl")
-            notes.append(f"the libxl model: not measured ({exc})")
+            # the compiler's last word, or what to install
+            notes.append(f"the libxl model: not measured ({str(exc).splitlines()[-1]})")
     return binaries, models
 
 
 def _xenstoreds(wanted: list[str], tmp_root: str, notes: list[str]):
     """(the xenstoreds to measure, a factory for each of Debian's). BuildError when one that
     was asked for by name cannot be had; with auto, a note says why it is left out."""
+    from mux.bench import realxs
     from mux.bench.build import BuildError
 
     kinds, required = _kinds(wanted)
     factories = {}
     for xs in [k for k in kinds if k in REAL_KINDS]:
-        from mux.bench import realxs
-
         make, why = realxs.factory(xs, tmp_root)
         if make is None:
             msg = f"{realxs.TITLES[xs]}: not measured ({why})"
