@@ -1,16 +1,53 @@
 # The two set-up commands of the README: `make run` and `make test`.
-# Each one creates the venv, builds the Cython core and installs what it needs.
+# Each one installs what a bare Debian bookworm lacks, creates the venv, builds the Cython
+# core and fetches what it needs.
+#
+# They never stop, start, enable or disable a service of the host: on a dom0, stopping
+# xendomains saves or shuts down every guest. apt-get installs only packages that ship no
+# service; the peers whose packages would install one (xen-utils-4.17, prometheus,
+# nats-server) are extracted into a cache instead (`make deb-peers`, mux/debpeers.py).
 
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-# Debian packages the tests talk to: the real libxenstore clients, the real
-# xenctrl.h, the real C xenstored/oxenstored, and a real Prometheus server.
-DEB_PKGS := xenstore-utils libxen-dev xen-utils-4.17 prometheus
+# What the build needs: the venv module, Python's headers and a C compiler.
+BUILD_PKGS := python3-venv python3-dev gcc libc6-dev
+# What the tests need, packages that ship no service: the real libxenstore clients, the
+# real xenctrl.h (libxen-dev, which brings Xen's libraries), socat for the raw-socket
+# tests, and PEP 517's frontend for the packaging tests.
+TEST_PKGS := xenstore-utils libxen-dev socat python3-build
 
-.PHONY: run test lint bench deb-packages build clean
+.PHONY: run test lint bench build build-deps test-deps deb-peers clean
 
-$(BIN)/python:
+# apt-get install of the packages of $(1) that dpkg does not list as installed; nothing
+# else. Off Debian (no dpkg-query) it says what to install and goes on.
+define apt_install
+	@if ! command -v dpkg-query >/dev/null 2>&1; then \
+		echo "not a Debian system: install the equivalents of $(1) yourself"; exit 0; \
+	fi; \
+	missing=""; for p in $(1); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+build-deps:
+	$(call apt_install,$(BUILD_PKGS))
+
+test-deps:
+	$(call apt_install,$(TEST_PKGS))
+
+# The peers, from the system if installed, else extracted into .cache/deb/root
+# ($$XENMUX_DEB_CACHE): the system's Python runs it, no venv needed.
+deb-peers:
+	$(PY) -m mux.debpeers fetch
+
+$(BIN)/python: | build-deps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
@@ -26,29 +63,17 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SRC)
 
 build: $(VENV)/.installed
 
-deb-packages:
-	@missing=""; for p in $(DEB_PKGS); do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
-		$$SUDO systemctl disable --now xen-watchdog xencommons xendomains prometheus 2>/dev/null || true; \
-	fi
-
 run: build
 	$(BIN)/xenmux demo
 
-test: build deb-packages
+test: build test-deps deb-peers
 	$(BIN)/python -m pytest -q tests
 
 lint: build
 	$(BIN)/ruff check mux tests bench
 	$(BIN)/ruff format --check mux tests bench
 
-bench: build deb-packages
+bench: build test-deps deb-peers
 	$(BIN)/python -m pytest -q bench --benchmark-only
 
 clean:

@@ -1,8 +1,9 @@
 """`xenmux`: the one entry point. Each command lives in the module that owns its job.
 
 A command module provides `configure(parser)` to declare its arguments and `run(args) -> int`
-for its exit status. Modules are imported only when their command runs, so `xenmux wait`
-does not pay for the daemon's or the simulator's imports.
+for its exit status (or raises mux.commands.reach.CommandError: one line on stderr, and its
+status). Modules are imported only when their command runs, so `xenmux wait` does not pay
+for the daemon's or the simulator's imports. docs/commands.md describes every command.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import importlib
 import os
 import sys
 
-from mux.protocol import SOCKET_ENV, default_socket
+from mux import __version__
+from mux.protocol import PROTOCOL_VERSION, SOCKET_ENV, default_socket
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("mux.daemon.main", "run the daemon: one watcher for the host, events to subscribers"),
-    "watch": ("mux.commands.watch", "print events as they happen (JSON lines, or --pretty)"),
-    "wait": ("mux.commands.wait", "wait for a domain to die; exit status tells the reason"),
+    "watch": ("mux.commands.watch", "print events as they happen (JSON lines, or -o table)"),
+    "wait": ("mux.commands.wait", "wait for domains to die; the exit status tells the reason"),
     "domains": ("mux.commands.domains", "list the daemon's domain table"),
     "stats": ("mux.commands.stats", "show the daemon's counters"),
+    "rescan": ("mux.commands.rescan", "scan every domain now (a resume fires nothing)"),
     "sim": ("mux.sim.cli", "run a simulated Xen host (hypervisor table + xenstored)"),
     "sim-ctl": ("mux.sim.ctl", "change the simulated host: create, shutdown, destroy..."),
     "demo": ("mux.demo", "a simulated host of 1000 domains, the daemon and a live view"),
@@ -36,11 +39,16 @@ def add_socket_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def version_line() -> str:
+    return f"xenmux {__version__} (xen-watch-mux, protocol {PROTOCOL_VERSION})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xenmux",
         description="xen-watch-mux: per-domain lifecycle events from one watcher per Xen host",
     )
+    parser.add_argument("-V", "--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
@@ -50,16 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen command's module is imported; the top-level parser just routes.
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        build_parser().parse_args(argv)  # prints usage and exits 2 on a bad command
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # help, --version, or usage and exit 2
         return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"xenmux {name}", description=COMMANDS[name][1])
     module.configure(parser)
     args = parser.parse_args(argv[1:])
+    from mux.commands.reach import CommandError
+
     try:
         return int(module.run(args) or 0)
+    except CommandError as exc:
+        print(f"xenmux {name}: {exc}", file=sys.stderr, flush=True)
+        return exc.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the journal (history, since, gap, bad-cursor, mode, late)
 SERVER_NAME = "xen-watch-mux"
 
 DEFAULT_SOCKET = "/run/xenmux/xenmux.sock"
@@ -46,6 +46,12 @@ ALL_KINDS_MASK = (1 << len(EVENT_KINDS)) - 1
 # Not an event of a domain: the frame that tells a subscriber it was cut off.
 OVERFLOW = "overflow"
 
+# Not an event kind either (not subscribable): the newest-state frame a `latest`-mode
+# subscriber gets, in a slow period, in place of a domid's pending event frames. Its `state`
+# is one of DOMAIN_STATES, or ABSENT once the domain was released.
+LATEST_STATE = "state"
+ABSENT = "absent"
+
 # -- snapshot rows ---------------------------------------------------------------------------
 
 # `state` of a snapshot row; `shutdown` is also the event kind that leads to it.
@@ -71,6 +77,12 @@ OPS: tuple[str, ...] = (
     OP_STATS,
     OP_PING,
 )
+
+# `mode` of a subscribe: every event, or (for level-triggered consumers) the newest state of
+# each domain once the subscriber falls behind; it applies to the whole connection.
+MODE_EVENTS = "events"
+MODE_LATEST = "latest"
+SUBSCRIBE_MODES: tuple[str, ...] = (MODE_EVENTS, MODE_LATEST)
 
 # -- the `stats` reply ------------------------------------------------------------------------
 
@@ -105,6 +117,9 @@ ERR_BAD_DOMID = "bad-domid"
 ERR_TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
 ERR_PERMISSION_DENIED = "permission-denied"
 ERR_TOO_MANY_CLIENTS = "too-many-clients"
+ERR_BAD_CURSOR = "bad-cursor"
+ERR_TOO_MANY_CONNECTIONS = "too-many-connections"
+ERR_INTERNAL = "internal-error"
 ERROR_CODES: tuple[str, ...] = (
     ERR_BAD_JSON,
     ERR_LINE_TOO_LONG,
@@ -114,16 +129,22 @@ ERROR_CODES: tuple[str, ...] = (
     ERR_TOO_MANY_SUBSCRIPTIONS,
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_CLIENTS,
+    ERR_BAD_CURSOR,
+    ERR_TOO_MANY_CONNECTIONS,
+    ERR_INTERNAL,
 )
 
 
 def kinds_mask(kinds: Iterable[str] | None) -> int:
     """The subscription mask of some event kinds (None: all of them).
 
-    Raises ValueError naming the first unknown kind and the known ones.
+    Raises ValueError naming the first unknown kind and the known ones, or when `kinds`
+    is not a collection of kinds (a request's `"events": 5` or `"events": "death"`).
     """
     if kinds is None:
         return ALL_KINDS_MASK
+    if not isinstance(kinds, (list, tuple, set, frozenset)):  # "death" or 5 from a request
+        raise ValueError(f"events must be a list of event kinds, not {kinds!r}")
     mask = 0
     for kind in kinds:
         try:

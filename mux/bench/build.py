@@ -1,17 +1,22 @@
 """Compile the harness's C programs (shipped inside the package) with the system's cc.
 
 The monitor reads the simulated host's table through mux/sim/shm_layout.h, found on the
-include path the package ships it in. The libxl monitor links Debian's libxenlight and
-exports its wrapper of xc_domain_getinfolist, so that libxenlight's calls reach it.
+include path the package ships it in. The libxl monitor links Debian's libxenlight (where
+mux.debpeers finds it: installed, or extracted by `make deb-peers`) and exports its wrapper of
+xc_domain_getinfolist, so that libxenlight's calls reach it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import shutil
 import subprocess
+import sysconfig
+from pathlib import Path
 
+from mux import debpeers
 from mux.sim.shm import LAYOUT_INCLUDE_DIR
 
 # program -> extra link flags
@@ -19,7 +24,7 @@ PROGRAMS = {
     "monitor": ["-lxenstore"],
     "subscriber": [],
     "libxl_monitor": [
-        "-lxenlight",
+        # and libxenlight itself, where libxenlight() finds it
         "-lxentoollog",
         "-ldl",
         "-Wl,--export-dynamic-symbol=xc_domain_getinfolist",
@@ -39,6 +44,9 @@ NEEDS = {
     ),
 }
 CFLAGS = ["-O2", "-g", "-std=gnu11", "-Wall", "-Wextra"]
+# libxenlight's package (libxen-dev depends on it) and where it installs the library
+LIBXENLIGHT_PACKAGE = "libxenmisc4.17"
+LIBXENLIGHT = "/usr/lib/{}/libxenlight.so.4.17"
 
 
 class BuildError(RuntimeError):
@@ -50,6 +58,34 @@ def compiler() -> str:
     if not cc:
         raise BuildError("no C compiler: install one (Debian: apt-get install build-essential)")
     return cc
+
+
+@functools.cache
+def libxenlight() -> debpeers.Located:
+    """Debian's libxenlight 4.17: the system's, else the one `make deb-peers` extracted (run
+    with the cache's library directories). BuildError says what to install."""
+    path = LIBXENLIGHT.format(sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu")
+    found = debpeers.package_file(LIBXENLIGHT_PACKAGE, path)
+    if found is None:
+        raise BuildError(
+            f"the libxl model needs Debian's libxenlight ({path}, package "
+            f"{LIBXENLIGHT_PACKAGE}): apt-get install libxen-dev, or run without libxl in --models"
+        )
+    if found == Path(path):
+        return debpeers.Located("libxenlight", found, "system")
+    return debpeers.Located(
+        "libxenlight", found, "cache", debpeers.library_dirs(debpeers.cache_root())
+    )
+
+
+def _link_flags(name: str) -> list[str]:
+    if name != "libxl_monitor":
+        return PROGRAMS[name]
+    lib = libxenlight()
+    # The file itself (its soname is what the executable needs), and its directories for
+    # the libraries it brings.
+    dirs = [flag for d in lib.library_path for flag in (f"-L{d}", f"-Wl,-rpath-link,{d}")]
+    return [str(lib.path), *dirs, *PROGRAMS[name]]
 
 
 def build(outdir: str, programs: tuple[str, ...] = tuple(PROGRAMS)) -> dict[str, str]:
@@ -69,7 +105,7 @@ def build(outdir: str, programs: tuple[str, ...] = tuple(PROGRAMS)) -> dict[str,
                 "-o",
                 exe,
                 str(path),
-                *PROGRAMS[name],
+                *_link_flags(name),
             ]
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:

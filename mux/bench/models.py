@@ -21,6 +21,7 @@ import os
 import socket
 import time
 
+from mux.bench.build import libxenlight
 from mux.bench.host import HostError, python_command, wait_for_socket
 from mux.bench.procs import ProcessSet, memory_kib
 from mux.bench.results import ResultsFile
@@ -187,7 +188,8 @@ class LibxlModel(PerDomainModel):
 
     def env(self) -> dict[str, str]:
         return {
-            **self.xs_env(),
+            # libxenlight from the Debian cache needs its library directories
+            **libxenlight().environ(self.xs_env()),
             "LD_PRELOAD": self.bin["libxenctrl_stub"],
             "XENMUX_STUB_SHM": self.shm_path,
         }

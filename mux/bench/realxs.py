@@ -2,8 +2,9 @@
 
 Two of them: the C xenstored (`c-xenstored`) and oxenstored (`oxenstored`, what XenServer and
 XCP-ng run). The stand-in (mux.realxen, see docs/real-xen.md) is support code shipped with the
-package, so this works from any installation that has Debian's xen-utils-4.17 and libxen-dev
-and a C compiler; without them the harness says why it measured the sim's xenstored alone.
+package, so this works from any installation that has Debian's xenstoreds (xen-utils-4.17
+installed, or extracted by `make deb-peers`: mux.debpeers), libxen-dev and a C compiler;
+without them the harness says why it measured the sim's xenstored alone.
 
 The simulated host keeps its domain table and sends each VIRQ_DOM_EXC to the real xenstored's
 event-channel socket (`xenmux sim --virq-socket`); the real xenstored reads the table through
@@ -17,14 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mux.realxen import OXENSTORED, XENSTORED, RealXenError, StubLibs, XenstoredUnderStub
+from mux.realxen import RealXenError, StubLibs, XenstoredUnderStub
 from mux.realxen import build_stubs as _build_stubs
+from mux.realxen.servers import locate_server
 
-# The harness's name of each real xenstored -> (mux.realxen's kind, its binary)
-KINDS = {
-    "c-xenstored": ("xenstored", XENSTORED),
-    "oxenstored": ("oxenstored", OXENSTORED),
-}
+# The harness's name of each real xenstored -> mux.realxen's kind
+KINDS = {"c-xenstored": "xenstored", "oxenstored": "oxenstored"}
 TITLES = {"c-xenstored": "Debian's C xenstored", "oxenstored": "Debian's oxenstored"}
 
 
@@ -42,9 +41,11 @@ def factory(
     xenstored: str, tmp_root: str
 ) -> tuple[Callable[[str], RealXenstored] | None, str | None]:
     """(make(workdir) -> RealXenstored, None), or (None, why it cannot be measured)."""
-    kind, binary = KINDS[xenstored]
-    if not binary.exists():
-        return None, f"{binary} is missing (Debian: apt-get install xen-utils-4.17)"
+    kind = KINDS[xenstored]
+    try:
+        locate_server(kind)
+    except RealXenError as exc:
+        return None, str(exc)
     try:
         libs = stand_in(tmp_root)
     except RealXenError as exc:

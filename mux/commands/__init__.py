@@ -1,1 +1,1 @@
-"""The subscriber-facing commands: watch, wait, domains, stats."""
+"""The client commands: watch, wait, domains, stats, rescan (docs/commands.md)."""

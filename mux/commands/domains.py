@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mux.cli import add_socket_argument
-from mux.client import Client, Unreachable, XenmuxError
-from mux.commands.output import emit, fail, table
+from mux.commands.eventview import domain_table
+from mux.commands.output import JSON, TABLE, add_output_arguments, emit
+from mux.commands.reach import add_request_timeout, ask_once
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="JSON lines, one per domain")
+    add_output_arguments(p, TABLE, alias="--json")
+    add_request_timeout(p)
     add_socket_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with Client(args.socket) as c:
-            rows = c.list()
-    except (Unreachable, XenmuxError) as exc:
-        return fail("domains", str(exc))
-    if args.json:
+    rows = ask_once(args.socket, args.timeout, lambda c: c.list())
+    if args.output == JSON:
         for r in rows:
             emit(r)
-        return 0
-    table(
-        ("DOMID", "NAME", "STATE", "REASON", "UUID"),
-        [
-            (r["domid"], r.get("name") or "-", r["state"], r.get("reason") or "", r["uuid"])
-            for r in rows
-        ],
-        out=sys.stdout,
-    )
+    else:
+        domain_table(rows)
     return 0

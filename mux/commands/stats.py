@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from mux.cli import add_socket_argument
-from mux.client import Client, Unreachable, XenmuxError
-from mux.commands.output import emit, fail, table
+from mux.commands.output import JSON, TABLE, add_output_arguments, emit, table
+from mux.commands.reach import add_request_timeout, ask_once
 from mux.protocol import TRIGGER_DEPTH, TRIGGER_WATCH
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    add_output_arguments(p, TABLE, alias="--json")
+    add_request_timeout(p)
     add_socket_argument(p)
 
 
@@ -25,12 +26,8 @@ def _us(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        with Client(args.socket) as c:
-            s = c.stats()
-    except (Unreachable, XenmuxError) as exc:
-        return fail("stats", str(exc))
-    if args.json:
+    s = ask_once(args.socket, args.timeout, lambda c: c.stats())
+    if args.output == JSON:
         emit(s)
         return 0
     firings = sum(s["firings"].values())

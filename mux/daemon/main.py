@@ -1,15 +1,97 @@
-"""`xenmux serve`: the daemon's command line."""
+"""`xenmux serve`: the daemon's command line.
+
+Every option is checked before any work: a bad value is one line and exit status 2, as
+argparse gives for a bad option (most checks are argparse types); an unsafe socket
+directory is one line and exit status 1, before the hypervisor is touched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
+from collections.abc import Callable
 
+from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
+from mux.daemon.journal import MIN_MAX_BYTES
+from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
+from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.protocol import DEFAULT_SOCKET
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def _option(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type from a check whose ValueError says what is wrong with the value."""
+
+    def parse(text: str) -> object:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__  # argparse names the type by it
+    return parse
+
+
+def _count(minimum: int) -> Callable[[str], object]:
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise ValueError(f"{value} is below {minimum}")
+        return value
+
+    return _option(count)
+
+
+@_option
+def _metrics_addr(text: str) -> str:
+    from mux.daemon.metrics import parse_addr
+
+    if text:
+        parse_addr(text)
+    return text
+
+
+@_option
+def _group(text: str) -> int | None:
+    from mux.daemon.listener import resolve_group
+
+    return resolve_group(text)
+
+
+def _seconds(*, positive: bool) -> Callable[[str], object]:
+    """A finite number of seconds, > 0 (positive) or >= 0."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "more than 0" if positive else "0 or more"
+            raise ValueError(f"{text!r} is not a number of seconds: give {bound}")
+        return value
+
+    return _option(seconds)
+
+
+@_option
+def _journal_bytes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of bytes") from None
+    if n < MIN_MAX_BYTES:
+        raise ValueError(f"{n}: the journal needs at least {MIN_MAX_BYTES} bytes")
+    return n
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,35 +110,63 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="xenstored socket or device (default: the backend's own, as a simulated host has; "
         "else $XENSTORED_PATH, else /var/run/xenstored/socket, else /dev/xen/xenbus)",
     )
-    p.add_argument("--socket", default=DEFAULT_SOCKET, help="where to serve (default: %(default)s)")
-    p.add_argument("--socket-group", help="group owning the socket (mode 0660)")
-    p.add_argument("--allow-rescan-group", help="a group whose members may also ask for rescans")
+    p.add_argument(
+        "--socket",
+        default=DEFAULT_SOCKET,
+        help="where to serve, in a directory only root or the daemon can write "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--socket-group", type=_group, help="group owning the socket (mode 0660)")
+    p.add_argument(
+        "--allow-rescan-group", type=_group, help="a group whose members may also ask for rescans"
+    )
     p.add_argument(
         "--metrics-addr",
+        type=_metrics_addr,
         default="127.0.0.1:9877",
-        help="Prometheus endpoint HOST:PORT; '' turns it off (default: %(default)s)",
+        help="Prometheus endpoint HOST:PORT, open to every local user; '' turns it off "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--shutdown-poll",
-        type=float,
+        type=_seconds(positive=False),
         default=0.25,
         metavar="S",
         help="poll period while a domain sits shut down (resumes fire nothing)",
     )
     p.add_argument(
         "--full-scan",
-        type=float,
+        type=_seconds(positive=False),
         default=30.0,
         metavar="S",
-        help="period of the safety full scan (silent suspends, unintroduced domains)",
+        help="period of the safety full scan (silent suspends, unintroduced domains); 0: off",
     )
-    p.add_argument("--max-clients", type=int, default=4096)
+    p.add_argument("--max-clients", type=_count(1), default=4096, metavar="N")
     p.add_argument(
-        "--max-subscriptions", type=int, default=32768, help="domids one connection may watch"
+        "--max-clients-per-uid",
+        type=_count(1),
+        default=1024,
+        metavar="N",
+        help="connections one uid may hold; root and the daemon's uid are exempt "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--root-reserve",
+        type=_count(0),
+        default=16,
+        metavar="N",
+        help="of --max-clients, connections only root may take (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-subscriptions",
+        type=_count(1),
+        default=32768,
+        metavar="N",
+        help="domids one connection may watch",
     )
     p.add_argument(
         "--high-water",
-        type=int,
+        type=_count(1),
         default=4 * 1024 * 1024,
         metavar="BYTES",
         help="unsent bytes after which a subscriber that stopped reading is cut off with an "
@@ -67,20 +177,92 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use full scans even where xenstored offers watch depth (Xen 4.22)",
     )
+    p.add_argument(
+        "--xenstore-timeout",
+        type=_seconds(positive=True),
+        default=XenstoreTimeouts.request,
+        metavar="S",
+        help="deadline of every xenstored request; one missed gives the connection up and "
+        "makes a new one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--xenstore-idle",
+        type=_seconds(positive=False),
+        default=XenstoreTimeouts.idle,
+        metavar="S",
+        help="probe xenstored when it has sent nothing for S seconds, so that a hung one is "
+        "noticed; 0 turns the probe off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the journal, the table's checkpoint and the history are kept, locked by "
+        "one daemon (default: the backend's own, as a simulated host has; else "
+        f"{DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--journal-max-bytes",
+        type=_journal_bytes,
+        default=DEFAULT_JOURNAL_MAX_BYTES,
+        metavar="N",
+        help="bound of the journal on disk; the oldest events go first, and a subscriber "
+        "resuming from before them gets a snapshot (default: 64 MiB)",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=_seconds(positive=True),
+        default=DEFAULT_CHECKPOINT_INTERVAL,
+        metavar="S",
+        help="how often the table is checkpointed, so that a restart replays little of the "
+        "journal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--boot-id-file",
+        default=BOOT_ID_PATH,
+        metavar="PATH",
+        help="where this boot's id is read: the state of another boot is dropped "
+        "(default: %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
+def _bad_option(flag: str, message: str) -> int:
+    """What argparse prints for a bad option, less the usage: one line, status 2."""
+    print(f"xenmux serve: error: argument {flag}: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.root_reserve >= args.max_clients:
+        return _bad_option(
+            "--root-reserve",
+            f"{args.root_reserve} leaves no connection of --max-clients "
+            f"{args.max_clients} for anyone but root",
+        )
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
     )
-    from mux.daemon.listener import resolve_group
-    from mux.daemon.service import Config, Daemon
+    from mux.daemon.admission import Limits, fit_fd_limit
+    from mux.daemon.connection import MAX_LINGERING
+    from mux.daemon.listener import check_socket_path
+    from mux.daemon.metrics_http import MAX_CONNECTIONS as METRICS_CONNECTIONS
+    from mux.daemon.paths import UnsafePathError
+    from mux.daemon.service import FD_MARGIN, Config, Daemon
+    from mux.daemon.statedir import StateDirError
     from mux.hypervisor import HypervisorError, NotADom0Error, open_backend
     from mux.xenstore.client import default_xenstore_path
 
+    try:
+        check_socket_path(args.socket)
+        limits, lowered = fit_fd_limit(
+            Limits(args.max_clients, args.max_clients_per_uid, args.root_reserve),
+            METRICS_CONNECTIONS + MAX_LINGERING + FD_MARGIN,
+        )
+    except (UnsafePathError, ValueError) as exc:
+        print(f"xenmux serve: {exc}", file=sys.stderr)
+        return 1
+    if lowered:
+        logging.getLogger("xenmux").warning("%s", lowered)
     try:
         backend = open_backend(args.backend, sim_dir=args.sim_dir, xenctrl_lib=args.xenctrl_lib)
         config = Config(
@@ -88,16 +270,23 @@ def run(args: argparse.Namespace) -> int:
             xenstore_path=args.xenstore or backend.xenstore_path or default_xenstore_path(),
             shutdown_poll=args.shutdown_poll,
             full_scan=args.full_scan,
-            socket_gid=resolve_group(args.socket_group),
-            allow_rescan_gid=resolve_group(args.allow_rescan_group),
-            max_clients=args.max_clients,
+            socket_gid=args.socket_group,
+            allow_rescan_gid=args.allow_rescan_group,
+            limits=limits,
             max_subscriptions=args.max_subscriptions,
             high_water=args.high_water,
             metrics_addr=args.metrics_addr,
             use_depth=not args.no_watch_depth,
+            state_dir=args.state_dir or backend.state_dir or DEFAULT_STATE_DIR,
+            journal_max_bytes=args.journal_max_bytes,
+            checkpoint_interval=args.checkpoint_interval,
+            boot_id_path=args.boot_id_file,
+            xenstore_timeouts=XenstoreTimeouts(
+                request=args.xenstore_timeout, idle=args.xenstore_idle
+            ),
         )
         daemon = Daemon(config, backend)
-    except (NotADom0Error, HypervisorError, ValueError) as exc:
+    except (NotADom0Error, HypervisorError, ValueError, StateDirError) as exc:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1
     try:

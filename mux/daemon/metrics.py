@@ -1,7 +1,8 @@
 """Prometheus metrics, read from the daemon's plain counters only when scraped.
 
 The hot path only increments integers (stats.py); this collector turns them into metric
-families at scrape time in the exporter's thread, so recording costs no locks or objects.
+families at scrape time, so recording costs no locks or objects. The endpoint is served from
+the event loop (metrics_http.py), so a scrape reads the counters between two callbacks.
 It knows nothing of the daemon's parts: it calls a function that returns a
 `DaemonSnapshot`, which the composition root (service.py) builds.
 Names follow Prometheus conventions: prefix `xenmux_`, base units (seconds), `_total` on
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,7 +24,17 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from mux import __version__
-from mux.daemon.stats import WATCH_PATHS, DaemonSnapshot, HistogramReading
+from mux.daemon.metrics_http import MetricsHTTP
+from mux.daemon.stats import (
+    DISCONNECT_CAUSES,
+    WATCH_PATHS,
+    XENSTORE_REQUESTS,
+    CounterReading,
+    DaemonSnapshot,
+    HistogramReading,
+    JournalReading,
+    Stats,
+)
 from mux.protocol import DOMAIN_STATES, ERROR_CODES, EVENT_KINDS, SCAN_TRIGGERS
 
 log = logging.getLogger("xenmux.metrics")
@@ -177,6 +188,35 @@ class DaemonCollector:
         _by_label(family, ERROR_CODES, st.client_errors)
         yield family
 
+        # What one client may cost is bounded (connection.py, metrics_http.py).
+        yield _gauge(
+            "xenmux_client_output_bytes",
+            "Bytes queued for clients and not yet in their sockets.",
+            d.output_bytes,
+        )
+        yield _counter(
+            "xenmux_client_reads_paused",
+            "Times a client's requests stopped being read: its output was not being taken, "
+            "or too many of its requests waited.",
+            st.reads_paused,
+        )
+        yield _counter(
+            "xenmux_clients_aborted",
+            "Connections aborted with output unsent: an overflowed subscriber or a refused "
+            "client that read nothing of its last frame for a grace period.",
+            st.clients_aborted,
+        )
+        yield _counter(
+            "xenmux_latest_folded_events",
+            "Events sent to slow latest-mode subscribers as part of a newest-state frame.",
+            st.latest_folded,
+        )
+        yield _counter(
+            "xenmux_metrics_connections_refused",
+            "Connections to this endpoint dropped at its cap (idle ones first).",
+            st.metrics_refused,
+        )
+
         yield _counter(
             "xenmux_xenstore_reconnects",
             "Times the xenstored connection was lost (each followed by a full scan).",
@@ -192,6 +232,104 @@ class DaemonCollector:
             "Failed domain-info hypercalls (retried with backoff).",
             st.hypercall_errors,
         )
+        yield from _xenstore_health(st)
+        yield from _journal_families(d.journal)
+
+
+def _labelled(name: str, doc: str, label: str, known, values: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    _by_label(family, known, values)
+    return family
+
+
+def _xenstore_health(st: CounterReading):
+    """xenstored's faults and the firings that found nothing (issue 11 items 3 and 9)."""
+    xs = st.xenstore
+    yield _labelled(
+        "xenmux_xenstore_disconnects",
+        "xenstored connections given up or lost, by cause (each followed by a new connection "
+        "and a full scan).",
+        "cause",
+        DISCONNECT_CAUSES,
+        xs.disconnects,
+    )
+    yield _labelled(
+        "xenmux_xenstore_request_timeouts",
+        "xenstored requests that missed their deadline (--xenstore-timeout), by request type; "
+        "each gave the connection up.",
+        "request",
+        XENSTORE_REQUESTS,
+        xs.request_timeouts,
+    )
+    yield _counter(
+        "xenmux_xenstore_liveness_probes",
+        "Probes of a xenstored connection silent for --xenstore-idle seconds.",
+        xs.liveness_probes,
+    )
+    yield _counter(
+        "xenmux_xenstore_depth_fallbacks",
+        "Connections on which xenstored claimed watch depth but refused a depth watch "
+        "(plain watches and full scans instead).",
+        xs.depth_fallbacks,
+    )
+    yield _labelled(
+        "xenmux_firings_without_change",
+        "Watch firings whose scan found nothing to show for them (a domain that came and went "
+        "between two scans, or a change an earlier scan had already reported).",
+        "path",
+        WATCH_PATHS,
+        st.firings_without_change,
+    )
+    yield _counter(
+        "xenmux_transient_pairs",
+        "new + death pairs flagged transient: a domain that came and went between two scans, "
+        "known from a watch-depth firing and the name and UUID xenstore still held.",
+        st.transient_pairs,
+    )
+
+
+def _journal_families(j: JournalReading):
+    """The durable stream: the journal, its checkpoints and the cursors it could not serve."""
+    yield _gauge("xenmux_journal_bytes", "Size of the journal's segments on disk.", j.bytes)
+    yield _gauge("xenmux_journal_segments", "Segment files of the journal.", j.segments)
+    yield _gauge(
+        "xenmux_journal_oldest_seq",
+        "The oldest seq still in the journal: a cursor below it minus one gets a gap.",
+        j.oldest_seq,
+    )
+    yield _counter(
+        "xenmux_journal_appends",
+        "Batches of events written to the journal (one write each, before the fan-out).",
+        j.appends,
+    )
+    yield _counter(
+        "xenmux_journal_appended_events", "Events written to the journal.", j.appended_events
+    )
+    yield _counter(
+        "xenmux_journal_replayed_events",
+        "Events sent from the journal to subscribers resuming from a cursor.",
+        j.replayed_events,
+    )
+    yield _counter(
+        "xenmux_journal_write_errors",
+        "Journal writes that failed (the events went out; cursors before them get a gap).",
+        j.write_errors,
+    )
+    yield _gauge(
+        "xenmux_checkpoint_age_seconds",
+        "Seconds since the table was last checkpointed (-1: not yet).",
+        -1 if j.checkpoint_age is None else j.checkpoint_age,
+    )
+    yield _counter(
+        "xenmux_checkpoint_errors",
+        "Checkpoints that could not be written (tried again at the next interval).",
+        j.checkpoint_errors,
+    )
+    yield _counter(
+        "xenmux_subscribe_gaps",
+        "Subscribes whose cursor the journal could not serve (they got a snapshot).",
+        j.gaps,
+    )
 
 
 def make_registry(snapshot: Snapshot, *, process: bool = True) -> CollectorRegistry:
@@ -204,32 +342,33 @@ def make_registry(snapshot: Snapshot, *, process: bool = True) -> CollectorRegis
 
 
 class MetricsServer:
-    def __init__(self, server, thread, registry: CollectorRegistry, port: int) -> None:
-        self.server = server
-        self.thread = thread
+    """The endpoint as the daemon holds it: `.port` is the one bound."""
+
+    def __init__(self, http: MetricsHTTP, registry: CollectorRegistry, host: str) -> None:
+        self.http = http
         self.registry = registry
-        self.port = port
+        self.port = http.port
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
+    """--metrics-addr: HOST:PORT (an empty HOST: every address; [V6]:PORT for IPv6)."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--metrics-addr {addr!r} is not HOST:PORT (use '' to turn it off)")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{addr!r} is not HOST:PORT (use '' to turn it off)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def start_metrics(addr: str, snapshot: Snapshot) -> MetricsServer:
+async def start_metrics(addr: str, snapshot: Snapshot, stats: Stats) -> MetricsServer:
     """Serve /metrics on `addr` (HOST:PORT; port 0: any free one, see `.port`)."""
     host, port = parse_addr(addr)
     registry = make_registry(snapshot)
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    port = server.server_address[1]
-    log.info("metrics on http://%s:%d/metrics", host, port)
-    return MetricsServer(server, thread, registry, port)
+    http = MetricsHTTP(registry, stats)
+    await http.start(host, port, addr)
+    return MetricsServer(http, registry, host)
 
 
 def scrape_once(snapshot: Snapshot) -> bytes:

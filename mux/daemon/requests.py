@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,15 +20,19 @@ from typing import Protocol
 from mux import __version__
 from mux.daemon.connection import ClientConnection
 from mux.daemon.fanout import Fanout
+from mux.daemon.journal import Journal
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.stats import DaemonSnapshot, Stats
 from mux.protocol import (
+    ERR_BAD_CURSOR,
     ERR_BAD_DOMID,
     ERR_BAD_JSON,
     ERR_BAD_REQUEST,
+    ERR_INTERNAL,
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_SUBSCRIPTIONS,
     ERR_UNKNOWN_OP,
+    MODE_LATEST,
     OP_HELLO,
     OP_LIST,
     OP_PING,
@@ -38,6 +43,7 @@ from mux.protocol import (
     OPS,
     PROTOCOL_VERSION,
     SERVER_NAME,
+    SUBSCRIBE_MODES,
     kinds_mask,
 )
 from mux.records import DOMID_FIRST_RESERVED
@@ -76,6 +82,7 @@ class RequestContext:
     features: Callable[[], dict]  # xenstored's, as the watcher found them
     snapshot: Callable[[], DaemonSnapshot]  # `stats`
     max_subscriptions: int
+    journal: Journal  # `history`, cursors, replay
 
 
 class Privilege(enum.Enum):
@@ -122,11 +129,34 @@ async def hello(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
         "backend": ctx.backend_name,
         "features": ctx.features(),
         "seq": ctx.table.seq,
+        "history": ctx.journal.history,
+        "oldest_seq": ctx.journal.oldest_seq,
     }
 
 
 async def ping(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
     return {}
+
+
+def parse_cursor(req: dict) -> tuple[int | None, str | None]:
+    """A subscribe's `since` (a seq, or None) and `history` (None: the current one)."""
+    since = req.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise RequestError(ERR_BAD_CURSOR, f"since must be a seq: an integer >= 0, not {since!r}")
+    history = req.get("history")
+    if history is not None and not isinstance(history, str):
+        raise RequestError(ERR_BAD_REQUEST, "history must be a string, as hello names it")
+    return since, history
+
+
+def parse_mode(req: dict) -> str | None:
+    """A subscribe's `mode` (None when it names none: the connection keeps its own)."""
+    mode = req.get("mode")
+    if mode is not None and mode not in SUBSCRIBE_MODES:
+        raise RequestError(
+            ERR_BAD_REQUEST, f"unknown mode {mode!r}: use one of {', '.join(SUBSCRIBE_MODES)}"
+        )
+    return mode
 
 
 async def subscribe(ctx: RequestContext, conn: ClientConnection, req: dict) -> None:
@@ -135,6 +165,8 @@ async def subscribe(ctx: RequestContext, conn: ClientConnection, req: dict) -> N
         mask = kinds_mask(req.get("events"))
     except ValueError as exc:
         raise RequestError(ERR_BAD_REQUEST, str(exc)) from None
+    since, history = parse_cursor(req)
+    mode = parse_mode(req)
     if domids is not None:
         already = ctx.fanout.watched(conn)
         added = len(set(domids) - already)
@@ -144,18 +176,36 @@ async def subscribe(ctx: RequestContext, conn: ClientConnection, req: dict) -> N
                 f"a connection may watch at most {ctx.max_subscriptions} domids "
                 f"(--max-subscriptions); it watches {len(already)}",
             )
+    journal = ctx.journal
 
     def register(snapshot: list[dict], seq: int) -> None:
         # Called by the scan loop with no event between its snapshot and this: the reply
-        # goes out before any event later than `seq`.
+        # goes out before any event later than `seq`, and the journal holds every one up
+        # to `seq`.
+        resume = since is not None and history in (None, journal.history)
+        if resume and since > seq:
+            raise RequestError(
+                ERR_BAD_CURSOR,
+                f"since {since} is ahead of the last seq {seq} of history {journal.history}",
+            )
+        if mode is not None:
+            conn.mode_latest = mode == MODE_LATEST
         ctx.fanout.subscribe(conn, domids, mask)
+        reply = {"id": req.get("id"), "ok": True}
+        if resume and since >= journal.oldest_seq - 1:
+            conn.write_obj({**reply, "history": journal.history, "seq": seq, "since": since})
+            if since < seq:
+                conn.start_replay(journal.reader(since, domids, mask))
+            return
+        if since is not None:  # older than the journal, or of another history
+            ctx.stats.subscribe_gaps += 1
+            reply["gap"] = True
         absent = []
         if domids is not None:
             present = {row["domid"] for row in snapshot}
             absent = [x for x in dict.fromkeys(domids) if x not in present]
-        conn.write_obj(
-            {"id": req.get("id"), "ok": True, "snapshot": snapshot, "absent": absent, "seq": seq}
-        )
+        reply.update(snapshot=snapshot, absent=absent, seq=seq, history=journal.history)
+        conn.write_obj(reply)
 
     await ctx.scanloop.subscribe(domids, register)
     return None
@@ -198,16 +248,52 @@ if tuple(REQUESTS) != OPS:  # an op added to the vocabulary needs its row here, 
 # -- one line ----------------------------------------------------------------------------------
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def parse_request(line: bytes) -> dict:
+    """One request line as a JSON object: strict JSON (no NaN, no Infinity, no number that
+    overflows to one), so that whatever is echoed back is valid JSON too."""
+    try:
+        req = json.loads(line, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise RequestError(
+            ERR_BAD_JSON, "a request must be one JSON object: nested too deeply"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(ERR_BAD_JSON, f"a request must be one JSON object: {exc}") from None
+    if not isinstance(req, dict):
+        raise RequestError(ERR_BAD_JSON, "a request must be one JSON object")
+    return req
+
+
+def _echoable(req_id) -> bool:
+    """Whether `id` can be sent back: a scalar can; a nested value might be too deep."""
+    if req_id is None or isinstance(req_id, (str, int, float)):
+        return True
+    try:
+        json.dumps(req_id)
+    except (RecursionError, ValueError):
+        return False
+    return True
+
+
 async def handle_line(ctx: RequestContext, conn: ClientConnection, line: bytes) -> None:
-    """Answer one request line: the reply, or an error (counted by code)."""
+    """Answer one request line: the reply, or an error (counted by code). Every line gets
+    exactly one reply, whatever it holds, so a request pipelined behind it is answered too."""
     req_id = None
     try:
-        try:
-            req = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(ERR_BAD_JSON, f"a request must be one JSON object: {exc}") from None
-        if not isinstance(req, dict):
-            raise RequestError(ERR_BAD_JSON, "a request must be one JSON object")
+        req = parse_request(line)
+        if not _echoable(req.get("id")):
+            raise RequestError(ERR_BAD_REQUEST, "id must be a JSON value that can be echoed")
         req_id = req.get("id")
         conn.bad_lines = 0
         op = req.get("op")
@@ -232,3 +318,8 @@ async def handle_line(ctx: RequestContext, conn: ClientConnection, line: bytes) 
             if conn.bad_lines >= MAX_BAD_LINES:
                 log.warning("client pid=%d sends garbage; closing it", conn.pid)
                 conn.close()
+    except Exception:
+        # A bug must cost this request only: the client gets an answer, the daemon serves on.
+        log.exception("request from client pid=%d failed: %.200r", conn.pid, line)
+        ctx.stats.client_errors[ERR_INTERNAL] += 1
+        conn.reply_error(req_id, ERR_INTERNAL, "the daemon failed on this request (see its log)")

@@ -9,6 +9,11 @@ changed domids (`Capabilities.changed_feed`) asks for targeted scans the same wa
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
 snapshot and lets the subscriber register under the lock every scan holds, so no event
 falls between the two.
+
+And it settles the firings each scan served (`FiringAccounts`, issue 11 item 3): a firing
+whose scan found nothing to show for it is counted (`firings_without_change`); one that named
+a domid (watch depth) the scan found gone, never reported, while xenstore still holds the
+name and UUID of that domain, is reported as a `new` + `death` pair flagged `transient`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 
 from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
+from mux.daemon.tablestate import mark_late
+from mux.daemon.watcher import INTRODUCE, Firing, Identity
 from mux.hypervisor.base import Backend, HypervisorError
 from mux.protocol import (
     DEAD,
@@ -53,6 +61,61 @@ class _Cost:
 
     def add(self, sample: float) -> None:
         self.value += 0.2 * (sample - self.value)
+
+
+class FiringAccounts:
+    """Which of the firings a scan served it found something for.
+
+    xenstored fires @introduceDomain once per XS_INTRODUCE, so each such firing should be
+    matched by one `new`; an @releaseDomain (a shutdown, a death) by any other event, of the
+    domid it names with watch depth. A toolstack builds a domain before it introduces it, so
+    a scan (a poll, another domain's firing) often reports the `new` before the firing comes:
+    news wait here for their firing, at most NEWS_KEPT seconds (a domain never introduced
+    must not explain a later firing for long). What is left unexplained is what a domain
+    that came and went between two scans leaves behind, or a change an earlier scan found
+    first (docs/protocol.md, "Timing and what fires nothing").
+    """
+
+    NEWS_KEPT = 120.0
+
+    def __init__(self) -> None:
+        # domid -> monotonic time of its `new`, oldest first, until its introduction fired.
+        self._news: OrderedDict[int, float] = OrderedDict()
+
+    def saw(self, events: Iterable, now: float) -> None:
+        for ev in events:
+            if ev.kind == NEW:
+                self._news[ev.domid] = now
+                self._news.move_to_end(ev.domid)
+
+    def unexplained(self, firings: list[Firing], events: list, table, now: float) -> list[Firing]:
+        news = self._news
+        while news:
+            domid, seen = next(iter(news.items()))
+            if now - seen <= self.NEWS_KEPT:
+                break
+            del news[domid]
+        scan_news = [ev.domid for ev in events if ev.kind == NEW]
+        touched = {ev.domid for ev in events}
+        changed = any(ev.kind != NEW for ev in events)
+        out = []
+        for f in firings:
+            if f.path == INTRODUCE:
+                if f.domid is not None:
+                    if news.pop(f.domid, None) is None and f.domid not in table:
+                        out.append(f)
+                    continue
+                while scan_news and scan_news[0] not in news:
+                    scan_news.pop(0)
+                if scan_news:
+                    del news[scan_news.pop(0)]
+                elif news:
+                    news.popitem(last=False)
+                else:
+                    out.append(f)
+            elif not (changed if f.domid is None else f.domid in touched):
+                out.append(f)
+        return out
 
 
 class ScanLoop:
@@ -88,6 +151,8 @@ class ScanLoop:
         self._pending_full: str | None = None
         self._pending_domids: set[int] = set()
         self._fired_at: float | None = None  # monotonic time of the oldest unserved firing
+        self._firings: list[Firing] = []  # what the next scan serves, for its accounting
+        self.accounts = FiringAccounts()
         self._waiters: list[asyncio.Future] = []
         self._poll_handle: asyncio.TimerHandle | None = None
         self._full_handle: asyncio.TimerHandle | None = None
@@ -110,18 +175,26 @@ class ScanLoop:
         TRIGGER_POLL: 1,
     }
 
-    def request_full(self, trigger: str, fired_at: float | None = None) -> None:
+    def request_full(
+        self, trigger: str, fired_at: float | None = None, firing: Firing | None = None
+    ) -> None:
         pending = self._pending_full
         if pending is None or self._PRIORITY.get(trigger, 0) > self._PRIORITY.get(pending, 0):
             self._pending_full = trigger
         if fired_at is not None and self._fired_at is None:
             self._fired_at = fired_at
+        if firing is not None:
+            self._firings.append(firing)
         self._wake.set()
 
-    def request_domid(self, domid: int, fired_at: float | None = None) -> None:
+    def request_domid(
+        self, domid: int, fired_at: float | None = None, firing: Firing | None = None
+    ) -> None:
         self._pending_domids.add(domid)
         if fired_at is not None and self._fired_at is None:
             self._fired_at = fired_at
+        if firing is not None:
+            self._firings.append(firing)
         self._wake.set()
 
     async def rescan(self, trigger: str = TRIGGER_RESCAN) -> int:
@@ -142,7 +215,8 @@ class ScanLoop:
             if domids is not None:
                 unknown = {d for d in domids if d not in self.table}
                 if unknown:
-                    await self._publish(self._targeted(unknown, TRIGGER_SUBSCRIBE), None)
+                    events, _complete = self._targeted(unknown, TRIGGER_SUBSCRIBE)
+                    await self._publish(events, None)
             on_snapshot(self.table.snapshot(domids), self.table.seq)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -152,9 +226,22 @@ class ScanLoop:
         t0 = time.perf_counter()
         buf, n = self.backend.scan_all()
         self.table.prime(buf, n)
+        # It serves every request made before it (the watches' first firings, the reconnect).
+        self._take_pending()
         self.stats.scans[TRIGGER_STARTUP] += 1
         self.stats.scan_seconds.observe(time.perf_counter() - t0)
         log.info("initial scan: %d domains", n)
+
+    async def catch_up(self) -> int:
+        """The first scan after a restart, diffed against the table as the last daemon left
+        it: what happened meanwhile comes out as ordinary events, each flagged late (its
+        `time` this scan's), published before any subscriber can connect. Returns how many."""
+        async with self._lock:
+            events = mark_late(self._full(TRIGGER_STARTUP))
+            await self._publish(events, None)
+        if events:
+            log.info("first scan after a restart: %d events happened meanwhile", len(events))
+        return len(events)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")
@@ -201,6 +288,7 @@ class ScanLoop:
             domids = self._pending_domids
             fired_at = self._fired_at
             waiters = self._waiters
+            firings = self._firings
             if trigger is None and not domids:
                 return
             if trigger is None and self._cheaper_in_full(len(domids)):
@@ -212,8 +300,16 @@ class ScanLoop:
                 self._take_pending()
             else:
                 self._take_pending()
-                events = self._targeted(domids)
+                events, complete = self._targeted(domids)
+                if not complete:  # the full scan it asked for serves these firings
+                    self._firings[:0] = firings
+                    firings = []
             await self._publish(events, fired_at)
+            if firings:
+                try:
+                    await self._settle(firings, events)
+                except Exception:  # the accounting must not cost the scans
+                    log.exception("settling %d firings failed", len(firings))
             for w in waiters:
                 if not w.done():
                     w.set_result(len(events))
@@ -232,6 +328,7 @@ class ScanLoop:
         self._pending_full = None
         self._pending_domids = set()
         self._fired_at = None
+        self._firings = []
         self._waiters = []
 
     def _full(self, trigger: str) -> list:
@@ -248,7 +345,8 @@ class ScanLoop:
         st.scan_seconds.observe(t2 - t0)
         return events
 
-    def _targeted(self, domids: set[int], trigger: str = TRIGGER_DEPTH) -> list:
+    def _targeted(self, domids: set[int], trigger: str = TRIGGER_DEPTH) -> tuple[list, bool]:
+        """The events of one-domid scans of `domids`, and whether every one was done."""
         events: list = []
         for domid in sorted(domids):
             try:
@@ -258,8 +356,8 @@ class ScanLoop:
                 self.stats.hypercall_errors += 1
                 log.error("targeted domain-info query of %d failed (%s)", domid, exc)
                 self.request_full(TRIGGER_DEPTH)
-                break
-        return events
+                return events, False
+        return events, True
 
     def probe(self, domid: int, trigger: str = TRIGGER_DEPTH) -> list:
         """A targeted scan of one domid (its events are returned, not published). Without
@@ -283,9 +381,80 @@ class ScanLoop:
         news = [ev for ev in events if ev.kind == NEW]
         if news and self.name_reader is not None:
             await self.fill_names(news)
+        self.accounts.saw(news, time.monotonic())
         self.fanout.publish(events)  # which counts them by kind (Fanout.events_by_kind)
         if fired_at is not None:
             self.stats.notify_seconds.observe(time.monotonic() - fired_at)
+
+    # -- what the firings found ----------------------------------------------------------
+
+    async def _settle(self, firings: list[Firing], events: list) -> None:
+        """Count the firings this scan found nothing for; report the transient domains."""
+        table = self.table
+        unexplained = self.accounts.unexplained(firings, events, table, time.monotonic())
+        if not unexplained:
+            return
+        # A domain named by an @introduceDomain, gone and never reported: what does
+        # xenstore still hold of it? (libxl removes the nodes before it destroys the
+        # domain, xenopsd after: docs/protocol.md.)
+        asked = {f.domid: f for f in unexplained if f.path == INTRODUCE and f.domid is not None}
+        identities = await self._identities(asked) if asked else {}
+        reported = {(ev.domid, ev.uuid) for ev in events}
+        pairs: list = []
+        paired: set[int] = set()
+        for domid, ident in identities.items():
+            if ident is None or (domid, ident.uuid) in reported or domid in table:
+                continue
+            pairs.extend(table.transient(domid, ident.uuid, ident.name, time.time()))
+            paired.add(domid)
+            self.stats.transient_pairs += 1
+            log.info(
+                "domain %d (%s, %s) came and went between two scans: reported as a "
+                "transient new and death",
+                domid,
+                ident.name,
+                ident.uuid,
+            )
+        for f in unexplained:
+            if f.domid in paired:
+                continue
+            self.stats.firings_without_change[f.path] += 1
+            if f.path != INTRODUCE:
+                continue
+            if f.domid is None:
+                log.warning(
+                    "%s fired but its scan found no new domain: one came and went between "
+                    "two scans, unseen (counted in firings_without_change)",
+                    f.path,
+                )
+            else:
+                log.warning(
+                    "%s/%d fired but domain %d was gone by its scan and xenstore no longer "
+                    "held its name and UUID: it came and went between two scans, unseen "
+                    "(counted in firings_without_change)",
+                    f.path,
+                    f.domid,
+                    f.domid,
+                )
+        if pairs:
+            self.fanout.publish(pairs)  # names known; nothing for the accounts to wait for
+
+    async def _identities(self, asked: dict[int, Firing]) -> dict[int, Identity | None]:
+        """What xenstore holds of each domid, waited for at most NAME_TIMEOUT."""
+        tasks = {d: asyncio.ensure_future(f.lookup(d)) for d, f in asked.items()}
+        _done, pending = await asyncio.wait(tasks.values(), timeout=self.NAME_TIMEOUT)
+        for t in pending:
+            t.cancel()
+        out: dict[int, Identity | None] = {}
+        for domid, t in tasks.items():
+            if t in pending:
+                out[domid] = None
+            elif t.exception() is not None:
+                log.error("reading what xenstore holds of %d failed", domid, exc_info=t.exception())
+                out[domid] = None
+            else:
+                out[domid] = t.result()
+        return out
 
     async def fill_names(self, news: list) -> None:
         """Names from xenstore for `new` events, waited for at most NAME_TIMEOUT: a slow

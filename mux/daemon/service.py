@@ -1,10 +1,12 @@
 """The daemon's composition root: the one module that knows every part and wires them.
 
-Watcher -> ScanLoop -> Fanout -> connections, each given the collaborators it works with
-and nothing more: the watcher the scan loop's two request methods, the scan loop a name
-reader, the connections a `ConnectionContext` and the requests a `RequestContext`, the
-metrics a function returning a `DaemonSnapshot`. A backend with a feed of changed domids
-has it wired into the scan loop's targeted scans.
+Watcher -> ScanLoop -> Journal -> Fanout -> connections, each given the collaborators it
+works with and nothing more: the watcher the scan loop's two request methods, the scan loop
+a name reader and a publisher that journals each batch before the fan-out sees it, the
+connections a `ConnectionContext` and the requests a `RequestContext`, the metrics a
+function returning a `DaemonSnapshot`. A backend with a feed of changed domids has it wired
+into the scan loop's targeted scans. The state dir (durable.py) is taken first: it gives
+the table to go on from, and the journal.
 """
 
 from __future__ import annotations
@@ -16,19 +18,33 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mux.daemon.admission import Clients, Limits
 from mux.daemon.connection import ClientConnection, ConnectionContext
-from mux.daemon.fanout import Fanout
+from mux.daemon.durable import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_JOURNAL_MAX_BYTES,
+    Checkpointer,
+    open_state,
+)
+from mux.daemon.fanout import Event, Fanout
+from mux.daemon.journal import Journal
 from mux.daemon.listener import Listener
 from mux.daemon.metrics import MetricsServer, start_metrics
 from mux.daemon.requests import RequestContext, handle_line
 from mux.daemon.scanloop import ScanLoop
-from mux.daemon.stats import DaemonSnapshot, Stats
-from mux.daemon.watcher import Watcher
+from mux.daemon.statedir import BOOT_ID_PATH
+from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
+from mux.daemon.tablestate import load_table
+from mux.daemon.watcher import Watcher, XenstoreTimeouts
 from mux.hypervisor.base import Backend
 
 log = logging.getLogger("xenmux")
+
+# File descriptors the daemon needs besides its clients' and the metrics endpoint's:
+# xenstored, the hypervisor, the journal, the listening sockets, the event loop's own.
+FD_MARGIN = 64
 
 
 @dataclass
@@ -39,32 +55,69 @@ class Config:
     full_scan: float = 30.0
     socket_gid: int | None = None
     allow_rescan_gid: int | None = None
-    max_clients: int = 4096
+    # --max-clients, --max-clients-per-uid, --root-reserve
+    limits: Limits = field(default_factory=Limits)
     max_subscriptions: int = 32768
     high_water: int = 4 * 1024 * 1024  # unsent bytes before a subscriber is cut off
     metrics_addr: str = ""
     use_depth: bool = True
+    state_dir: str | None = None  # None: a private temporary one, gone at stop (embedding)
+    journal_max_bytes: int = DEFAULT_JOURNAL_MAX_BYTES
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
+    boot_id_path: str = BOOT_ID_PATH  # a new boot id means a new history
+    # --xenstore-timeout, --xenstore-idle
+    xenstore_timeouts: XenstoreTimeouts = field(default_factory=XenstoreTimeouts)
 
 
-def _new_table():
+def _table_class():
     from mux._fast import DomainTable
 
-    return DomainTable()
+    return DomainTable
+
+
+class JournaledFanout:
+    """What the scan loop publishes to: each batch goes to the journal, then to the
+    fan-out, so that no subscriber sees an event a restart could lose."""
+
+    def __init__(self, journal: Journal, fanout: Fanout) -> None:
+        self.journal = journal
+        self.fanout = fanout
+
+    def publish(self, events: list[Event]) -> int:
+        self.journal.append(events)
+        return self.fanout.publish(events)
 
 
 class Daemon:
-    def __init__(self, config: Config, backend: Backend, table=None) -> None:
+    def __init__(self, config: Config, backend: Backend, table_class=None) -> None:
         self.config = config
         self.backend = backend
         self.instance = secrets.token_hex(8)
         self.stats = Stats()
-        self.table = table if table is not None else _new_table()
+        self.state = open_state(
+            config.state_dir,
+            journal_max_bytes=config.journal_max_bytes,
+            boot_id_path=config.boot_id_path,
+        )
+        try:
+            self._wire(table_class or _table_class())
+        except BaseException:
+            self.state.close()
+            raise
+
+    def _wire(self, table_class) -> None:
+        config, backend, state = self.config, self.backend, self.state
+        if state.restored is not None:
+            self.table = load_table(table_class, state.restored)
+        else:
+            self.table = table_class()
         self.fanout = Fanout()
-        self.clients: set[ClientConnection] = set()
+        self.clients = Clients(config.limits)
+        self.checkpointer = Checkpointer(state, self.table, interval=config.checkpoint_interval)
         self.scanloop = ScanLoop(
             self.table,
             backend,
-            self.fanout,
+            JournaledFanout(state.journal, self.fanout),
             self.stats,
             shutdown_poll=config.shutdown_poll,
             full_scan=config.full_scan,
@@ -76,6 +129,7 @@ class Daemon:
             request_full=self.scanloop.request_full,
             request_domid=self.scanloop.request_domid,
             use_depth=config.use_depth,
+            timeouts=config.xenstore_timeouts,
         )
         requests = RequestContext(
             instance=self.instance,
@@ -87,13 +141,13 @@ class Daemon:
             features=lambda: self.watcher.feature_dict,
             snapshot=self.snapshot,
             max_subscriptions=config.max_subscriptions,
+            journal=state.journal,
         )
         self.connections = ConnectionContext(
             stats=self.stats,
             fanout=self.fanout,
             clients=self.clients,
             handle_line=functools.partial(handle_line, requests),
-            max_clients=config.max_clients,
             high_water=config.high_water,
             allow_rescan_gid=config.allow_rescan_gid,
         )
@@ -117,6 +171,7 @@ class Daemon:
             frames_sent=self.fanout.frames_sent,
             subscribers=self.fanout.subscriber_count,
             clients=len(self.clients),
+            output_bytes=sum(c.unsent() for c in self.clients),
             domains=self.table.counts(),
             backend=self.backend.name,
             xenstore_path=self.config.xenstore_path,
@@ -126,11 +181,32 @@ class Daemon:
             instance=self.instance,
             seq=self.table.seq,
             metrics_port=self.metrics.port if self.metrics is not None else None,
+            journal=self._journal_reading(),
+        )
+
+    def _journal_reading(self) -> JournalReading:
+        j = self.state.journal
+        return JournalReading(
+            history=j.history,
+            state_dir=self.state.statedir.path,
+            bytes=j.bytes,
+            segments=j.segment_count,
+            oldest_seq=j.oldest_seq,
+            appends=j.appends,
+            appended_events=j.appended_events,
+            replayed_events=j.replayed_events,
+            write_errors=j.write_errors,
+            checkpoint_age=self.checkpointer.age(),
+            checkpoint_errors=self.checkpointer.errors,
+            gaps=self.stats.subscribe_gaps,
         )
 
     async def start(self, *, xenstore_wait: float = 5.0) -> None:
         """Watch first (so no firing is missed), scan, then open the socket: its existence
-        means the table is complete (and that is the systemd readiness point)."""
+        means the table is complete (and that is the systemd readiness point). The metrics
+        port is bound before any of it, so that a busy one costs no scan."""
+        if self.config.metrics_addr:
+            self.metrics = await start_metrics(self.config.metrics_addr, self.snapshot, self.stats)
         self.watcher.start()
         if self.backend.capabilities.changed_feed:
             self.backend.watch_changed(self._domids_changed)
@@ -142,18 +218,27 @@ class Daemon:
                 "(polls and safety scans) until it does",
                 self.config.xenstore_path,
             )
-        self.scanloop.prime()
+        if self.state.restored is not None:
+            await self.scanloop.catch_up()
+        else:
+            self.scanloop.prime()
         await self._load_names()
-        if self.config.metrics_addr:
-            self.metrics = start_metrics(self.config.metrics_addr, self.snapshot)
+        self.checkpointer.ready = True
+        if self.state.restored is None:
+            self.checkpointer.write_now()  # what a restart of this new history starts from
         self.scanloop.start()
+        self.checkpointer.start()
         await self.listener.open(lambda: ClientConnection(self.connections))
+        if self.metrics is not None:
+            log.info("metrics on %s", self.metrics.url)
         log.info(
-            "serving %d domains on %s (backend %s, instance %s)",
+            "serving %d domains on %s (backend %s, instance %s, history %s at seq %d)",
             len(self.table),
             self.config.socket_path,
             self.backend.name,
             self.instance,
+            self.state.history.history,
+            self.table.seq,
         )
         sd_notify("READY=1")
 
@@ -175,9 +260,11 @@ class Daemon:
             c.close()
         await self.scanloop.stop()
         await self.watcher.stop()
+        await self.checkpointer.stop()
         if self.metrics is not None:
             self.metrics.close()
         self.backend.close()
+        self.state.close()
 
 
 def sd_notify(message: str) -> None:

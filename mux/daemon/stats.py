@@ -25,6 +25,25 @@ from mux.xenstore import wire
 # The watches whose firings are counted, by path (the `path` label of the firings).
 WATCH_PATHS = (wire.SPECIAL_RELEASE, wire.SPECIAL_INTRODUCE)
 
+# Why a xenstored connection was given up or lost (the `cause` label of the disconnects):
+# xenstored closed it or the socket failed; it broke the protocol; a request missed its
+# deadline; the probe of a silent connection missed it; it refused the watches.
+CAUSE_LOST = "lost"
+CAUSE_PROTOCOL = "protocol"
+CAUSE_TIMEOUT = "timeout"
+CAUSE_LIVENESS = "liveness"
+CAUSE_REFUSED = "refused"
+DISCONNECT_CAUSES = (CAUSE_LOST, CAUSE_PROTOCOL, CAUSE_TIMEOUT, CAUSE_LIVENESS, CAUSE_REFUSED)
+# The request that probes a silent connection (any xenstored answers it without its store).
+PROBE_REQUEST = wire.XS_GET_DOMAIN_PATH.name
+# The requests the daemon sends with a deadline (the `request` label of the timeouts).
+XENSTORE_REQUESTS = (
+    wire.XS_WATCH.name,
+    wire.XS_UNWATCH.name,
+    wire.XS_READ.name,
+    PROBE_REQUEST,
+)
+
 # Seconds; fit for a targeted hypercall (a microsecond), a scan of 1000 domains (tens of
 # microseconds), 32,000 domains (hundreds) and a firing-to-frame latency under load (tens of
 # milliseconds). The last finite bucket covers a slow xenstored holding back names.
@@ -183,9 +202,22 @@ class Stats:
         self.clients_total = 0
         self.xenstore_reconnects = 0
         self.hypercall_errors = 0
+        self.subscribe_gaps = 0  # subscribes with a cursor the journal could not serve
+        # The bounds on what one client may cost (connection.py, metrics_http.py).
+        self.reads_paused = 0  # a client's requests stopped being read
+        self.clients_aborted = 0  # closed with output unsent: it read nothing for a grace
+        self.latest_folded = 0  # events sent to latest-mode subscribers as state frames
+        self.metrics_refused = 0  # metrics connections dropped at the endpoint's cap
         self.scan_seconds = Histogram()
         self.hypercall_seconds = Histogram()
         self.notify_seconds = Histogram()
+        # xenstored's health (watcher.py) and the firings that found nothing (scanloop.py).
+        self.xenstore_disconnects: dict[str, int] = dict.fromkeys(DISCONNECT_CAUSES, 0)
+        self.xenstore_request_timeouts: dict[str, int] = dict.fromkeys(XENSTORE_REQUESTS, 0)
+        self.xenstore_liveness_probes = 0
+        self.xenstore_depth_fallbacks = 0
+        self.firings_without_change: dict[str, int] = dict.fromkeys(WATCH_PATHS, 0)
+        self.transient_pairs = 0
 
     def read(self) -> CounterReading:
         """A copy of every counter, taken now (any thread)."""
@@ -200,10 +232,41 @@ class Stats:
             client_errors=dict(self.client_errors),
             xenstore_reconnects=self.xenstore_reconnects,
             hypercall_errors=self.hypercall_errors,
+            reads_paused=self.reads_paused,
+            clients_aborted=self.clients_aborted,
+            latest_folded=self.latest_folded,
+            metrics_refused=self.metrics_refused,
             scan_seconds=self.scan_seconds.read(),
             hypercall_seconds=self.hypercall_seconds.read(),
             notify_seconds=self.notify_seconds.read(),
+            xenstore=XenstoreReading(
+                disconnects=dict(self.xenstore_disconnects),
+                request_timeouts=dict(self.xenstore_request_timeouts),
+                liveness_probes=self.xenstore_liveness_probes,
+                depth_fallbacks=self.xenstore_depth_fallbacks,
+            ),
+            firings_without_change=dict(self.firings_without_change),
+            transient_pairs=self.transient_pairs,
         )
+
+
+@dataclass(frozen=True)
+class XenstoreReading:
+    """How xenstored behaved: connections dropped by cause, requests past their deadline by
+    type, probes of a silent connection, depth watches refused by a server claiming depth."""
+
+    disconnects: dict[str, int]
+    request_timeouts: dict[str, int]
+    liveness_probes: int
+    depth_fallbacks: int
+
+    def reply(self) -> dict:
+        return {
+            "disconnects": dict(self.disconnects),
+            "request_timeouts": dict(self.request_timeouts),
+            "liveness_probes": self.liveness_probes,
+            "depth_fallbacks": self.depth_fallbacks,
+        }
 
 
 @dataclass(frozen=True)
@@ -218,9 +281,51 @@ class CounterReading:
     client_errors: dict[str, int]  # by error code, every code present
     xenstore_reconnects: int
     hypercall_errors: int
+    reads_paused: int
+    clients_aborted: int
+    latest_folded: int
+    metrics_refused: int
     scan_seconds: HistogramReading
     hypercall_seconds: HistogramReading
     notify_seconds: HistogramReading
+    xenstore: XenstoreReading
+    firings_without_change: dict[str, int]  # by watch path
+    transient_pairs: int
+
+
+@dataclass(frozen=True)
+class JournalReading:
+    """The durable stream: the journal (journal.py) and the checkpoints (durable.py)."""
+
+    history: str
+    state_dir: str
+    bytes: int  # the segments' size on disk
+    segments: int
+    oldest_seq: int  # the oldest seq still journaled (a cursor of oldest_seq - 1 resumes)
+    appends: int  # batches written (one write(2) each)
+    appended_events: int
+    replayed_events: int  # frames sent from the journal to resuming subscribers
+    write_errors: int
+    checkpoint_age: float | None  # seconds since the newest checkpoint (None: none yet)
+    checkpoint_errors: int
+    gaps: int  # subscribes whose cursor could not be served (they got a snapshot)
+
+    def stats_reply(self) -> dict:
+        age = self.checkpoint_age
+        return {
+            "history": self.history,
+            "state_dir": self.state_dir,
+            "bytes": self.bytes,
+            "segments": self.segments,
+            "oldest_seq": self.oldest_seq,
+            "appends": self.appends,
+            "appended_events": self.appended_events,
+            "replayed_events": self.replayed_events,
+            "write_errors": self.write_errors,
+            "checkpoint_age_seconds": None if age is None else round(age, 3),
+            "checkpoint_errors": self.checkpoint_errors,
+            "gaps": self.gaps,
+        }
 
 
 @dataclass(frozen=True)
@@ -233,6 +338,7 @@ class DaemonSnapshot:
     frames_sent: int
     subscribers: int
     clients: int
+    output_bytes: int  # queued for clients, not yet in their sockets
     domains: dict[str, int]  # by state, every state present
     backend: str
     xenstore_path: str
@@ -242,6 +348,7 @@ class DaemonSnapshot:
     instance: str
     seq: int
     metrics_port: int | None
+    journal: JournalReading
 
     @property
     def features(self) -> dict:
@@ -264,6 +371,14 @@ class DaemonSnapshot:
             "client_errors": {k: v for k, v in c.client_errors.items() if v},
             "xenstore_reconnects": c.xenstore_reconnects,
             "hypercall_errors": c.hypercall_errors,
+            "xenstore": c.xenstore.reply(),
+            "firings_without_change": dict(c.firings_without_change),
+            "transient_pairs": c.transient_pairs,
+            "reads_paused": c.reads_paused,
+            "clients_aborted": c.clients_aborted,
+            "latest_folded": c.latest_folded,
+            "metrics_refused": c.metrics_refused,
+            "output_bytes": self.output_bytes,
             "domains": dict(self.domains),
             "scan_seconds": c.scan_seconds.summary(),
             "hypercall_seconds": c.hypercall_seconds.summary(),
@@ -276,4 +391,5 @@ class DaemonSnapshot:
             "instance": self.instance,
             "seq": self.seq,
             "metrics_port": self.metrics_port,
+            "journal": self.journal.stats_reply(),
         }

@@ -1,23 +1,52 @@
-"""The Watcher: owns the xenstore connection and its two special watches.
+"""The Watcher: owns the xenstore connection, its two special watches, and its health.
 
 Each firing becomes a scan request (coalesced by the scan loop), through the two callables
 given at construction: a full scan, or in Xen 4.22 depth mode a targeted scan of the domid
-the firing names. A lost connection is re-opened with backoff and always followed by a full
-scan, since firings were missed.
+the firing names. A firing that can tell something travels with its request as a `Firing`,
+so that the scan loop can count those that found nothing and, when one names a domid, ask
+xenstore what it still holds of that domain (`read_identity`).
+
+The connection is not trusted to stay healthy (docs/operations.md, "xenstored"):
+- every request has a deadline (`XenstoreTimeouts.request`); one that misses it means a hung
+  xenstored or a lost request (a WATCH whose reply never came), and the connection is given
+  up and made again;
+- a connection silent for `XenstoreTimeouts.idle` seconds is probed; no answer within the
+  deadline is a hung xenstored, given up the same way;
+- a server that claims watch depth but refuses a depth watch gets plain watches on the same
+  connection (full scans per firing) instead of the refusal being retried for ever.
+Every connection made is followed by a full scan (trigger `reconnect`): firings were missed
+while there was none. The one made before the initial scan costs nothing, since that scan
+serves every request made before it (ScanLoop.prime).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+import uuid as _uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from mux.daemon.aio import cancel_and_wait
-from mux.daemon.stats import WATCH_PATHS, Stats
+from mux.daemon.stats import (
+    CAUSE_LIVENESS,
+    CAUSE_LOST,
+    CAUSE_PROTOCOL,
+    CAUSE_REFUSED,
+    CAUSE_TIMEOUT,
+    PROBE_REQUEST,
+    WATCH_PATHS,
+    Stats,
+)
 from mux.protocol import TRIGGER_RECONNECT, TRIGGER_WATCH
 from mux.xenstore import wire
-from mux.xenstore.client import XenstoreClient
+from mux.xenstore.client import (
+    XenstoreClient,
+    XenstoreDeadlineError,
+    XenstoreProtocolError,
+)
 
 log = logging.getLogger("xenmux.watch")
 
@@ -25,15 +54,61 @@ RELEASE = wire.SPECIAL_RELEASE
 INTRODUCE = wire.SPECIAL_INTRODUCE
 TOKEN = "xenmux"
 
-# request_full(trigger, fired_at) and request_domid(domid, fired_at): ScanLoop's.
-RequestFull = Callable[[str, float | None], None]
-RequestDomid = Callable[[int, float | None], None]
+IdentityReader = Callable[[int], Awaitable["Identity | None"]]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What xenstore holds of a domain: its name and the UUID its `vm` node names."""
+
+    name: str
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """One firing of a special watch, for the scan loop's accounting (not the watches' first
+    firings on registration: nothing happened for those)."""
+
+    path: str  # one of WATCH_PATHS
+    domid: int | None  # named by the firing (watch depth), else None
+    lookup: IdentityReader  # what xenstore still holds of a domid
+
+
+# request_full(trigger, fired_at, firing) and request_domid(domid, fired_at, firing): ScanLoop's.
+RequestFull = Callable[[str, float | None, Firing | None], None]
+RequestDomid = Callable[[int, float | None, Firing | None], None]
+
+
+@dataclass(frozen=True)
+class XenstoreTimeouts:
+    """Seconds. `request`: the deadline of every request (`serve --xenstore-timeout`);
+    `idle`: probe a connection silent this long, 0 never (`--xenstore-idle`); `feature`: how
+    long XS_GET_FEATURE may take at connection before the server is taken to have none."""
+
+    request: float = 30.0
+    idle: float = 10.0
+    feature: float = 1.0
+
+
+def uuid_of_vm_path(value: bytes) -> str | None:
+    """The UUID in a domain's `vm` node (`/vm/<uuid>`, as libxl and xenopsd write it), in
+    the canonical form of event frames; None for anything else."""
+    text = value.rstrip(b"\0").decode("ascii", "replace")
+    if not text.startswith("/vm/"):
+        return None
+    tail = text[4:]
+    if len(tail) != 36:
+        return None
+    try:
+        return str(_uuid.UUID(tail))
+    except ValueError:
+        return None
 
 
 class Watcher:
     BACKOFF_MIN = 0.05
     BACKOFF_MAX = 2.0
-    FEATURE_TIMEOUT = 1.0
 
     def __init__(
         self,
@@ -43,18 +118,23 @@ class Watcher:
         request_full: RequestFull,
         request_domid: RequestDomid,
         use_depth: bool = True,
+        timeouts: XenstoreTimeouts | None = None,
     ) -> None:
         self.path = path
         self.stats = stats
         self.request_full = request_full
         self.request_domid = request_domid
         self.use_depth = use_depth
+        self.timeouts = timeouts or XenstoreTimeouts()
         self.client: XenstoreClient | None = None
         self.features: int | None = None
         self.depth = False
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._connections = 0
+        # Per watch path: first firings still due from XS_WATCHes of this connection.
+        self._initial_due: dict[str, int] = dict.fromkeys(WATCH_PATHS, 0)
+        self._last_failure: str | None = None
 
     @property
     def feature_dict(self) -> dict:
@@ -68,52 +148,141 @@ class Watcher:
         if self.client is not None:
             await self.client.close()
 
+    # -- the connection ------------------------------------------------------------------
+
     async def _run(self) -> None:
         delay = self.BACKOFF_MIN
         while True:
             try:
-                await self._connect()
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                if self._connections == 0 and delay == self.BACKOFF_MIN:
-                    log.warning("cannot reach xenstored at %s (%s); retrying", self.path, exc)
+                client = await XenstoreClient.connect(
+                    self.path,
+                    on_watch=self._on_watch,
+                    request_timeout=self.timeouts.request,
+                    abort_on_timeout=True,
+                )
+            except (OSError, ConnectionError) as exc:
+                self._failed(f"cannot reach xenstored at {self.path} ({exc})", "unreachable")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.BACKOFF_MAX)
                 continue
+            try:
+                await self._set_watches(client)
+            except (OSError, ConnectionError) as exc:
+                cause = self._dropped(client, exc)
+                await client.close()
+                self._failed(f"no watches on xenstored at {self.path} ({exc})", cause)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.BACKOFF_MAX)
+                continue
+            except BaseException:
+                await client.close()
+                raise
             delay = self.BACKOFF_MIN
-            assert self.client is not None
-            await self.client.wait_closed()
-            self.connected.clear()
-            self.stats.xenstore_reconnects += 1
-            log.warning("lost xenstored at %s; reconnecting", self.path)
-
-    async def _connect(self) -> None:
-        client = await XenstoreClient.connect(self.path, on_watch=self._on_watch)
-        try:
-            self.features = await client.get_feature(timeout=self.FEATURE_TIMEOUT)
-            self.depth = bool(
-                self.use_depth
-                and self.features is not None
-                and self.features & wire.XENSTORE_SERVER_FEATURE_WATCHDEPTH
+            self._last_failure = None
+            self.client = client
+            self._connections += 1
+            log.info(
+                "watching %s and %s on %s (%s)",
+                RELEASE,
+                INTRODUCE,
+                self.path,
+                "watch depth 1: firings name the domid" if self.depth else "full scans per firing",
             )
-            depth = 1 if self.depth else None
-            await client.watch(RELEASE, TOKEN, depth=depth)
-            await client.watch(INTRODUCE, TOKEN, depth=depth)
-        except BaseException:
-            await client.close()
-            raise
-        self.client = client
-        self._connections += 1
-        log.info(
-            "watching %s and %s on %s (%s)",
-            RELEASE,
-            INTRODUCE,
-            self.path,
-            "watch depth 1: firings name the domid" if self.depth else "full scans per firing",
+            self.request_full(TRIGGER_RECONNECT, None, None)
+            self.connected.set()
+            await self._hold(client)
+            self.connected.clear()
+            cause = self._dropped(client, None)
+            self.stats.xenstore_reconnects += 1
+            log.warning("lost xenstored at %s: %s; reconnecting", self.path, client.error)
+            self._last_failure = cause
+
+    def _failed(self, message: str, kind: str) -> None:
+        """One warning per kind of failure in a row; the retries after it only at debug."""
+        if kind != self._last_failure:
+            log.warning("%s; retrying", message)
+            self._last_failure = kind
+        else:
+            log.debug("%s; retrying", message)
+
+    def _dropped(self, client: XenstoreClient, exc: BaseException | None) -> str:
+        """Count a connection given up or lost (by its cause) and return the cause."""
+        err = client.error
+        if isinstance(err, XenstoreDeadlineError):
+            timeouts = self.stats.xenstore_request_timeouts
+            timeouts[err.request] = timeouts.get(err.request, 0) + 1
+            cause = CAUSE_LIVENESS if err.request == PROBE_REQUEST else CAUSE_TIMEOUT
+        elif isinstance(err, XenstoreProtocolError):
+            cause = CAUSE_PROTOCOL
+        elif err is None and isinstance(exc, wire.XenstoreError):
+            cause = CAUSE_REFUSED
+        else:
+            cause = CAUSE_LOST
+        self.stats.xenstore_disconnects[cause] += 1
+        return cause
+
+    async def _hold(self, client: XenstoreClient) -> None:
+        """Until the connection is down; probes it whenever it has been silent too long."""
+        idle = self.timeouts.idle
+        while not client.closed:
+            if idle <= 0:
+                await client.wait_closed()
+                return
+            left = idle - client.idle_for
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await client.wait_closed()
+                continue
+            self.stats.xenstore_liveness_probes += 1
+            # No answer within the deadline gives the connection up (abort_on_timeout).
+            with contextlib.suppress(OSError, ConnectionError):
+                await client.probe()
+
+    async def _set_watches(self, client: XenstoreClient) -> None:
+        self._initial_due = dict.fromkeys(WATCH_PATHS, 0)
+        self.features = await client.get_feature(timeout=self.timeouts.feature)
+        self.depth = bool(
+            self.use_depth
+            and self.features is not None
+            and self.features & wire.XENSTORE_SERVER_FEATURE_WATCHDEPTH
         )
-        if self._connections > 1:
-            # Firings were lost while we were away: only a full scan can tell what changed.
-            self.request_full(TRIGGER_RECONNECT, None)
-        self.connected.set()
+        if self.depth:
+            try:
+                await self._watch_both(client, depth=1)
+                return
+            except wire.XenstoreError as exc:
+                # It says it can, then refuses: take it at its deed, on this connection.
+                self.depth = False
+                self.stats.xenstore_depth_fallbacks += 1
+                log.warning(
+                    "xenstored at %s claims watch depth (features %#x) but refused a depth "
+                    "watch (%s); using full scans per firing",
+                    self.path,
+                    self.features,
+                    exc,
+                )
+        await self._watch_both(client, depth=None)
+
+    async def _watch_both(self, client: XenstoreClient, depth: int | None) -> None:
+        """Both special watches, or (on an XS_ERROR) neither: one set alone is taken back."""
+        done: list[str] = []
+        try:
+            for path in WATCH_PATHS:
+                self._initial_due[path] += 1  # its first firing may come before the reply
+                try:
+                    await client.watch(path, TOKEN, depth=depth)
+                except BaseException:
+                    self._initial_due[path] -= 1
+                    raise
+                done.append(path)
+        except wire.XenstoreError:
+            for path in done:
+                with contextlib.suppress(wire.XenstoreError):
+                    await client.unwatch(path, TOKEN)
+            raise
+
+    # -- firings -------------------------------------------------------------------------
 
     def _on_watch(self, path: str, token: str) -> None:
         now = time.monotonic()
@@ -123,15 +292,22 @@ class Watcher:
         if base not in WATCH_PATHS:
             return
         self.stats.firings[base] += 1
-        if rest:
-            try:
-                domid = int(rest)
-            except ValueError:
-                self.request_full(TRIGGER_WATCH, now)
-                return
-            self.request_domid(domid, now)
-        else:
-            self.request_full(TRIGGER_WATCH, now)
+        if not rest:
+            if self._initial_due[base]:
+                # xenstored fires every new watch once: that firing tells nothing.
+                self._initial_due[base] -= 1
+                self.request_full(TRIGGER_WATCH, now, None)
+            else:
+                self.request_full(TRIGGER_WATCH, now, Firing(base, None, self.read_identity))
+            return
+        try:
+            domid = int(rest)
+        except ValueError:
+            self.request_full(TRIGGER_WATCH, now, Firing(base, None, self.read_identity))
+            return
+        self.request_domid(domid, now, Firing(base, domid, self.read_identity))
+
+    # -- reading the store ---------------------------------------------------------------
 
     async def read_name(self, domid: int) -> str | None:
         client = self.client
@@ -145,3 +321,23 @@ class Watcher:
     async def read_all_names(self, domids: list[int]) -> dict[int, str]:
         names = await asyncio.gather(*(self.read_name(d) for d in domids))
         return {d: n for d, n in zip(domids, names, strict=True) if n is not None}
+
+    async def read_identity(self, domid: int) -> Identity | None:
+        """The name and UUID xenstore still holds for `domid` (/local/domain/D/name and
+        /local/domain/D/vm); None when either is gone or xenstored does not answer."""
+        client = self.client
+        if client is None or client.closed:
+            return None
+        home = f"/local/domain/{domid}"
+        name, vm = await asyncio.gather(
+            client.read(f"{home}/name"), client.read(f"{home}/vm"), return_exceptions=True
+        )
+        for got in (name, vm):
+            if isinstance(got, BaseException):
+                if not isinstance(got, OSError | ConnectionError | wire.WireError):
+                    raise got
+                return None
+        uuid = uuid_of_vm_path(vm)  # type: ignore[arg-type]
+        if uuid is None:
+            return None
+        return Identity(name.decode(errors="replace"), uuid)  # type: ignore[union-attr]

@@ -20,15 +20,26 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mux import debpeers
 from mux.realxen.errors import RealXenError
 from mux.realxen.stubs import StubLibs
 from mux.realxen.table import ShmTable, dom0
 from mux.realxen.xsconn import STEP_TIMEOUT, XsConnection
 from mux.records import DomainRecord
 
-XEN_BIN = Path("/usr/lib/xen-4.17/bin")
-XENSTORED = XEN_BIN / "xenstored"
-OXENSTORED = XEN_BIN / "oxenstored"
+# Debian's own (xen-utils-4.17 installed) or the one `make deb-peers` extracted
+# (mux.debpeers); where the system would have them when they are nowhere.
+XENSTORED = debpeers.where("xenstored")
+OXENSTORED = debpeers.where("oxenstored")
+XEN_BIN = XENSTORED.parent
+
+
+def locate_server(kind: str) -> debpeers.Located:
+    """The program of `kind` ("xenstored" or "oxenstored"); RealXenError says how to get it."""
+    try:
+        return debpeers.locate(kind)
+    except debpeers.PeerMissing as exc:
+        raise RealXenError(str(exc)) from None
 
 
 def send_virq(path: Path | str) -> None:
@@ -91,7 +102,7 @@ class XenstoredUnderStub:
 
     @property
     def binary(self) -> Path:
-        return XENSTORED if self.kind == "xenstored" else OXENSTORED
+        return debpeers.where(self.kind)
 
     @property
     def pid(self) -> int:
@@ -101,6 +112,8 @@ class XenstoredUnderStub:
     def env(self) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # A server from the cache finds its libraries there; hvstub needs none of them.
+            **locate_server(self.kind).environ({}),
             "LD_PRELOAD": str(self.libs.hvstub),
             "XENMUX_STUB_SHM": str(self.shm_path),
             "XENMUX_STUB_VIRQ_SOCKET": str(self.virq_path),
@@ -118,14 +131,13 @@ class XenstoredUnderStub:
         if self.kind == "xenstored":
             # -N foreground, -T trace of every request (read it when a test fails)
             trace = ["-T", str(self.workdir / "trace.log")] if self.trace else []
-            return [str(XENSTORED), "-N", *trace]
+            return [str(self.binary), "-N", *trace]
         conf = self.workdir / "oxenstored.conf"
         conf.write_text(OXENSTORED_CONF.format(rundir=self.rundir))
-        return [str(OXENSTORED), "--no-fork", "--no-access-log", "--config-file", str(conf)]
+        return [str(self.binary), "--no-fork", "--no-access-log", "--config-file", str(conf)]
 
     def start(self) -> None:
-        if not self.binary.exists():
-            raise RealXenError(f"{self.binary} is missing: install xen-utils-4.17 (make test does)")
+        locate_server(self.kind)
         self.rundir.mkdir(parents=True, exist_ok=True)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(

@@ -16,6 +16,10 @@ Failure rules (the daemon depends on them):
   type, a reply of the wrong type or shape) is cut off: the same, with `XenstoreProtocolError`.
   A reply to a req_id nobody waits for is only logged and dropped (a late answer to a
   request that timed out is expected and dropped quietly).
+- A request that misses its deadline raises `XenstoreTimeoutError`; the connection stays up,
+  unless the client was made with `abort_on_timeout`: then a missed deadline is taken as a
+  hung server (or one that lost the request) and the connection is given up at once, the
+  other pending requests failing with `XenstoreDeadlineError`, and `on_lost` called.
 - Nothing raised by a callback or by a malformed frame escapes into the event loop.
 """
 
@@ -67,7 +71,25 @@ class XenstoreProtocolError(XenstoreConnectionError):
 
 
 class XenstoreTimeoutError(TimeoutError):
-    """No reply within the request's timeout. The connection stays up; a late reply is dropped."""
+    """No reply within the request's timeout; a late reply is dropped. `request` names the
+    request type (`XS_READ`...). The connection stays up unless `abort_on_timeout`."""
+
+    def __init__(self, message: str, request: str = "") -> None:
+        super().__init__(message)
+        self.request = request
+
+
+class XenstoreDeadlineError(XenstoreConnectionError):
+    """The client gave the connection up: a request (`request`, its type) missed its deadline."""
+
+    def __init__(self, message: str, path: str = "", request: str = "") -> None:
+        super().__init__(message, path)
+        self.request = request
+
+    def _copy(self) -> XenstoreDeadlineError:
+        exc = type(self)(str(self), self.path, self.request)
+        exc.__cause__ = self.__cause__
+        return exc
 
 
 def default_xenstore_path(
@@ -134,6 +156,8 @@ class XenstoreProtocol(asyncio.Protocol):
         self._closing_by_us = False
         self._closed = loop.create_future()
         self._lost_task: asyncio.Task | None = None
+        # loop.time() of the last bytes from the server: how long the connection has been silent.
+        self.last_received = loop.time()
 
     # Requests -------------------------------------------------------------------------------
 
@@ -172,10 +196,6 @@ class XenstoreProtocol(asyncio.Protocol):
         if len(self._abandoned_order) > _ABANDONED_KEEP:
             self._abandoned.discard(self._abandoned_order.popleft())
 
-    def describe_pending(self, req_id: int) -> str:
-        entry = self._pending.get(req_id)
-        return _describe(entry[1], entry[2]) if entry else f"request {req_id}"
-
     @property
     def pending_count(self) -> int:
         return len(self._pending)
@@ -186,6 +206,7 @@ class XenstoreProtocol(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.last_received = self._loop.time()
         if self._error is not None:
             return
         try:
@@ -298,6 +319,14 @@ class XenstoreProtocol(asyncio.Protocol):
                 self._transport.abort()  # type: ignore[attr-defined]
         return self._error  # type: ignore[return-value]
 
+    def give_up(self, err: XenstoreConnectionError) -> None:
+        """Take the connection down with `err` (a hung server, say); on_lost is called."""
+        if self._error is None:
+            log.error("%s", err)
+            self._go_down(err)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.abort()  # type: ignore[attr-defined]
+
     def close(self) -> None:
         if self._error is None:
             self._closing_by_us = True
@@ -340,11 +369,16 @@ class XenstoreClient:
     """One connection to xenstored. Create it with `await XenstoreClient.connect(path)`."""
 
     def __init__(
-        self, protocol: XenstoreProtocol, path: str, request_timeout: float | None = None
+        self,
+        protocol: XenstoreProtocol,
+        path: str,
+        request_timeout: float | None = None,
+        abort_on_timeout: bool = False,
     ) -> None:
         self._proto = protocol
         self.path = path
         self.request_timeout = request_timeout
+        self.abort_on_timeout = abort_on_timeout
 
     @classmethod
     async def connect(
@@ -355,6 +389,7 @@ class XenstoreClient:
         on_lost: OnLost | None = None,
         timeout: float = 5.0,
         request_timeout: float | None = None,
+        abort_on_timeout: bool = False,
     ) -> XenstoreClient:
         """Connect to a xenstored Unix socket or to a character device such as /dev/xen/xenbus.
 
@@ -363,7 +398,8 @@ class XenstoreClient:
         away for any reason other than `close()`; `exc` is a `XenstoreConnectionError`
         (`XenstoreProtocolError` for a misbehaving server). Either may be changed later
         through the attributes of the same names. `request_timeout` is the default of
-        `request(timeout=...)`; None waits as long as the connection lives.
+        `request(timeout=...)`; None waits as long as the connection lives. With
+        `abort_on_timeout` a request that misses its deadline takes the connection down.
         """
         loop = asyncio.get_running_loop()
         proto = XenstoreProtocol(path, loop, on_watch, on_lost)
@@ -379,7 +415,7 @@ class XenstoreClient:
             raise XenstoreConnectionError(
                 f"cannot connect to xenstored at {path}: {reason}", path
             ) from exc
-        return cls(proto, path, request_timeout)
+        return cls(proto, path, request_timeout, abort_on_timeout)
 
     # Callbacks and state ----------------------------------------------------------------------
 
@@ -408,6 +444,12 @@ class XenstoreClient:
     def error(self) -> XenstoreConnectionError | None:
         """Why the connection is down (None while it is up)."""
         return self._proto._error
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the server last sent anything (a reply or a watch event)."""
+        proto = self._proto
+        return proto._loop.time() - proto.last_received
 
     async def close(self) -> None:
         """Close the connection; pending requests fail with XenstoreConnectionError."""
@@ -444,11 +486,15 @@ class XenstoreClient:
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
-            what = proto.describe_pending(req_id)
+            what = _describe(msg_type, payload)
             proto.abandon(req_id)
-            raise XenstoreTimeoutError(
-                f"xenstored at {self.path} did not answer {what} within {timeout} s"
-            ) from None
+            request = _type_name(msg_type)
+            message = f"xenstored at {self.path} did not answer {what} within {timeout} s"
+            if self.abort_on_timeout:
+                proto.give_up(
+                    XenstoreDeadlineError(f"{message}; connection closed", self.path, request)
+                )
+            raise XenstoreTimeoutError(message, request) from None
         except asyncio.CancelledError:
             proto.abandon(req_id)
             raise
@@ -567,6 +613,15 @@ class XenstoreClient:
 
     async def reset_watches(self) -> None:
         await self._ok_request(wire.XS_RESET_WATCHES, wire.join(""))
+
+    async def probe(self, timeout: float | None = None) -> None:
+        """Show that the server still answers: XS_GET_DOMAIN_PATH of domain 0, which every
+        xenstored answers without touching its store. Any answer counts, an XS_ERROR too;
+        XenstoreTimeoutError (and, with abort_on_timeout, a closed connection) if none comes."""
+        try:
+            await self.request(wire.XS_GET_DOMAIN_PATH, wire.join("0"), timeout=timeout)
+        except wire.XenstoreError:
+            pass
 
     async def get_feature(self, timeout: float = 1.0) -> int | None:
         """The server's XENSTORE_SERVER_FEATURE_* bitmap (XS_GET_FEATURE with no domid).

@@ -27,14 +27,15 @@ class Line:
         self.s.sendall(data)
 
     def reply(self) -> dict | None:
-        """The next line, or None when the daemon closed the connection."""
+        """The next line (strict JSON: see `strict`), or None when the daemon closed the
+        connection."""
         while b"\n" not in self.buf:
             chunk = self.s.recv(65536)
             if not chunk:
                 return None
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
+        return strict(line)
 
     def ask(self, obj) -> dict | None:
         self.send(json.dumps(obj).encode() + b"\n")
@@ -90,6 +91,51 @@ def test_unknown_op_and_bad_fields(daemon):
         assert _err(r) == "bad-domid", bad
         assert "32751" in r["error"]["message"]
     assert c.ask({"op": "ping", "id": 7})["ok"] is True
+
+
+def strict(line: bytes) -> dict:
+    """A frame parsed as strict JSON: NaN, Infinity and -Infinity are not JSON."""
+
+    def refuse(constant):
+        raise AssertionError(f"the daemon sent {constant}, which is not JSON: {line!r}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        (b"[" * 60_000, "bad-json"),  # deeper than the parser goes
+        (b'{"op": "ping", "id": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "bad-json"),
+        (b'{"op": "subscribe", "id": 1, "domids": "*", "events": 5}', "bad-request"),
+        (b'{"op": "subscribe", "id": 1, "domids": [1], "events": "death"}', "bad-request"),
+        (b'{"op": "subscribe", "id": 1, "domids": [1], "events": {"death": 1}}', "bad-request"),
+        (b'{"op": "subscribe", "id": 1, "domids": [1], "events": [["death"]]}', "bad-request"),
+        (b'{"op": "unsubscribe", "id": 1, "domids": 5}', "bad-request"),
+        (b'{"op": "ping", "id": NaN}', "bad-json"),
+        (b'{"op": "ping", "id": Infinity}', "bad-json"),
+        (b'{"op": "ping", "id": -Infinity}', "bad-json"),
+        (b'{"op": "ping", "id": 1e400}', "bad-json"),
+        (b'{"op": "ping", "id": ' + b"9" * 5000 + b"}", "bad-json"),
+        (b'{"op": "subscribe", "id": 1, "domids": [1e400]}', "bad-json"),
+        (b'{"op": "ping", "id": "\\ud800"}', None),  # a lone surrogate: echoed, escaped
+    ],
+)
+def test_every_bad_line_gets_one_reply_and_the_next_line_its_own(daemon, bad, code):
+    """Pipelined behind a line that is malformed or ill-typed, a ping is answered at once."""
+    c = Line(daemon.sock)
+    c.send(bad + b'\n{"op": "ping", "id": "next"}\n')
+    first = c.reply()
+    after = c.reply()
+    assert first is not None and after is not None, "closed"
+    if code is None:
+        assert first["ok"] is True
+    else:
+        assert _err(first) == code, first
+    assert after == {"id": "next", "ok": True}
+    assert c.ask({"op": "ping", "id": 3}) == {"id": 3, "ok": True}  # still open
+    assert "Traceback" not in daemon.log_text()
+    assert daemon.stats()["client_errors"].get("internal-error", 0) == 0
 
 
 def test_over_long_line_closes_that_client_only(daemon, sim):
@@ -195,8 +241,21 @@ def test_rescan_needs_privilege(sim, daemon_factory, open_dir, allowed):
     assert listing["ok"] is True and len(listing["domains"]) == 9
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
 requests = st.one_of(
     st.binary(max_size=300).map(lambda b: b.replace(b"\n", b" ")),
+    st.dictionaries(
+        st.sampled_from(["op", "id", "domids", "events", "x"]),
+        json_values,
+        max_size=5,
+    ).map(lambda d: json.dumps({"op": "subscribe", **d}).encode()),
+    st.sampled_from([b"NaN", b"Infinity", b"1e999", b"-1e999"]).map(
+        lambda n: b'{"op": "ping", "id": %s}' % n
+    ),
     st.dictionaries(
         st.sampled_from(["op", "id", "domids", "events", "x"]),
         st.one_of(
@@ -239,6 +298,7 @@ def test_fuzzed_requests_each_get_one_well_formed_reply(daemon, lines):
             assert isinstance(reply["ok"], bool)
             if not reply["ok"]:
                 assert reply["error"]["code"] in ERROR_CODES
+                assert reply["error"]["code"] != "internal-error", reply  # a bug
                 assert isinstance(reply["error"]["message"], str)
     finally:
         c.close()

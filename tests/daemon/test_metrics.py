@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -18,12 +17,12 @@ import pytest
 from daemonhelpers import quiet, take, until
 from simhelpers import sim_command
 
+from mux import debpeers
 from mux.daemon.metrics import _histogram, features_label, parse_addr
 from mux.daemon.stats import DURATION_BUCKETS, WATCH_PATHS, Histogram
 from mux.protocol import DOMAIN_STATES, ERROR_CODES, EVENT_KINDS, SCAN_TRIGGERS
 
 REPO = Path(__file__).resolve().parents[2]
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 # -- reading /metrics ------------------------------------------------------------------------
@@ -62,8 +61,15 @@ def value(samples: dict, name: str) -> float:
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess:
+    # Debian's, or the one `make deb-peers` extracted (mux.debpeers).
+    promtool = debpeers.locate("promtool")
     return subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        [str(promtool.path), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=promtool.environ(),
     )
 
 

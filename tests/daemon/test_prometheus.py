@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 from simhelpers import sim_command
 
+from mux import debpeers
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "grafana" / "xenmux.json"
 PROVISIONING = REPO / "grafana" / "provisioning"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_INTERVAL = 1  # seconds
 # What Grafana would put in for the time variables at this scrape interval.
 TIME_VARIABLES = {"__rate_interval": "10s", "__interval": "2s", "__range": "1m"}
@@ -220,13 +221,15 @@ class Prometheus:
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> None:
+        # Debian's, or the one `make deb-peers` extracted (mux.debpeers).
+        prometheus = debpeers.locate("prometheus")
         for _ in range(3):  # another process may take the free port before we bind it
             port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
                     [
-                        PROMETHEUS,
+                        str(prometheus.path),
                         f"--config.file={self.config}",
                         f"--storage.tsdb.path={self.dir / 'tsdb'}",
                         f"--web.listen-address=127.0.0.1:{port}",
@@ -236,6 +239,7 @@ class Prometheus:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.dir,
+                    env=prometheus.environ(),
                 )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:

@@ -18,7 +18,7 @@ import pytest
 import realxen
 
 from mux import records
-from mux.bench.build import build
+from mux.bench.build import build, libxenlight
 from mux.realxen import dom0, guest, private_dir, running
 
 xenstub_libs = realxen.xenstub_libs
@@ -39,7 +39,8 @@ class Monitor:
         self.results = results
         results.write_text("")
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # libxenlight from the Debian cache (mux.debpeers) needs its library directories
+            **libxenlight().environ({"PATH": os.environ.get("PATH", "/usr/bin:/bin")}),
             "XENSTORED_PATH": str(xsd.socket_path),
             "LD_PRELOAD": str(libs.xenctrl),
             "XENMUX_STUB_SHM": str(xsd.table.path),

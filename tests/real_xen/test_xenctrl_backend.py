@@ -492,7 +492,8 @@ def test_serve_refuses_in_one_line_when_the_hypervisor_is_out_of_reach(fakexc, t
 def start_serve(
     workdir: Path, *args: str, env: dict | None = None, timeout: float = 30.0
 ) -> DaemonHandle:
-    """`xenmux serve ARGS --socket workdir/x.sock --metrics-addr ''`, ready when it accepts."""
+    """`xenmux serve ARGS --socket workdir/x.sock --metrics-addr ''`, ready when it accepts;
+    its state dir is in `workdir` too (not the host's /var/lib/xenmux)."""
     sock = str(workdir / f"x{time.monotonic_ns() % 100000}.sock")
     log = workdir / f"serve-{time.monotonic_ns()}.log"
     argv = [
@@ -503,6 +504,8 @@ def start_serve(
         sock,
         "--metrics-addr",
         "",
+        "--state-dir",
+        str(workdir / "xenmux-state"),
         "--log-level",
         "debug",
     ]

@@ -32,7 +32,7 @@ PRODUCT = (
     "mux.protocol",
     "mux.records",
 )
-NOT_FOR_PRODUCT = ("mux.sim", "mux.bench", "mux.demo")
+NOT_FOR_PRODUCT = ("mux.sim", "mux.bench", "mux.demo", "mux.chaos", "mux.realxen", "mux.debpeers")
 
 
 @dataclass(frozen=True)
