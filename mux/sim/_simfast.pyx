@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The simulated host's hot path in C: its shared-memory domain table read as the hypercall.
+"""The simulated host's hot path in C: its shared-memory domain table read as the hypercall,
+and its xenstored's domain pass on VIRQ_DOM_EXC.
 
 `shm_getinfolist` is `getinfolist(first, max)` over `DIR/domains.shm`, copied under the
 table's seqlock with the memory order C readers use (the table's layout and its one
@@ -7,12 +8,18 @@ reading rule are in mux/sim/shm_layout.h, also included by the C stand-ins and t
 monitors). The layout's numbers are exported here for mux/sim/shm.py, so Python takes them
 from the same declaration.
 
+`DomainPass` is the sim xenstored's introduced-domain list (mux/sim/xenstored/domains.py):
+the order C xenstored keeps it in and each domain's shutdown latch, and the pass over all of
+them that C xenstored runs on every VIRQ_DOM_EXC, in C: a VIRQ costs Python only the domains
+that changed.
+
 Support code of the simulator: the daemon's `sim` backend reads the table through it; the
 product side never imports it.
 """
 
-from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcmp
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memmove, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 include "fastcore/xm_helpers.pxi"
@@ -157,3 +164,124 @@ cdef const unsigned char *_shm_header(const unsigned char[::1] shm) except NULL:
     if (<size_t>base) & 7:
         raise ValueError("shared-memory table must be 8-byte aligned (map the whole file)")
     return base
+
+
+# -- the sim xenstored's domain pass ----------------------------------------------------------
+
+# Every domid_t: the flags table the pass reads (Hypervisor.flags_table) has one slot each.
+DOMID_SLOTS = 65536
+# XEN_DOMINF_dying, XEN_DOMINF_shutdown (mux.records)
+cdef enum:
+    _SLOTS = 65536
+    _DOMINF_DYING = 1 << 0
+    _DOMINF_SHUTDOWN = 1 << 2
+
+
+cdef class DomainPass:
+    """The introduced domains in the order C xenstored keeps them (oldest first here; the
+    pass walks newest first, as C adds to the head of its list), with their shutdown
+    latches; `run` is check_domains() over a flags table indexed by domid.
+
+    Only order and latches live here: what a domain's introduction or removal fires stays
+    with the caller (mux/sim/xenstored/domains.py), which `run` tells what changed.
+    """
+
+    cdef uint16_t *order  # introduced domids, oldest first
+    cdef int32_t *pos  # domid -> its index in order, or -1
+    cdef uint8_t *latch  # domid -> the shutdown latch
+    cdef Py_ssize_t n
+
+    def __cinit__(self):
+        self.order = <uint16_t *>PyMem_Malloc(_SLOTS * sizeof(uint16_t))
+        self.pos = <int32_t *>PyMem_Malloc(_SLOTS * sizeof(int32_t))
+        self.latch = <uint8_t *>PyMem_Malloc(_SLOTS)
+        if self.order == NULL or self.pos == NULL or self.latch == NULL:
+            raise MemoryError()
+        memset(self.pos, 0xFF, _SLOTS * sizeof(int32_t))
+        memset(self.latch, 0, _SLOTS)
+        self.n = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.order)
+        PyMem_Free(self.pos)
+        PyMem_Free(self.latch)
+
+    def __len__(self):
+        return self.n
+
+    cdef inline uint16_t _slot(self, domid) except? 0:
+        if not 0 <= domid < _SLOTS:
+            raise ValueError(f"not a domid: {domid}")
+        return <uint16_t>domid
+
+    def __contains__(self, domid):
+        return isinstance(domid, int) and 0 <= domid < _SLOTS and self.pos[<uint16_t>domid] >= 0
+
+    def add(self, domid):
+        """Introduce `domid` (newest); False if it already was."""
+        cdef uint16_t d = self._slot(domid)
+        if self.pos[d] >= 0:
+            return False
+        self.order[self.n] = d
+        self.pos[d] = <int32_t>self.n
+        self.latch[d] = 0
+        self.n += 1
+        return True
+
+    def remove(self, domid):
+        """Forget `domid`; False if it was not introduced."""
+        cdef uint16_t d = self._slot(domid)
+        cdef Py_ssize_t i = self.pos[d], j
+        if i < 0:
+            return False
+        memmove(&self.order[i], &self.order[i + 1], (self.n - i - 1) * sizeof(uint16_t))
+        self.n -= 1
+        for j in range(i, self.n):
+            self.pos[self.order[j]] = <int32_t>j
+        self.pos[d] = -1
+        self.latch[d] = 0
+        return True
+
+    def latched(self, domid):
+        cdef uint16_t d = self._slot(domid)
+        return self.pos[d] >= 0 and self.latch[d] != 0
+
+    def set_latched(self, domid, bint value):
+        cdef uint16_t d = self._slot(domid)
+        if self.pos[d] < 0:
+            raise KeyError(domid)
+        self.latch[d] = value
+
+    def run(self, const int64_t[::1] flags):
+        """One check_domains() pass over every introduced domain, newest first, reading each
+        one's XEN_DOMINF_* flags from `flags[domid]` (negative: the domid is free).
+
+        A domain newly shut down is latched here. Returns (steps, notify): steps are, in
+        the pass's order, (domid, False) for each newly latched domain and (domid, True) for
+        each dying or vanished one the caller must destroy (dom0 never is); notify says
+        whether @releaseDomain fires at the end of the pass (a latch sets it, a destroy,
+        which fires the watch itself, clears it)."""
+        cdef Py_ssize_t i
+        cdef uint16_t d
+        cdef int64_t f
+        cdef bint notify = False
+        if flags.shape[0] < _SLOTS:
+            raise ValueError(f"the flags table has {flags.shape[0]} slots, not {_SLOTS}")
+        steps = []
+        i = self.n - 1
+        while i >= 0:
+            d = self.order[i]
+            f = flags[d]
+            i -= 1
+            if f >= 0:
+                if f & _DOMINF_SHUTDOWN and not self.latch[d]:
+                    self.latch[d] = 1
+                    steps.append((d, False))
+                    notify = True
+                if not f & _DOMINF_DYING:
+                    continue
+            if d == 0:
+                continue
+            steps.append((d, True))
+            notify = False
+        return steps, notify

@@ -17,6 +17,7 @@ import bisect
 import random
 import socket
 import uuid as uuidlib
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from mux.records import (
     reason_name,
     uuid_str,
 )
+from mux.sim._simfast import DOMID_SLOTS
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import Toolstack
 from mux.sim.xenstored import DomainSource
@@ -124,6 +126,8 @@ class Hypervisor(DomainSource):
         self.rng = rng or random.Random()
         self.domains: dict[int, Domain] = {}
         self._ids: list[int] = []  # sorted domids: the table's order
+        # Every domid's flags as the table has them (-1: free), for xenstored's domain pass.
+        self._flags = array("q", [-1]) * DOMID_SLOTS
         self.rover = 0  # the last domid handed out
         self.virqs = 0
         self._virq_handlers: list[Callable[[], None]] = []
@@ -143,6 +147,9 @@ class Hypervisor(DomainSource):
     def domain_flags(self, domid: int) -> int | None:
         dom = self.domains.get(domid)
         return None if dom is None else dom.flags
+
+    def flags_table(self) -> array:
+        return self._flags
 
     # VIRQ ----------------------------------------------------------------------------------
 
@@ -189,6 +196,8 @@ class Hypervisor(DomainSource):
             raise SimError(f"the domain table is full ({self.shm.capacity} records)")
         self.shm.begin()
         try:
+            for dom in doms:
+                self._flags[dom.domid] = dom.flags
             if len(doms) > _REWRITE_THRESHOLD:
                 for dom in doms:
                     self.domains[dom.domid] = dom
@@ -210,6 +219,7 @@ class Hypervisor(DomainSource):
         self.shm.begin()
         try:
             for dom in doms:
+                self._flags[dom.domid] = dom.flags
                 self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
         finally:
             self.shm.end()
@@ -219,6 +229,9 @@ class Hypervisor(DomainSource):
     def remove(self, domids: list[int], *, virq: bool) -> None:
         self.shm.begin()
         try:
+            for domid in domids:
+                if domid in self.domains:
+                    self._flags[domid] = -1
             if len(domids) > _REWRITE_THRESHOLD:
                 for domid in domids:
                     self.domains.pop(domid, None)
