@@ -123,7 +123,7 @@ class Ctx:
 
     def create(self) -> int:
         op = self.op("create")
-        domid = op.reply["domains"][0]["domid"]
+        domid = op.domid
         self.toolstack.after_create(domid)
         if self.model.spawn_after_create:
             self.model.spawn_for(domid)

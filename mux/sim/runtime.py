@@ -28,6 +28,7 @@ import sys
 from collections.abc import Iterable
 
 from mux.records import parse_reason
+from mux.sim.changes import ChangeServer, bind_seqpacket
 from mux.sim.churn import Churn
 from mux.sim.host import Hypervisor, SimError, SimHost
 from mux.sim.paths import sim_paths
@@ -237,6 +238,7 @@ class Sim:
             self.host = SimHost(self.hv, self.toolstack)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
         self._servers: list[asyncio.AbstractServer] = []
+        self._changes = ChangeServer(self.host, self.xs.counters)
         self._control_clients: set[asyncio.StreamWriter] = set()
         self._bound: list[str] = []
         self.closed = False
@@ -264,6 +266,8 @@ class Sim:
                 self._control_client, sock=control, limit=CONTROL_LINE_MAX
             )
         )
+        self._changes.serve(bind_seqpacket(self.paths.changes))
+        self._bound.append(self.paths.changes)
         if self.external:
             return
         xs_sock = bind_unix(self.paths.xenstored)
@@ -294,6 +298,7 @@ class Sim:
                 pass
         for server in self._servers:
             server.close()
+        self._changes.close()
         self.xs.close_all()
         for writer in list(self._control_clients):
             writer.close()
