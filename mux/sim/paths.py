@@ -18,6 +18,8 @@ class SimPaths:
     control: str  # `xenmux sim-ctl`'s socket
     changes: str  # the harness's binary change path (mux/sim/changes.py)
     state: str  # the daemon's default --state-dir for this simulated host
+    truth: str  # the host's ground-truth log of lifecycle steps (docs/sim.md)
+    hypercall_faults: str  # failures of the domain-info call the sim has armed (docs/sim.md)
 
 
 def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
@@ -29,4 +31,6 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         control=os.path.join(d, "control.sock"),
         changes=os.path.join(d, "changes.sock"),
         state=os.path.join(d, "xenmux-state"),
+        truth=os.path.join(d, "truth.jsonl"),
+        hypercall_faults=os.path.join(d, "hypercall-faults"),
     )
