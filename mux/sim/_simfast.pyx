@@ -46,6 +46,11 @@ cdef extern from "sim/shm_layout.h":
     long xm_shm_try_copy(const unsigned char *shm, uint32_t capacity, uint32_t first,
                          uint32_t max, unsigned char *out) noexcept nogil
     uint64_t xm_shm_change_stamp(const unsigned char *shm) noexcept nogil
+    void xm_shm_write_begin(unsigned char *shm, uint64_t odd_seq) noexcept nogil
+    void xm_shm_write_end(unsigned char *shm, uint64_t even_seq, uint32_t count, uint64_t stamp,
+                          uint64_t changes) noexcept nogil
+    void xm_shm_put_state(unsigned char *shm, uint32_t index, uint32_t flags,
+                          uint64_t cpu_time) noexcept nogil
 
 
 cdef extern from "<sched.h>":
@@ -147,6 +152,54 @@ def shm_change_stamp(const unsigned char[::1] shm):
     return xm_shm_change_stamp(_shm_header(shm))
 
 
+def shm_write_states(unsigned char[::1] shm, uint64_t seq, uint32_t count, uint64_t changes,
+                     states):
+    """One whole seqlock section of the sim's writer, in C: for each (index, flags,
+    cpu_time) of `states` the record at `index` (< `count`) gets those flags and that CPU
+    time (a lifecycle change); then the header's count, stamp and `changes`. `seq` is the
+    even sequence number before; the section leaves it at seq + 2. Returns the stamp (the
+    CLOCK_MONOTONIC ns of the change)."""
+    cdef unsigned char *base
+    cdef uint32_t cap
+    cdef Py_ssize_t i, n = len(states)
+    cdef uint32_t *idx
+    cdef uint32_t *flg
+    cdef uint64_t *cpu
+    cdef timespec ts
+    cdef uint64_t stamp
+    base = <unsigned char *>_shm_header(shm)
+    cap = xm_ld32(base + XM_SHM_OFF_CAPACITY)
+    if seq & 1:
+        raise ValueError(f"a section opens from an even sequence number, not {seq}")
+    if count > cap or cap > (shm.shape[0] - XM_SHM_HEADER_SIZE) // XM_RECORD_SIZE:
+        raise ValueError(f"{count} records do not fit the table ({cap} records)")
+    idx = <uint32_t *>PyMem_Malloc((n + 1) * sizeof(uint32_t))
+    flg = <uint32_t *>PyMem_Malloc((n + 1) * sizeof(uint32_t))
+    cpu = <uint64_t *>PyMem_Malloc((n + 1) * sizeof(uint64_t))
+    try:
+        if idx == NULL or flg == NULL or cpu == NULL:
+            raise MemoryError()
+        for i in range(n):  # every state checked before the section opens
+            index, flags, cpu_time = states[i]
+            if not 0 <= index < count:
+                raise IndexError(f"record {index} is not in the table ({count} records)")
+            idx[i] = index
+            flg[i] = flags
+            cpu[i] = cpu_time
+        with nogil:
+            xm_shm_write_begin(base, seq + 1)
+            for i in range(n):
+                xm_shm_put_state(base, idx[i], flg[i], cpu[i])
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            stamp = <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
+            xm_shm_write_end(base, seq + 2, count, stamp, changes)
+        return stamp
+    finally:
+        PyMem_Free(idx)
+        PyMem_Free(flg)
+        PyMem_Free(cpu)
+
+
 cdef const unsigned char *_shm_header(const unsigned char[::1] shm) except NULL:
     cdef const unsigned char *base
     if shm.shape[0] < XM_SHM_HEADER_SIZE:
@@ -169,12 +222,9 @@ cdef const unsigned char *_shm_header(const unsigned char[::1] shm) except NULL:
 # -- the sim xenstored's domain pass ----------------------------------------------------------
 
 # Every domid_t: the flags table the pass reads (Hypervisor.flags_table) has one slot each.
-DOMID_SLOTS = 65536
-# XEN_DOMINF_dying, XEN_DOMINF_shutdown (mux.records)
 cdef enum:
     _SLOTS = 65536
-    _DOMINF_DYING = 1 << 0
-    _DOMINF_SHUTDOWN = 1 << 2
+DOMID_SLOTS = _SLOTS
 
 
 cdef class DomainPass:
@@ -274,11 +324,11 @@ cdef class DomainPass:
             f = flags[d]
             i -= 1
             if f >= 0:
-                if f & _DOMINF_SHUTDOWN and not self.latch[d]:
+                if f & XM_DOMINF_SHUTDOWN and not self.latch[d]:
                     self.latch[d] = 1
                     steps.append((d, False))
                     notify = True
-                if not f & _DOMINF_DYING:
+                if not f & XM_DOMINF_DYING:
                     continue
             if d == 0:
                 continue
