@@ -76,7 +76,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "switches are context switches (wake-ups) of all of them; latency is from the "
         "sim's change stamp to the receipt at the interested process (`fired`: changes "
         "that fire @releaseDomain). `x` = extrapolated (see notes). `host` is the "
-        "simulated host with no watcher: its own cost of the same changes (control "
+        "simulated host with no watcher: its own cost of the same changes (change "
         "request, table, xenstored's domain pass, and one probe watcher that only stamps "
         "each firing), a floor every model pays; 'above the bare host' compares what each "
         "model adds to it. 'other CPU' is what the rest of the machine used during the "
