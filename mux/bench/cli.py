@@ -1,11 +1,12 @@
 """`xenmux bench`: the daemon against per-domain monitors (the `xl` model) on one simulated host.
 
-Every scenario runs for both models on the same host state (a fresh simulated host with the
+Every scenario runs for every model on the same host state (a fresh simulated host with the
 same seed each time), one model at a time: the mux (one `xenmux serve`, one C subscriber per
-domain) and the monitors (one C monitor per domain, each with its own xenstore connection
-and @releaseDomain watch, querying its domain on every firing). Results go to --out DIR as
-JSON and Markdown, with PNG plots when matplotlib is installed; `lost=N` is printed for
-every scenario and model. Exit status 1 when any notification was lost or a run failed.
+domain), the monitors (one lean C monitor per domain, each with its own xenstore connection
+and @releaseDomain watch, querying its domain on every firing) and libxl (the same on
+Debian's libxenlight, as xl runs it). Results go to --out DIR as JSON and Markdown, with PNG
+plots when matplotlib is installed; `lost=N` is printed for every scenario and model. Exit
+status 1 when any notification was lost or a run failed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import sys
 import tempfile
 import time
 
-from mux.bench.scenarios import QUADRATIC, SCENARIOS, TITLES
+from mux.bench.scenarios import PER_DOMAIN, QUADRATIC, SCENARIOS, TITLES
 
-XENSTORED_KINDS = ("sim", "c-xenstored")
+XENSTORED_KINDS = ("sim", "c-xenstored", "oxenstored")
+REAL_KINDS = XENSTORED_KINDS[1:]
+MODELS = ("host", "mux", "monitors", "libxl")
 
 
 def _sizes(text: str) -> list[int]:
@@ -70,23 +73,29 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--models",
-        type=_names(("host", "mux", "monitors")),
-        default=["host", "mux", "monitors"],
-        help="comma-separated, of host,mux,monitors (default: all three; host is the "
-        "simulated host with no watcher at all: the floor under both models)",
+        type=_names(MODELS),
+        default=list(MODELS),
+        help=f"comma-separated, of {','.join(MODELS)} (default: all; host is the simulated "
+        "host with no watcher at all: the floor under every model; libxl is xl's monitor on "
+        "Debian's libxenlight, monitors its lean lower bound)",
     )
     p.add_argument(
         "--xenstored",
-        choices=("auto", "sim", "c-xenstored", "both"),
-        default="auto",
-        help="the sim's xenstored, Debian's C xenstored under the test stand-in, or both "
-        "(auto: both where the stand-in is found)",
+        type=_names(("auto", "all", "both", *XENSTORED_KINDS)),
+        default=["auto"],
+        help=f"comma-separated, of {','.join(XENSTORED_KINDS)}: the sim's xenstored and "
+        "Debian's under the stand-in; all: the three; auto (default): the sim and each of "
+        "Debian's that is found; both: sim,c-xenstored",
     )
     p.add_argument(
         "--c-xenstored-sizes",
         type=_sizes,
-        help="domain counts measured on Debian's C xenstored (default: the --sizes up to "
-        "1000: introducing N domains into it under the stand-in costs O(N^2) or worse)",
+        help="domain counts measured on Debian's C xenstored (default: the --sizes)",
+    )
+    p.add_argument(
+        "--oxenstored-sizes",
+        type=_sizes,
+        help="domain counts measured on Debian's oxenstored (default: the --sizes up to 1000)",
     )
     p.add_argument(
         "--monitors-mass-max",
@@ -135,7 +144,7 @@ def _settings(args: argparse.Namespace):
     params = Params(
         one_count=args.one_count or (4 if quick else 50),
         migrate_fraction=args.migrate_fraction or (0.25 if quick else 0.10),
-        churn_seconds=args.churn_seconds or (1.5 if quick else 10.0),
+        churn_seconds=args.churn_seconds or (0.6 if quick else 10.0),
         churn_rate=args.churn_rate or 10.0,
         wait_timeout=15.0 if quick else 60.0,
     )
@@ -143,12 +152,26 @@ def _settings(args: argparse.Namespace):
     daemon_sizes = (
         args.daemon_sizes if args.daemon_sizes is not None else ([] if quick else [32000])
     )
-    c_sizes = (
-        args.c_xenstored_sizes
-        if args.c_xenstored_sizes is not None
-        else [n for n in sizes if n <= 1000]
-    )
-    return params, sizes, daemon_sizes, c_sizes
+    real_sizes = {
+        "c-xenstored": args.c_xenstored_sizes if args.c_xenstored_sizes is not None else sizes,
+        "oxenstored": (
+            args.oxenstored_sizes
+            if args.oxenstored_sizes is not None
+            else [n for n in sizes if n <= 1000]
+        ),
+    }
+    return params, sizes, daemon_sizes, real_sizes
+
+
+def _kinds(wanted: list[str]) -> tuple[list[str], bool]:
+    """The xenstoreds asked for, and whether each must be there (not auto)."""
+    if "auto" in wanted:
+        return list(XENSTORED_KINDS), False
+    if "all" in wanted:
+        return list(XENSTORED_KINDS), True
+    if "both" in wanted:
+        wanted = [*wanted, "sim", "c-xenstored"]
+    return [k for k in XENSTORED_KINDS if k in wanted], True
 
 
 def _machine() -> str:
@@ -191,12 +214,12 @@ def run(args: argparse.Namespace) -> int:
         from mux.bench.pool import run as run_pool
 
         return run_pool(args, _machine())
-    from mux.bench import report, runner
-    from mux.bench.build import BuildError, build
+    from mux.bench import realxs, report, runner
+    from mux.bench.build import BuildError
     from mux.bench.procs import ProcessSet
     from mux.bench.progress import Progress
 
-    params, sizes, daemon_sizes, c_sizes = _settings(args)
+    params, sizes, daemon_sizes, real_sizes = _settings(args)
     notes: list[str] = []
     meta: dict = {
         "machine": _machine(),
@@ -222,55 +245,41 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     try:
         try:
-            programs = ("subscriber",)
-            if "monitors" in args.models or "host" in args.models:
-                programs += ("monitor",)
-            binaries = build(tmp_root, programs)
+            binaries, models = _build(args.models, tmp_root, notes)
         except BuildError as exc:
             print(f"xenmux bench: {exc}", file=sys.stderr)
             return 1
-
-        kinds: list[str] = []
-        real_factory = None
-        if args.xenstored in ("auto", "c-xenstored", "both"):
-            from mux.bench import realxs
-
-            real_factory, why = realxs.factory(tmp_root)
-            if real_factory is None:
-                msg = f"Debian's C xenstored: not measured ({why})"
-                if args.xenstored in ("c-xenstored", "both"):
-                    print(f"xenmux bench: {msg}", file=sys.stderr)
-                    return 1
-                notes.append(msg)
-        if args.xenstored in ("auto", "sim", "both"):
-            kinds.append("sim")
-        if real_factory is not None:
-            kinds.append("c-xenstored")
-            skipped = [n for n in sizes + daemon_sizes if n not in c_sizes]
-            if skipped:
-                notes.append(
-                    "Debian's C xenstored: measured at "
-                    + (", ".join(f"{n:,}" for n in c_sizes) or "no size")
-                    + " domains only (introducing N domains into it under the test "
-                    "stand-in costs far more than O(N); see bench/README.md)"
-                )
+        try:
+            kinds, factories = _xenstoreds(args.xenstored, tmp_root, notes)
+        except BuildError as exc:
+            print(f"xenmux bench: {exc}", file=sys.stderr)
+            return 1
         meta["xenstored"] = kinds
+        meta["models"] = models
 
         plans: list[runner.Plan] = []
-        extrapolate: list[tuple[str, int, str]] = []
+        extrapolate: list[tuple[str, int, str, str]] = []
         for xs in kinds:
-            for n in sizes if xs == "sim" else c_sizes:
+            xs_sizes = sizes if xs == "sim" else real_sizes[xs]
+            skipped = [n for n in sizes + daemon_sizes if n not in xs_sizes]
+            if xs != "sim" and skipped:
+                notes.append(
+                    f"{realxs.TITLES[xs]}: measured at "
+                    + (", ".join(f"{n:,}" for n in xs_sizes) or "no size")
+                    + f" domains only (--{xs}-sizes)"
+                )
+            for n in xs_sizes:
                 for sc in args.scenarios:
-                    for model in args.models:
-                        if model == "monitors" and sc in QUADRATIC and n > args.monitors_mass_max:
-                            extrapolate.append((xs, n, sc))
+                    for model in models:
+                        if model in PER_DOMAIN and sc in QUADRATIC and n > args.monitors_mass_max:
+                            extrapolate.append((xs, n, sc, model))
                             continue
                         plans.append(runner.Plan(xs, n, sc, model))
             for n in daemon_sizes if xs == "sim" else []:
                 for sc in args.scenarios:
-                    if "host" in args.models:
+                    if "host" in models:
                         plans.append(runner.Plan(xs, n, sc, "host"))
-                    if "mux" in args.models:
+                    if "mux" in models:
                         plans.append(
                             runner.Plan(xs, n, sc, "mux", args.per_conn, args.conns_per_proc)
                         )
@@ -285,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         )
         progress = Progress(len(plans))
         for plan in plans:
-            env.real = real_factory if plan.xenstored == "c-xenstored" else None
+            env.real = factories.get(plan.xenstored)
             label = f"{plan.xenstored} N={plan.n:,} {TITLES[plan.scenario]} · {plan.model}"
             if plan.per_conn:
                 label += f" ({plan.per_conn} domids/conn)"
@@ -344,33 +353,80 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp_root, ignore_errors=True)
 
 
-def _extrapolate(rows: list[dict], wanted: list[tuple[str, int, str]], notes: list[str]) -> None:
+def _build(wanted: list[str], tmp_root: str, notes: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Compile what the models need; (binaries, the models that can run). The libxl model is
+    left out, with a note, where Debian's libxenlight or the stand-in cannot be had."""
+    from mux.bench.build import BuildError, build
+
+    programs = ("subscriber",)
+    if "monitors" in wanted or "host" in wanted:
+        programs += ("monitor",)
+    binaries = build(tmp_root, programs)
+    models = list(wanted)
+    if "libxl" in wanted:
+        from mux.bench.realxs import RealXenError, stand_in
+
+        try:
+            binaries.update(build(tmp_root, ("libxl_monitor",)))
+            binaries["libxenctrl_stub"] = str(stand_in(tmp_root).xenctrl)
+        except (BuildError, RealXenError) as exc:
+            models.remove("libxl")
+            # the compiler's last word, or what to install
+            notes.append(f"the libxl model: not measured ({str(exc).splitlines()[-1]})")
+    return binaries, models
+
+
+def _xenstoreds(wanted: list[str], tmp_root: str, notes: list[str]):
+    """(the xenstoreds to measure, a factory for each of Debian's). BuildError when one that
+    was asked for by name cannot be had; with auto, a note says why it is left out."""
+    from mux.bench import realxs
+    from mux.bench.build import BuildError
+
+    kinds, required = _kinds(wanted)
+    factories = {}
+    for xs in [k for k in kinds if k in REAL_KINDS]:
+        make, why = realxs.factory(xs, tmp_root)
+        if make is None:
+            msg = f"{realxs.TITLES[xs]}: not measured ({why})"
+            if required:
+                raise BuildError(msg)
+            notes.append(msg)
+            kinds.remove(xs)
+        else:
+            factories[xs] = make
+    return kinds, factories
+
+
+def _extrapolate(
+    rows: list[dict], wanted: list[tuple[str, int, str, str]], notes: list[str]
+) -> None:
     from mux.bench.runner import extrapolate
 
-    for xs, n, sc in wanted:
-        one = _find(rows, xs, n, "one", "monitors")
+    for xs, n, sc, model in wanted:
+        one = _find(rows, xs, n, "one", model)
         template = _find(rows, xs, n, sc, "mux")
         if one is None or template is None or one.get("error") or template.get("error"):
             notes.append(
-                f"monitors, {TITLES[sc]} at N={n} ({xs}): not extrapolated (needs the "
-                "monitors' one-lifecycle run and the mux run of it at the same N)"
+                f"{model}, {TITLES[sc]} at N={n} ({xs}): not extrapolated (needs the "
+                f"{model} one-lifecycle run and the mux run of it at the same N)"
             )
             continue
         row = extrapolate(one, template)
         rows.append(row)
-        notes.append(f"monitors, {TITLES[sc]} at N={n:,} ({xs}) is extrapolated: {row['basis']}")
+        notes.append(f"{model}, {TITLES[sc]} at N={n:,} ({xs}) is extrapolated: {row['basis']}")
 
 
 def _validate(rows: list[dict], notes: list[str]) -> None:
-    """Where the monitors ran a mass scenario, how far the extrapolation would have been."""
+    """Where a per-domain model ran a mass scenario, how far the extrapolation would have
+    been."""
     from mux.bench.runner import extrapolate
 
     for row in rows:
-        if row["model"] != "monitors" or row["scenario"] not in QUADRATIC:
+        if row["model"] not in PER_DOMAIN or row["scenario"] not in QUADRATIC:
             continue
         if not row.get("measured", True) or row.get("error"):
             continue
-        one = _find(rows, row["xenstored"], row["n"], "one", "monitors")
+        one = _find(rows, row["xenstored"], row["n"], "one", row["model"])
         template = _find(rows, row["xenstored"], row["n"], row["scenario"], "mux")
         if not one or not template or one.get("error") or template.get("error"):
             continue
@@ -378,7 +434,7 @@ def _validate(rows: list[dict], notes: list[str]) -> None:
         row["extrapolated_cpu_ms"] = est
         if row.get("cpu_ms_total"):
             notes.append(
-                f"check of the extrapolation: monitors, {TITLES[row['scenario']]} at "
+                f"check of the extrapolation: {row['model']}, {TITLES[row['scenario']]} at "
                 f"N={row['n']:,} ({row['xenstored']}): measured {row['cpu_ms_total']:,.0f} ms, "
                 f"extrapolated {est:,.0f} ms ({est / row['cpu_ms_total']:.2f}x)"
             )

@@ -4,6 +4,9 @@ client, and the change stamps it writes into the shared-memory table's header.
 Every operation the harness drives is one table change (a destroy is driven as two: `dying`,
 then the record gone), so the stamp read right after the sim's reply is that change's stamp.
 The sim replies only once the change is applied and its firings are written to every watcher.
+The changes go over the sim's binary change path (mux/sim/changes.py), so that what a change
+costs the host is the change, not a JSON round trip; the rest (the guest list, info) over its
+control socket.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import time
 from dataclasses import dataclass
 
 from mux.bench.procs import ProcessSet
+from mux.records import parse_reason
 from mux.sim._simfast import shm_change_stamp
-from mux.sim.ctl import SimControl, SimControlError
+from mux.sim.changes import FLAG_SILENT, FLAG_ZOMBIE, ChangeClient, ChangeError
+from mux.sim.ctl import SimControl
 from mux.sim.paths import sim_paths
 
 
@@ -32,7 +37,7 @@ class Op:
     release_firings: int
     introduce_firings: int
     watch_events: int
-    reply: dict
+    domid: int  # the domain a create made (0 for the other changes)
 
 
 def python_command(*args: str) -> list[str]:
@@ -91,10 +96,12 @@ class SimHost:
         self.log = log
         self.pid: int | None = None
         self.ctl: SimControl | None = None
+        self.changes: ChangeClient | None = None
         self._mm: mmap.mmap | None = None
         paths = sim_paths(directory)
         self.xenstored_path = paths.xenstored
         self.shm_path = paths.shm
+        self.changes_path = paths.changes
 
     def start(self, timeout: float = 120.0) -> None:
         argv = python_command(
@@ -113,6 +120,10 @@ class SimHost:
         self.pid = self.procs.spawn(argv, name="sim", stderr=self.log)
         wait_for_socket(self.xenstored_path, self.procs, self.pid, "xenmux sim", timeout, self.log)
         self.ctl = SimControl(self.dir, timeout=300.0)
+        try:
+            self.changes = ChangeClient(self.changes_path, timeout=300.0)
+        except ChangeError as exc:
+            raise HostError(str(exc)) from None
         fd = os.open(self.shm_path, os.O_RDONLY)
         try:
             self._mm = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -125,19 +136,22 @@ class SimHost:
         assert self._mm is not None
         return shm_change_stamp(self._view)
 
-    def op(self, name: str, **fields) -> Op:
-        assert self.ctl is not None
+    def op(
+        self, name: str, domid: int = 0, *, reason: str = "poweroff", zombie=False, silent=False
+    ) -> Op:
+        """One change: shutdown (reason), suspend (silent), resume, destroy (zombie), create."""
+        assert self.changes is not None
+        flags = (FLAG_ZOMBIE if zombie else 0) | (FLAG_SILENT if silent else 0)
         try:
-            reply = self.ctl.request(name, **fields)
-        except SimControlError as exc:
-            raise HostError(f"sim-ctl {name} {fields}: {exc}") from None
-        firings = reply.get("firings", {})
+            fired = self.changes.change(name, domid, parse_reason(reason), flags)
+        except ChangeError as exc:
+            raise HostError(f"sim change {name} {domid}: {exc}") from None
         return Op(
             self.stamp(),
-            firings.get("@releaseDomain", 0) + firings.get("@releaseDomain/<domid>", 0),
-            firings.get("@introduceDomain", 0),
-            reply.get("events", 0),
-            reply,
+            fired.release + fired.release_dom,
+            fired.introduce,
+            fired.events,
+            fired.domid,
         )
 
     def guests(self) -> list[int]:
@@ -148,6 +162,9 @@ class SimHost:
         if self.ctl is not None:
             self.ctl.close()
             self.ctl = None
+        if self.changes is not None:
+            self.changes.close()
+            self.changes = None
         if self._mm is not None:
             self._view.release()
             self._mm.close()

@@ -1,8 +1,11 @@
-"""The two models measured on the same simulated host.
+"""The models measured on the same simulated host.
 
-* `MonitorsModel`: the model `xl` uses today, one C monitor process per domain (monitor.c),
-  each with its own xenstore connection and `@releaseDomain` watch, querying its domain on
-  every firing.
+* `MonitorsModel`: the model `xl` uses today at its leanest, one C monitor process per domain
+  (monitor.c), each with its own xenstore connection and `@releaseDomain` watch, querying its
+  domain on every firing: the lower bound of the per-domain model.
+* `LibxlModel`: the same model as xl really runs it, one process per domain on Debian's
+  unchanged libxenlight (libxl_monitor.c: libxl's death watch), under the stand-in
+  libxenctrl of mux.realxen.
 * `MuxModel`: one `xenmux serve` and one C subscriber process per domain (subscriber.c),
   each subscribed to its own domid. Where a process per domain cannot be had (32,000
   domains: the pid and fd limits), a few processes hold many connections of a few domids.
@@ -18,6 +21,7 @@ import os
 import socket
 import time
 
+from mux.bench.build import libxenlight
 from mux.bench.host import HostError, python_command, wait_for_socket
 from mux.bench.procs import ProcessSet, memory_kib
 from mux.bench.results import ResultsFile
@@ -142,15 +146,19 @@ class HostModel(Model):
         pass
 
 
-class MonitorsModel(Model):
-    name = "monitors"
+class PerDomainModel(Model):
+    """One process per domain: started for the domains there, and for each new one."""
+
+    def argv(self, domid: int) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return self.xs_env()
 
     def _spawn(self, domid: int, new: bool) -> None:
-        argv = [self.bin["monitor"], self.shm_path, self.results.path, str(domid)]
-        if new:
-            argv.append("--new")
+        argv = self.argv(domid) + (["--new"] if new else [])
         err = os.path.join(self.workdir, "clients.log")
-        pid = self.procs.spawn(argv, name=f"monitor {domid}", env=self.xs_env(), stderr=err)
+        pid = self.procs.spawn(argv, name=f"{self.name} {domid}", env=self.env(), stderr=err)
         self.clients.append(pid)
         self.connections += 1
 
@@ -160,6 +168,31 @@ class MonitorsModel(Model):
 
     def spawn_for(self, domid: int) -> None:
         self._spawn(domid, True)
+
+
+class MonitorsModel(PerDomainModel):
+    name = "monitors"
+
+    def argv(self, domid: int) -> list[str]:
+        return [self.bin["monitor"], self.shm_path, self.results.path, str(domid)]
+
+
+class LibxlModel(PerDomainModel):
+    """xl's monitor on the real libxenlight. The domain info comes from the stand-in
+    libxenctrl (preloaded, as the real-xen tests run the library) reading the same table."""
+
+    name = "libxl"
+
+    def argv(self, domid: int) -> list[str]:
+        return [self.bin["libxl_monitor"], self.results.path, str(domid)]
+
+    def env(self) -> dict[str, str]:
+        return {
+            # libxenlight from the Debian cache needs its library directories
+            **libxenlight().environ(self.xs_env()),
+            "LD_PRELOAD": self.bin["libxenctrl_stub"],
+            "XENMUX_STUB_SHM": self.shm_path,
+        }
 
 
 class MuxModel(Model):

@@ -35,7 +35,9 @@ def _lat(row: dict, key: str = "fired") -> dict:
     return (row.get("latency") or {}).get(key) or {}
 
 
-MODELS = ("host", "mux", "monitors")
+MODELS = ("host", "mux", "monitors", "libxl")
+# The per-domain models compared with the mux, each in a row of the ratios.
+COMPARED = ("libxl", "monitors")
 
 
 def _order(row: dict) -> tuple:
@@ -74,40 +76,43 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "switches are context switches (wake-ups) of all of them; latency is from the "
         "sim's change stamp to the receipt at the interested process (`fired`: changes "
         "that fire @releaseDomain). `x` = extrapolated (see notes). `host` is the "
-        "simulated host with no watcher: its own cost of the same changes (control "
+        "simulated host with no watcher: its own cost of the same changes (change "
         "request, table, xenstored's domain pass, and one probe watcher that only stamps "
-        "each firing), a floor both models pay; 'above the bare host' compares what each "
+        "each firing), a floor every model pays; 'above the bare host' compares what each "
         "model adds to it. 'other CPU' is what the rest of the machine used during the "
         "window: noise.",
         "",
-        "## Ratios (monitors / mux, same scenario, same host)",
+        "## Ratios (per-domain model / mux, same scenario, same host)",
         "",
-        "| xenstored | N | scenario | CPU | CPU above the bare host | switches | p99 latency "
-        "| lost (mux / monitors) |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "`libxl` is xl's monitor on Debian's libxenlight, `monitors` its lean lower bound.",
+        "",
+        "| xenstored | N | scenario | model / mux | CPU | CPU above the bare host | switches "
+        "| p99 latency | lost (mux / model) |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for (xs, n, sc), models in sorted(
         _pairs(rows).items(),
         key=lambda kv: (kv[0][0], kv[0][1], SCENARIOS.index(kv[0][2])),
     ):
         mux = models.get("mux")
-        mon = models.get("monitors")
-        if not mux or not mon:
-            continue
-        x = "" if mon.get("measured", True) else " x"
-        host = models.get("host")
-        net = "—"
-        if mon.get("measured", True):
-            net = _ratio(_net(mon, host), _net(mux, host))
-            if net != "—":
-                net += x
-        lines.append(
-            f"| {xs} | {n:,} | {TITLES.get(sc, sc)} | "
-            f"{_ratio(mon.get('cpu_ms_total'), mux.get('cpu_ms_total'))}{x} | {net} | "
-            f"{_ratio(mon.get('switches_total'), mux.get('switches_total'))}{x} | "
-            f"{_ratio(_lat(mon).get('p99_us'), _lat(mux).get('p99_us'))} | "
-            f"lost={mux.get('lost')} / lost={mon.get('lost')} |"
-        )
+        for name in COMPARED:
+            mon = models.get(name)
+            if not mux or not mon:
+                continue
+            x = "" if mon.get("measured", True) else " x"
+            host = models.get("host")
+            net = "—"
+            if mon.get("measured", True):
+                net = _ratio(_net(mon, host), _net(mux, host))
+                if net != "—":
+                    net += x
+            lines.append(
+                f"| {xs} | {n:,} | {TITLES.get(sc, sc)} | {name} / mux | "
+                f"{_ratio(mon.get('cpu_ms_total'), mux.get('cpu_ms_total'))}{x} | {net} | "
+                f"{_ratio(mon.get('switches_total'), mux.get('switches_total'))}{x} | "
+                f"{_ratio(_lat(mon).get('p99_us'), _lat(mux).get('p99_us'))} | "
+                f"lost={mux.get('lost')} / lost={mon.get('lost')} |"
+            )
     lines += [
         "",
         "## Measurements",
@@ -137,7 +142,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         mem = "—"
         if d.get("rss_kib"):
             mem = f"{d['rss_kib'] / 1024:.0f}/{(d.get('hwm_kib') or 0) / 1024:.0f}"
-        model = row["model"] if row.get("measured", True) else "monitors (x)"
+        model = row["model"] if row.get("measured", True) else f"{row['model']} (x)"
         if row.get("per_conn"):
             model += f" ({row['per_conn']}/conn)"
         lines.append(
@@ -164,11 +169,14 @@ def targets(rows: list[dict]) -> list[str]:
     for xs in sorted({r["xenstored"] for r in rows}):
         one = pairs.get((xs, TARGET_N, "one"), {})
         mass = pairs.get((xs, TARGET_N, "mass"), {})
-        mux, mon, host = one.get("mux"), one.get("monitors"), one.get("host")
-        if mux and mon and mux.get("cpu_us_per_change"):
+        mux, host = one.get("mux"), one.get("host")
+        for name in COMPARED:
+            mon = one.get(name)
+            if not mux or not mon or not mux.get("cpu_us_per_change"):
+                continue
             r = mon["cpu_us_per_change"] / mux["cpu_us_per_change"]
             line = (
-                f"- [{xs}] CPU per lifecycle change, monitors / mux: {r:,.0f}x "
+                f"- [{xs}] CPU per lifecycle change, {name} / mux: {r:,.0f}x "
                 f"({mon['cpu_us_per_change']:,.0f} us vs {mux['cpu_us_per_change']:,.1f} us): "
                 f"{'met' if r >= 100 else 'NOT met'} (target 100x)"
             )
@@ -241,6 +249,7 @@ def plots(out_dir: str, rows: list[dict]) -> tuple[list[str], str | None]:
     styles = {
         "mux": ("tab:blue", "-"),
         "monitors": ("tab:red", "--"),
+        "libxl": ("tab:orange", "-."),
         "host": ("tab:gray", ":"),
     }
     for xs in sorted({r["xenstored"] for r in rows}):
@@ -283,7 +292,7 @@ def plots(out_dir: str, rows: list[dict]) -> tuple[list[str], str | None]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for ax, q in zip(axes, ("p50_us", "p99_us"), strict=True):
             for sc, marker in (("one", "o"), ("mass", "s"), ("churn", "^")):
-                for model in ("mux", "monitors"):
+                for model in ("mux", *COMPARED):
                     color, ls = styles[model]
                     pts = sorted(
                         (r["n"], _lat(r).get(q))

@@ -5,7 +5,8 @@
 
 The window's CPU and context switches are those of every process of the model, the
 simulated host (xenstored) included; processes started inside the window (boot storm,
-churn) count from zero.
+churn) count from zero, and those that exit inside it (the libxl monitors, at a domain's
+death) count until their exit.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from mux.bench import procs as P
 from mux.bench import scenarios as S
 from mux.bench.host import SimHost
-from mux.bench.models import HostModel, Model, MonitorsModel, MuxModel
+from mux.bench.models import HostModel, LibxlModel, Model, MonitorsModel, MuxModel
 from mux.bench.results import (
     CREATED,
     FIRED,
@@ -30,16 +31,17 @@ from mux.bench.results import (
     probe_latencies,
     probe_latencies_isolated,
 )
+from mux.bench.scenarios import PER_DOMAIN
 
 
 @dataclass
 class Plan:
     """One row of the results: where, which scenario, which model."""
 
-    xenstored: str  # "sim" or "c-xenstored"
+    xenstored: str  # "sim", "c-xenstored" or "oxenstored"
     n: int
     scenario: str
-    model: str  # "mux", "monitors" or "host" (no watcher: the floor)
+    model: str  # "mux", "monitors", "libxl" or "host" (no watcher: the floor)
     per_conn: int = 0  # mux: domids per connection (0: a process per domain)
     conns_per_proc: int = 0
 
@@ -53,9 +55,27 @@ class Env:
     params: S.Params
     xs_version: str = "4.17"
     seed: int = 1
-    real: object | None = None  # realxen.RealXenstored factory, when measuring against it
+    real: object | None = None  # realxs.RealXenstored factory, when measuring against one
     tmp_root: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _exited_switches(procs: P.ProcessSet, pids: list[int]) -> dict[int, int]:
+    """Context switches of the processes that exited inside the window, every thread's, from
+    wait4 (a zombie's /proc keeps only its main thread's); they are reaped here."""
+    out = {}
+    for pid in pids:
+        if pid not in procs.live:
+            continue
+        try:
+            got, status, usage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if got == pid:
+            out[pid] = usage.ru_nvcsw + usage.ru_nivcsw
+            procs.live.pop(pid, None)
+            procs.status[pid] = os.waitstatus_to_exitcode(status)
+    return out
 
 
 def _lat_summary(values: list[int]) -> dict:
@@ -138,6 +158,8 @@ def run(env: Env, plan: Plan) -> dict:
             model.start_daemon(sim_dir, max_clients=plan.n + 256, timeout=60 * scale)
         elif plan.model == "monitors":
             model = MonitorsModel(procs, env.binaries, workdir, **common)
+        elif plan.model == "libxl":
+            model = LibxlModel(procs, env.binaries, workdir, **common)
         else:
             model = HostModel(procs, env.binaries, workdir, **common)
         ctx = S.Ctx(host, model, env.params, random.Random(env.seed), toolstack=toolstack)
@@ -174,6 +196,7 @@ def run(env: Env, plan: Plan) -> dict:
         t1 = time.monotonic()
         roles = model.roles()
         after = P.sample(model.all_pids())
+        after.sw.update(_exited_switches(procs, model.clients))
         busy1, self1 = P.machine_busy_ns(), time.process_time_ns()
         stats1 = model.daemon_stats() if plan.model == "mux" else None
         mem = model.daemon_memory()
@@ -254,7 +277,7 @@ def run(env: Env, plan: Plan) -> dict:
             }
         model.stop()
         finals = model.results.finals
-        if plan.model == "monitors":
+        if plan.model in PER_DOMAIN:
             row["monitor_firings"] = sum(f.a for f in finals)
             row["monitor_queries"] = sum(f.b for f in finals)
         elif plan.model == "mux":
@@ -266,7 +289,7 @@ def run(env: Env, plan: Plan) -> dict:
             seen = sum(1 for n in notes if n.kind == "fire")
         elif plan.model == "mux" and "daemon" in row:
             seen = row["daemon"]["firings"].get("@releaseDomain")
-        elif plan.model == "monitors" and finals:
+        elif plan.model in PER_DOMAIN and finals:
             seen = max(f.a for f in finals) - 1  # a monitor that lived through the window
         row["release_firings_seen"] = seen
         if plan.xenstored != "sim" and seen is not None:
@@ -291,8 +314,8 @@ def run(env: Env, plan: Plan) -> dict:
 
 
 def extrapolate(one_row: dict, template: dict) -> dict:
-    """The monitors model's cost of a scenario too big to run (every firing reaches every
-    watcher: N x N), from its cost per firing measured in the one-lifecycle run at the same N
+    """A per-domain model's cost of a scenario too big to run (every firing reaches every
+    watcher: N x N), from its cost per firing measured in its one-lifecycle run at the same N
     and the firings the scenario raised (the same operations in the mux run)."""
     firings = template.get("release_firings", 0)
     changes = max(1, template.get("changes", 1))
@@ -304,13 +327,13 @@ def extrapolate(one_row: dict, template: dict) -> dict:
         "xenstored": template["xenstored"],
         "n": template["n"],
         "scenario": template["scenario"],
-        "model": "monitors",
+        "model": one_row["model"],
         "measured": False,
         "variant": "one process per domain (extrapolated)",
         "basis": (
             f"{firings} @releaseDomain firings x {per_firing_us:.0f} us and "
             f"{per_firing_sw:.0f} switches per firing, measured with {template['n']} "
-            "monitors (one-lifecycle run)"
+            f"{one_row['model']} processes (one-lifecycle run)"
         ),
         "changes": template.get("changes"),
         "release_firings": firings,

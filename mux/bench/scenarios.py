@@ -9,7 +9,7 @@ XS_INTRODUCE that follows, and nothing fires at a resume at all.
 
 Due notifications, per domain:
 
-| scenario | mux (subscriber) | monitors (xl) |
+| scenario | mux (subscriber) | monitors, libxl (xl) |
 | --- | --- | --- |
 | one | shutdown, death | shutdown, death |
 | mass | shutdown | shutdown |
@@ -41,9 +41,11 @@ TITLES = {
     "migrate": "migration storm",
     "churn": "steady churn",
 }
-# Scenarios whose cost in the monitors model grows with N x N (every change fires at every
-# watcher): above --monitors-mass-max they are extrapolated from the cost per firing.
+# Scenarios whose cost in the per-domain models grows with N x N (every change fires at
+# every watcher): above --monitors-mass-max they are extrapolated from the cost per firing.
 QUADRATIC = frozenset({"mass", "migrate"})
+# The models with a process and a watch per domain.
+PER_DOMAIN = ("monitors", "libxl")
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Ctx:
 
     def create(self) -> int:
         op = self.op("create")
-        domid = op.reply["domains"][0]["domid"]
+        domid = op.domid
         self.toolstack.after_create(domid)
         if self.model.spawn_after_create:
             self.model.spawn_for(domid)

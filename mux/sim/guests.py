@@ -116,7 +116,7 @@ class ToolstackBook:
         settings = self.settings.pop((domid, old_uuid), None)
         self.host.toolstack.remove_domain(domid, old_uuid)
         dom.name = name
-        dom.handle = parse_uuid(uuid)
+        dom.set_handle(parse_uuid(uuid))
         self.host.hv.update([dom], virq=False, step="rename", old_uuid=old_uuid)
         self.host.toolstack.write_domain(dom)
         if settings:

@@ -29,8 +29,9 @@ import random
 import socket
 import time
 import uuid as uuidlib
+from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mux.records import (
     DOMID_FIRST_RESERVED,
@@ -49,6 +50,7 @@ from mux.records import (
     reason_name,
     uuid_str,
 )
+from mux.sim._simfast import DOMID_SLOTS
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import Toolstack
 from mux.sim.xenstored import DomainSource
@@ -79,10 +81,19 @@ class Domain:
     incarnation: int = 0  # the host's count of domains built, this one's number
     # XEN_DOMCTL_pausedomain counts: the record says paused while any pause is held.
     pause_count: int = 0
+    # The handle's text, made once: the truth log writes it at every step.
+    _uuid: str | None = field(default=None, init=False, repr=False)
 
     @property
     def uuid(self) -> str:
-        return uuid_str(self.handle)
+        if self._uuid is None:
+            self._uuid = uuid_str(self.handle)
+        return self._uuid
+
+    def set_handle(self, handle: bytes) -> None:
+        """A new UUID in place (xc_domain_sethandle, as libxl's rename does)."""
+        self.handle = handle
+        self._uuid = None
 
     @property
     def shutdown(self) -> bool:
@@ -159,20 +170,18 @@ class TruthLog:
         if self._fd is None:
             return
         mono, wall = at
+        # Formatted by hand, json.dumps only for the values: a step's line is written on the
+        # host's per-change path, where a dict through json.dumps cost tens of microseconds.
+        # The step and the keys are this module's identifiers.
+        tail = "".join(f',"{k}":{json.dumps(v)}' for k, v in extra.items()) + "}\n"
+        head = f'{{"step":"{step}","domid":'
         lines = []
         for dom in doms:
-            entry = {
-                "step": step,
-                "domid": dom.domid,
-                "uuid": dom.uuid,
-                "inc": dom.incarnation,
-                "mono": mono,
-                "wall": wall,
-            }
-            if step == "create":
-                entry["name"] = dom.name
-            entry.update(extra)
-            lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+            name = f',"name":{json.dumps(dom.name)}' if step == "create" else ""
+            lines.append(
+                f'{head}{dom.domid},"uuid":"{dom.uuid}","inc":{dom.incarnation},'
+                f'"mono":{mono},"wall":{wall!r}{name}{tail}'
+            )
         if lines:
             os.write(self._fd, "".join(lines).encode())
 
@@ -199,6 +208,8 @@ class Hypervisor(DomainSource):
         self.incarnations = 0  # domains built so far (dom0 is number 0)
         self.domains: dict[int, Domain] = {}
         self._ids: list[int] = []  # sorted domids: the table's order
+        # Every domid's flags as the table has them (-1: free), for xenstored's domain pass.
+        self._flags = array("q", [-1]) * DOMID_SLOTS
         self.rover = 0  # the last domid handed out
         self.virqs = 0
         self._virq_handlers: list[Callable[[], None]] = []
@@ -218,6 +229,9 @@ class Hypervisor(DomainSource):
     def domain_flags(self, domid: int) -> int | None:
         dom = self.domains.get(domid)
         return None if dom is None else dom.flags
+
+    def flags_table(self) -> array:
+        return self._flags
 
     # VIRQ ----------------------------------------------------------------------------------
 
@@ -280,6 +294,8 @@ class Hypervisor(DomainSource):
         at = TruthLog.clock()
         self.shm.begin()
         try:
+            for dom in doms:
+                self._flags[dom.domid] = dom.flags
             if len(doms) > _REWRITE_THRESHOLD:
                 for dom in doms:
                     self.domains[dom.domid] = dom
@@ -298,15 +314,17 @@ class Hypervisor(DomainSource):
             self.raise_virq()
 
     def update(self, doms: list[Domain], *, virq: bool, step: str, **extra: object) -> None:
-        """Write the records of domains whose fields changed: lifecycle `step` (the truth
-        log's name for it) applied to each."""
+        """Write the records of domains whose flags and CPU time changed: lifecycle `step`
+        (the truth log's name for it) applied to each."""
         at = TruthLog.clock()
-        self.shm.begin()
-        try:
-            for dom in doms:
-                self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
-        finally:
-            self.shm.end()
+        ids = self._ids
+        for dom in doms:
+            self._flags[dom.domid] = dom.flags
+        # A lifecycle step changes a record's flags and CPU time only: one C call writes
+        # the section.
+        self.shm.write_states(
+            [(bisect.bisect_left(ids, dom.domid), dom.flags, dom.cpu_time) for dom in doms]
+        )
         self.log(step, doms, at, **extra)
         if virq:
             self.raise_virq()
@@ -316,6 +334,9 @@ class Hypervisor(DomainSource):
         at = TruthLog.clock()
         self.shm.begin()
         try:
+            for domid in domids:
+                if domid in self.domains:
+                    self._flags[domid] = -1
             if len(domids) > _REWRITE_THRESHOLD:
                 for domid in domids:
                     dom = self.domains.pop(domid, None)

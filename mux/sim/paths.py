@@ -16,6 +16,7 @@ class SimPaths:
     shm: str  # the hypervisor's domain table (docs/internals.md)
     xenstored: str  # the sim's xenstored socket; its existence means the sim is ready
     control: str  # `xenmux sim-ctl`'s socket
+    changes: str  # the harness's binary change path (mux/sim/changes.py)
     state: str  # the daemon's default --state-dir for this simulated host
     truth: str  # the host's ground-truth log of lifecycle steps (docs/sim.md)
     hypercall_faults: str  # failures of the domain-info call the sim has armed (docs/sim.md)
@@ -30,6 +31,7 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         shm=os.path.join(d, "domains.shm"),
         xenstored=os.path.join(d, "xenstored.sock"),
         control=os.path.join(d, "control.sock"),
+        changes=os.path.join(d, "changes.sock"),
         state=os.path.join(d, "xenmux-state"),
         truth=os.path.join(d, "truth.jsonl"),
         hypercall_faults=os.path.join(d, "hypercall-faults"),

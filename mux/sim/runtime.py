@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 from mux.records import parse_reason
 from mux.sim.backend import ARMED
+from mux.sim.changes import ChangeServer, bind_seqpacket
 from mux.sim.churn import Churn
 from mux.sim.guests import ToolstackBook, check_settings
 from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
@@ -276,6 +277,7 @@ class Sim:
         self.book = ToolstackBook(self.host, self.paths.toolstack_log)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
         self._servers: list[asyncio.AbstractServer] = []
+        self._changes = ChangeServer(self.host, self.xs.counters)
         self._control_clients: set[asyncio.StreamWriter] = set()
         self._bound: list[str] = []
         self.closed = False
@@ -303,6 +305,8 @@ class Sim:
                 self._control_client, sock=control, limit=CONTROL_LINE_MAX
             )
         )
+        self._changes.serve(bind_seqpacket(self.paths.changes))
+        self._bound.append(self.paths.changes)
         if self.external:
             return
         xs_sock = bind_unix(self.paths.xenstored)
@@ -334,6 +338,7 @@ class Sim:
                 pass
         for server in self._servers:
             server.close()
+        self._changes.close()
         self.xs.close_all()
         for writer in list(self._control_clients):
             writer.close()

@@ -33,6 +33,7 @@ from mux.sim._simfast import (
     SHM_OFF_VERSION,
     SHM_OFF_VIRQS,
     SHM_VERSION,
+    shm_write_states,
 )
 
 SHM_NAME = "domains.shm"
@@ -109,6 +110,17 @@ class ShmTable:
         self._seq += 1
         _U64.pack_into(self._mm, SHM_OFF_SEQLOCK, self._seq)
         self._open = False
+        return stamp
+
+    def write_states(self, states: list[tuple[int, int, int]]) -> int:
+        """A whole section in one C call (the per-change path of a lifecycle step): each
+        (index, flags, cpu_time) sets the flags and CPU time of the record at index.
+        Returns the stamp written."""
+        if self._open:
+            raise RuntimeError("seqlock section already open")
+        stamp = shm_write_states(self._mm, self._seq, self._count, self._changes + 1, states)
+        self._seq += 2
+        self._changes += 1
         return stamp
 
     def count_virq(self) -> None:

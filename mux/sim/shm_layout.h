@@ -89,6 +89,36 @@ static inline long xm_shm_try_copy(const unsigned char *shm, uint32_t capacity, 
 	return (long)n;
 }
 
+/*
+ * The writer's side (the sim's, mux/sim/_simfast.pyx): a section opens with the sequence
+ * number made odd and closes with the header's count, stamp and change counter, then the
+ * sequence number made even again; the records change in between.
+ */
+static inline void xm_shm_write_begin(unsigned char *shm, uint64_t odd_seq)
+{
+	__atomic_store_n((uint64_t *)(shm + XM_SHM_OFF_SEQLOCK), odd_seq, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
+static inline void xm_shm_write_end(unsigned char *shm, uint64_t even_seq, uint32_t count,
+				    uint64_t stamp, uint64_t changes)
+{
+	__atomic_store_n((uint32_t *)(shm + XM_SHM_OFF_COUNT), count, __ATOMIC_RELAXED);
+	__atomic_store_n((uint64_t *)(shm + XM_SHM_OFF_CHANGE_STAMP), stamp, __ATOMIC_RELAXED);
+	__atomic_store_n((uint64_t *)(shm + XM_SHM_OFF_CHANGES), changes, __ATOMIC_RELAXED);
+	__atomic_store_n((uint64_t *)(shm + XM_SHM_OFF_SEQLOCK), even_seq, __ATOMIC_RELEASE);
+}
+
+/* One record's lifecycle state: its XEN_DOMINF_* flags and its CPU time. */
+static inline void xm_shm_put_state(unsigned char *shm, uint32_t index, uint32_t flags,
+				    uint64_t cpu_time)
+{
+	unsigned char *rec = shm + XM_SHM_OFF_RECORDS + (size_t)index * XM_RECORD_SIZE;
+
+	memcpy(rec + XM_OFF_FLAGS, &flags, sizeof(flags));
+	memcpy(rec + XM_OFF_CPU_TIME, &cpu_time, sizeof(cpu_time));
+}
+
 /* The stamp of the latest change: one aligned u64, so a single atomic load reads it whole. */
 static inline uint64_t xm_shm_change_stamp(const unsigned char *shm)
 {

@@ -1,7 +1,9 @@
 """`xenmux bench --quick` as a smoke test of the harness (no timing is asserted).
 
-Every scenario must complete for both models with lost=0, the results must be written, and
-nothing the harness started may be left behind: no process, no temporary directory.
+Every scenario must complete for every model (the mux, the lean monitors, xl's monitor on
+Debian's libxenlight) on every xenstored (the sim's, Debian's C xenstored and oxenstored) with
+lost=0, the results must be written, and nothing the harness started may be left behind: no
+process, no temporary directory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +50,7 @@ def short_tmp():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_quick_bench_runs_every_scenario_for_both_models(short_tmp, tmp_path):
+def test_quick_bench_runs_every_scenario_for_every_model(short_tmp, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, TMPDIR=short_tmp)
     proc = subprocess.run(
@@ -63,10 +66,12 @@ def test_quick_bench_runs_every_scenario_for_both_models(short_tmp, tmp_path):
     assert (out / "results.md").read_text().startswith("# xenmux bench")
     rows = data["rows"]
     kinds = data["meta"]["xenstored"]
-    assert "sim" in kinds
+    # make test installs Debian's xenstoreds and libxenlight (xen-utils-4.17, libxen-dev)
+    assert kinds == ["sim", "c-xenstored", "oxenstored"], data["meta"]["notes"]
+    assert data["meta"]["models"] == ["host", "mux", "monitors", "libxl"], data["meta"]["notes"]
     for xs in kinds:
         for scenario in SCENARIOS:
-            for model in ("mux", "monitors"):
+            for model in ("mux", "monitors", "libxl"):
                 got = [
                     r
                     for r in rows
@@ -91,3 +96,31 @@ def test_quick_bench_runs_every_scenario_for_both_models(short_tmp, tmp_path):
 
     assert os.listdir(short_tmp) == [], "the harness left files behind"
     assert _processes_under(short_tmp) == []
+
+
+def test_a_process_that_exits_in_the_window_counts_every_thread_s_switches():
+    """The libxl monitors exit at their domain's death, inside the window; a zombie's /proc
+    shows only its main thread's switches, so they are taken from wait4 as it is reaped."""
+    from mux.bench import procs as P
+    from mux.bench.runner import _exited_switches
+
+    ps = P.ProcessSet()
+    script = (
+        "import threading, time\n"
+        "t = threading.Thread(target=lambda: [time.sleep(0.001) for _ in range(300)])\n"
+        "t.start(); t.join()\n"
+    )
+    pid = ps.spawn([sys.executable, "-c", script], name="two threads")
+    try:
+        deadline = time.monotonic() + 30
+        stat = Path(f"/proc/{pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        zombie = P.switches(pid)
+        got = _exited_switches(ps, [pid])
+        assert got[pid] >= zombie + 300  # the helper thread's sleeps
+        assert pid not in ps.live and ps.status[pid] == 0  # reaped: never signalled again
+        assert _exited_switches(ps, [pid]) == {}
+    finally:
+        ps.stop_all()

@@ -14,6 +14,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from mux.realxen import (
     running,
 )
 from mux.records import DomainRecord
+from mux.xenstore import wire
 
 # The fixtures of tests/realxen.py, registered for this module.
 xenstub_libs = realxen.xenstub_libs
@@ -322,6 +324,26 @@ def test_introduce_fires_introduce_domain(real_xenstored):
 # The fixture itself
 
 
+@pytest.mark.parametrize("kind", ["xenstored", "oxenstored"])
+def test_introduce_all_writes_every_home_then_introduces_each(xenstub_libs, kind):
+    """What the bench does with the guests a host starts with: the homes first (owned by
+    their domain alone), then an XS_INTRODUCE each; every one is introduced and named."""
+    doms = [dom0(), *(guest(d) for d in range(1, 42))]
+    with running(kind, xenstub_libs, doms) as x:
+        w = x.connect()
+        w.watch("@introduceDomain", "intro")
+        assert w.sync() == [("@introduceDomain", "intro")]
+        x.introduce_all(range(1, 41), owner_only=True)
+        c = x.control
+        assert all(c.is_introduced(d) for d in range(1, 41))
+        assert c.read("/local/domain/40/name") == b"guest40"
+        assert c.call(wire.XS_GET_PERMS, b"/local/domain/40\0") == b"n40\0"
+        x.introduce(41, owner_only=False)
+        assert c.call(wire.XS_GET_PERMS, b"/local/domain/41\0") == b"n41\0r0\0"
+        assert len(w.sync()) >= 1  # @introduceDomain fired
+        assert x.alive(), x.log()
+
+
 def test_fixture_leaves_nothing_behind(xenstub_libs):
     with running("xenstored", xenstub_libs, [dom0(), guest(1)], introduce=[1]) as x:
         workdir, pid = x.workdir, x.pid
@@ -444,6 +466,70 @@ def test_xenctrl_stub_without_table(xenstub_libs, scratch, monkeypatch):
     xc = XenctrlStub(xenstub_libs, scratch)
     with pytest.raises(FileNotFoundError):
         xc.getinfolist(0, 16)
+
+
+def test_xenctrl_stub_follows_a_table_replaced_or_removed(xenstub_libs, table, scratch):
+    """The table is mapped once; what removes or replaces it raises a VIRQ (counted in its
+    header), and the next call serves what the path now holds."""
+    xc = XenctrlStub(xenstub_libs, scratch)
+    assert [r.domid for r in xc.getinfolist(0, 16)] == [0, 1, 5, 6, 9]
+    table.path.unlink()
+    table.count_virq()
+    with pytest.raises(FileNotFoundError):
+        xc.getinfolist(0, 16)
+    again = ShmTable(table.path)  # a new file at the same path
+    try:
+        again.set_domains([dom0(), guest(3)])
+        assert [r.domid for r in xc.getinfolist(0, 16)] == [0, 3]
+    finally:
+        again.close()
+    xc.close()
+
+
+STAT_CALLS = ("stat(", "newfstatat(", "statx(", "lstat(", "fstatat64(")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_the_stand_in_does_not_stat_the_table_on_every_call(xenstub_libs, table, scratch):
+    """Under C xenstored a VIRQ asks for every domain, one call each: the table is looked at
+    (one stat) when its VIRQ count moves, not on each of those calls."""
+    trace = scratch / "strace.out"
+    script = (
+        "import ctypes, sys\n"
+        "lib = ctypes.CDLL(sys.argv[1])\n"
+        "lib.xc_interface_open.restype = ctypes.c_void_p\n"
+        "lib.xc_domain_getinfolist.argtypes = [ctypes.c_void_p, ctypes.c_uint32, "
+        "ctypes.c_uint, ctypes.c_char_p]\n"
+        "xch = lib.xc_interface_open(None, None, 0)\n"
+        "buf = ctypes.create_string_buffer(112)\n"
+        "assert all(lib.xc_domain_getinfolist(xch, d % 10, 1, buf) == 1 for d in range(2000))\n"
+    )
+    env = dict(os.environ, XENMUX_STUB_SHM=str(table.path))
+    proc = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-o",
+            str(trace),
+            "-e",
+            "trace=%stat,%fstat",
+            sys.executable,
+            "-c",
+            script,
+            str(xenstub_libs.xenctrl),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = [
+        line
+        for line in trace.read_text().splitlines()
+        if str(table.path) in line and any(c in line for c in STAT_CALLS)
+    ]
+    assert 1 <= len(stats) <= 3, stats
 
 
 @pytest.mark.parametrize("kind", ["xenstored", "oxenstored"])

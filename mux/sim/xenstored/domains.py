@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mux.records import DOMINF_DYING, DOMINF_SHUTDOWN
+from mux.sim._simfast import DomainPass
 from mux.sim.xenstored.payload import OK, XsError, c_atoi, onearg, strings
 from mux.sim.xenstored.store import DEFAULT_PERMS
 from mux.xenstore import wire
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
     from mux.sim.xenstored.counters import Counters
     from mux.sim.xenstored.interfaces import Client as XsConnection
     from mux.sim.xenstored.interfaces import Server as Xenstored
@@ -32,13 +33,27 @@ PRIV_DOMID = 0
 _DOMID_4_22 = re.compile(rb"\s*\+?(\d*)")
 
 
-@dataclass(slots=True)
 class XsDomain:
-    """What xenstored keeps per introduced domain."""
+    """What xenstored keeps per introduced domain. Its shutdown latch (a @releaseDomain was
+    fired for its shutdown) lives in the domain pass's C list, which the pass sets."""
 
-    domid: int
-    features: int
-    shutdown: bool = False  # the latch: a @releaseDomain was fired for its shutdown
+    __slots__ = ("_pass", "domid", "features")
+
+    def __init__(self, domid: int, features: int, domain_pass: DomainPass) -> None:
+        self.domid = domid
+        self.features = features
+        self._pass = domain_pass
+
+    @property
+    def shutdown(self) -> bool:
+        return self._pass.latched(self.domid)
+
+    @shutdown.setter
+    def shutdown(self, value: bool) -> None:
+        self._pass.set_latched(self.domid, value)
+
+    def __repr__(self) -> str:
+        return f"XsDomain(domid={self.domid}, features={self.features}, shutdown={self.shutdown})"
 
 
 class DomainSource:
@@ -46,6 +61,11 @@ class DomainSource:
 
     def domain_flags(self, domid: int) -> int | None:
         """The domain's XEN_DOMINF_* flags (as getdomaininfo), or None when the domid is free."""
+        raise NotImplementedError
+
+    def flags_table(self) -> ReadableBuffer:
+        """The same for every domid at once: int64 flags indexed by domid (DOMID_SLOTS of
+        them), negative where the domid is free. The pass on each VIRQ reads it in C."""
         raise NotImplementedError
 
 
@@ -60,13 +80,14 @@ class Domains(Mapping[int, XsDomain]):
         self.watches = watches
         self.counters = counters
         self._introduced: dict[int, XsDomain] = {}
+        self._pass = DomainPass()  # their order and latches, and the pass on VIRQ
         self.features: dict[int, int] = {}  # SET_FEATURE before INTRODUCE
         self.special_perms = {
             wire.SPECIAL_RELEASE: DEFAULT_PERMS,
             wire.SPECIAL_INTRODUCE: DEFAULT_PERMS,
         }
         # dom0 is introduced by xenstored itself at start-up (dom0_init), firing nothing.
-        self._introduced[PRIV_DOMID] = XsDomain(PRIV_DOMID, rules.features)
+        self._add(PRIV_DOMID, rules.features)
 
     def __getitem__(self, domid: int) -> XsDomain:
         return self._introduced[domid]
@@ -80,11 +101,15 @@ class Domains(Mapping[int, XsDomain]):
     def __contains__(self, domid: object) -> bool:
         return domid in self._introduced
 
+    def _add(self, domid: int, features: int) -> None:
+        self._pass.add(domid)
+        self._introduced[domid] = XsDomain(domid, features, self._pass)
+
     def introduce(self, domid: int) -> bool:
         """Add a domain to the introduced list; True if it was new (and fired)."""
         if domid in self._introduced:
             return False
-        self._introduced[domid] = XsDomain(domid, self.features.pop(domid, self.rules.features))
+        self._add(domid, self.features.pop(domid, self.rules.features))
         if domid != PRIV_DOMID:
             self.watches.fire_special(wire.SPECIAL_INTRODUCE, domid, True, True)
         return True
@@ -93,6 +118,7 @@ class Domains(Mapping[int, XsDomain]):
         """destroy_domain(): forget an introduced domain and fire @releaseDomain for it."""
         if self._introduced.pop(domid, None) is None:
             return
+        self._pass.remove(domid)
         self.watches.fire_special(wire.SPECIAL_RELEASE, domid, True, True)
 
     def release(self, domid: int) -> None:
@@ -120,23 +146,13 @@ class Domains(Mapping[int, XsDomain]):
         ("destroy_domain() fires the watch"). A latched domain fires nothing until XS_RESUME.
         """
         self.counters.virqs += 1
-        flags_of = self.hv.domain_flags
+        steps, notify = self._pass.run(self.hv.flags_table())
         fire_special = self.watches.fire_special
-        notify = False
-        for dom in reversed(list(self._introduced.values())):
-            flags = flags_of(dom.domid)
-            if flags is not None:
-                if flags & DOMINF_SHUTDOWN and not dom.shutdown:
-                    dom.shutdown = True
-                    if self.rules.watch_depth:
-                        fire_special(wire.SPECIAL_RELEASE, dom.domid, False, True)
-                    notify = True
-                if not flags & DOMINF_DYING:
-                    continue
-            if dom.domid == PRIV_DOMID:
-                continue
-            self._destroy(dom.domid)
-            notify = False  # destroy_domain() fires the watch
+        for domid, dying in steps:
+            if dying:
+                self._destroy(domid)
+            elif self.rules.watch_depth:
+                fire_special(wire.SPECIAL_RELEASE, domid, False, True)
         if notify:
             fire_special(wire.SPECIAL_RELEASE, 0, True, False)
 
