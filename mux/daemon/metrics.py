@@ -299,7 +299,7 @@ def _journal_families(j: JournalReading):
     )
     yield _counter(
         "xenmux_journal_appends",
-        "Batches of events written to the journal (one write each, before the fan-out).",
+        "Batches of events appended to the journal, before the fan-out sees them.",
         j.appends,
     )
     yield _counter(

@@ -302,7 +302,7 @@ class JournalReading:
     bytes: int  # the segments' size on disk
     segments: int
     oldest_seq: int  # the oldest seq still journaled (a cursor of oldest_seq - 1 resumes)
-    appends: int  # batches written (one write(2) each)
+    appends: int  # batches appended (a copy into the mapped segment, or one write if large)
     appended_events: int
     replayed_events: int  # frames sent from the journal to resuming subscribers
     write_errors: int
