@@ -247,7 +247,11 @@ class Daemon:
     async def _load_names(self) -> None:
         if not self.watcher.connected.is_set():
             return
-        domids = [row["domid"] for row in self.table.snapshot(None)]
+        # A restored table has its names from the checkpoint: only the rows without one are
+        # read (at 32,000 domains reading them all outlasts the wait below).
+        domids = [row["domid"] for row in self.table.snapshot(None) if row.get("name") is None]
+        if not domids:
+            return
         try:
             names = await asyncio.wait_for(self.watcher.read_all_names(domids), 10.0)
         except TimeoutError:
