@@ -32,7 +32,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mux.client.words import DEFAULT_KINDS, ERR_BAD_CURSOR
+from mux.protocol import DEFAULT_KINDS, ERR_BAD_CURSOR
 
 RUNNING, SHUTDOWN, DEAD = "running", "shutdown", "dead"
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from mux.client import AsyncSubscription, Cursor, Unreachable, XenmuxError
 from mux.client.tracker import Known, Tracker
-from mux.client.words import ERR_BAD_CURSOR
-from mux.protocol import EVENT_KINDS
+from mux.protocol import ERR_BAD_CURSOR, EVENT_KINDS
 
 log = logging.getLogger("xenmux.bridge")
 

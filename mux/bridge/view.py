@@ -8,8 +8,7 @@ changes nothing: a reader may start from rows a little ahead of its stream posit
 
 from __future__ import annotations
 
-from mux.client.words import PAUSED, UNPAUSED
-from mux.protocol import DEAD, DEATH, NEW, RELEASED, RESUMED, RUNNING, SHUTDOWN
+from mux.protocol import DEAD, DEATH, NEW, PAUSED, RELEASED, RESUMED, RUNNING, SHUTDOWN, UNPAUSED
 
 
 def row_from_snapshot(host: str, row: dict, seq: int, time: float) -> dict:

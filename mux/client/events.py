@@ -16,7 +16,7 @@ after a gap: the daemon could not replay what happened meanwhile).
 
 from typing import Literal, NotRequired, TypedDict
 
-from mux.client.words import PAUSED, UNPAUSED
+from mux.protocol import PAUSED, UNPAUSED
 
 
 class _Common(TypedDict):

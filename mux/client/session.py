@@ -26,9 +26,10 @@ from mux.client.errors import Unreachable, XenmuxError
 from mux.client.events import Event
 from mux.client.tracker import Tracker
 from mux.client.wire import NEVER, Deadline, check
-from mux.client.words import ERR_BAD_CURSOR, ERR_TOO_MANY_CONNECTIONS
 from mux.protocol import (
+    ERR_BAD_CURSOR,
     ERR_TOO_MANY_CLIENTS,
+    ERR_TOO_MANY_CONNECTIONS,
     OP_HELLO,
     OP_LIST,
     OP_SUBSCRIBE,

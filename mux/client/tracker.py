@@ -15,8 +15,19 @@ from dataclasses import dataclass
 
 from mux.client.cursor import Cursor
 from mux.client.events import EVENT_TYPES
-from mux.client.words import DEFAULT_KINDS, PAUSED, UNPAUSED
-from mux.protocol import DEAD, DEATH, EVENT_KINDS, NEW, RELEASED, RESUMED, RUNNING, SHUTDOWN
+from mux.protocol import (
+    DEAD,
+    DEATH,
+    DEFAULT_KINDS,
+    EVENT_KINDS,
+    NEW,
+    PAUSED,
+    RELEASED,
+    RESUMED,
+    RUNNING,
+    SHUTDOWN,
+    UNPAUSED,
+)
 
 # The only shutdowns a resume can undo (Xen resets the shutdown code only on resume): a
 # domain last seen in one of them may have run again before it died, so the reason it

@@ -7,10 +7,9 @@ from collections.abc import Iterable
 
 from mux.client import Cursor, Subscription, XenmuxError
 from mux.client.wire import Deadline
-from mux.client.words import ERR_BAD_CURSOR
 from mux.commands.reach import EXIT_ERROR, EXIT_USAGE, CommandError, ask_retrying, retry_notice
 from mux.commands.targets import needs_table, resolve, targets_of
-from mux.protocol import ERR_BAD_DOMID, ERR_BAD_REQUEST
+from mux.protocol import ERR_BAD_CURSOR, ERR_BAD_DOMID, ERR_BAD_REQUEST
 
 # Refusals of the subscribe request that mean the command line asked for something wrong.
 USAGE_CODES = frozenset({ERR_BAD_CURSOR, ERR_BAD_DOMID, ERR_BAD_REQUEST})

@@ -8,8 +8,7 @@ from daemonhelpers import take
 
 from mux.client import Event
 from mux.client.events import EVENT_TYPES, keys_of
-from mux.client.words import PAUSED, UNPAUSED
-from mux.protocol import EVENT_KINDS
+from mux.protocol import EVENT_KINDS, PAUSED, UNPAUSED
 
 
 def conforms(event: dict) -> bool:
