@@ -450,8 +450,13 @@ class _Checker:
             if idx is None:
                 self.flag(PHANTOM, f"{kind} {uuid} matches no incarnation", t=item.t, domid=domid)
                 return
-            # Its `new` could not be told if no record could tell it from the one in view.
-            if cur is None or self.classes.get(incs[cur].inc) != INDISTINGUISHABLE:
+            # Its `new` could not be told if no record could tell it from the one in view;
+            # and a slow latest-mode subscriber's death frame takes the place of the state
+            # frame that would have announced it (docs/protocol.md, "Slow subscribers in
+            # `latest` mode"): the death names the incarnation itself.
+            folded = self.seq_per_domid and kind == "death"
+            untold = cur is not None and self.classes.get(incs[cur].inc) == INDISTINGUISHABLE
+            if not folded and not untold:
                 self.flag(ORDER, f"{kind} of an incarnation never announced", incs[idx], item.t)
             self.reach(domid, idx, "skipped")
             self.floor[domid] = idx + 1

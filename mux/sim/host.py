@@ -543,6 +543,9 @@ class SimHost:
         dom.flags = (
             dom.flags & ~DOMINF_SHUTDOWN & ~(DOMINF_SHUTDOWNMASK << DOMINF_SHUTDOWNSHIFT)
         ) | (SHUTDOWN_NONE << DOMINF_SHUTDOWNSHIFT)
+        # The guest runs again at once (its resume path): its record's cpu_time moves on,
+        # which is what tells a watcher that missed the resume that the suspend was undone.
+        dom.cpu_time += self.rng.randint(1_000_000, 10_000_000)
         self.hv.update([dom], virq=False, step="resume")
         self.toolstack.resume(domid)
         return dom

@@ -401,6 +401,29 @@ def test_latest_mode_never_coalesces_a_death_away():
     assert kinds(v) == {} and v.deaths[LATEST].once == 1
 
 
+def test_a_latest_mode_death_may_stand_for_the_new_it_replaced():
+    """A slow latest-mode subscriber's pending state frame of an incarnation is replaced by
+    its death (docs/protocol.md): the death is the first it hears of that incarnation. An
+    events-mode subscriber must have been told of it first."""
+    h = Host()
+    first = h.create(0, 1, U1)
+    h.destroy(10, first)
+    second = h.create(11, 1, U2)
+    h.destroy(12, second)
+    start = relist(1, [row(1, U1)])
+    folded = [
+        start,
+        ev(10.01, 1, "death", 1, U1, time=10.005),
+        ev(10.02, 2, "released", 1, U1, time=10.005),
+        ev(12.01, 4, "death", 1, U2, time=12.005),
+        ev(12.02, 5, "released", 1, U2, time=12.005),
+    ]
+    v = check(h.truth(), [], [sub(folded, domids=None, kind=LATEST)], end=END)
+    assert kinds(v) == {} and v.deaths[LATEST].once == 2
+    v = check(h.truth(), [], [sub(folded)], end=END)
+    assert kinds(v) == {"order": 1}
+
+
 def test_journal_would_serve():
     hello = {"history": "h1", "oldest_seq": 10, "seq": 40}
     assert journal_would_serve(9, "h1", hello) and journal_would_serve(40, None, hello)
