@@ -32,7 +32,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domains", type=int, default=1000, help="guests on the simulated host")
     p.add_argument("--rate", type=float, default=20.0, help="lifecycle changes per second")
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
-    p.add_argument("--xs-version", choices=("4.17", "4.22"), default="4.17")
+    p.add_argument(
+        "--xs-version",
+        choices=("4.17", "4.22"),
+        default="4.17",
+        help="which C xenstored the sim models: 4.22 has watch depth (default: %(default)s)",
+    )
     p.add_argument("--plain", action="store_true", help="plain lines, no screen redraw")
 
 
