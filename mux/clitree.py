@@ -8,7 +8,12 @@ the same way: `command_tree()` walks the argparse parsers into plain `Command` r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ def _metavar(action: argparse.Action) -> str | None:
 
 
 def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
+    formatter = parser._get_formatter()
     out = []
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
@@ -70,7 +76,8 @@ def _options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
             Option(
                 flags=tuple(action.option_strings),
                 dest=action.dest,
-                help=action.help,
+                # As --help shows it: %(default)s and the like filled in.
+                help=formatter._expand_help(action) if action.help else action.help,
                 metavar=_metavar(action),
                 choices=choices,
                 required=bool(action.required) or not action.option_strings,
@@ -100,15 +107,31 @@ def describe(
     )
 
 
+# Variables some defaults are read from when a parser is built: a generated page shows the
+# documented default, not the one of the machine that built it.
+ENVIRONMENT_DEFAULTS = ("XENMUX_SOCKET", "XENMUX_SIM_DIR")
+
+
+@contextlib.contextmanager
+def _documented_defaults():
+    saved = {var: os.environ.pop(var) for var in ENVIRONMENT_DEFAULTS if var in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def command_tree() -> Command:
-    """`xenmux` with every command (each module imported, as running it would)."""
+    """`xenmux` with every command (each module imported, as running it would), with the
+    defaults an unset environment gives."""
     from mux.cli import COMMANDS, build_parser, command_parser
 
     top = build_parser()
-    commands = tuple(
-        describe(command_parser(name), ("xenmux", name), help_text)
-        for name, (_module, help_text) in COMMANDS.items()
-    )
+    with _documented_defaults():
+        commands = tuple(
+            describe(command_parser(name), ("xenmux", name), help_text)
+            for name, (_module, help_text) in COMMANDS.items()
+        )
     return Command(
         path=("xenmux",),
         help=None,
@@ -117,3 +140,36 @@ def command_tree() -> Command:
         options=_options(top),
         subcommands=commands,
     )
+
+
+# -- the generators' common part (mux/manpages.py, mux/completion.py) ------------------------
+
+
+def write_generated(
+    directory: str | os.PathLike[str], files: dict[str, str], *, stale: str | None = None
+) -> list[Path]:
+    """Write name -> text into `directory`; first remove the files matching the glob `stale`
+    that are not among them (what a command that is gone left)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    if stale:
+        for old in target.glob(stale):
+            if old.name not in files:
+                old.unlink()
+    written = []
+    for name, text in files.items():
+        path = target / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def generator_main(module: str, write: Callable[[str], list[Path]], argv: list[str] | None) -> int:
+    """`python -m MODULE DIR`: write into DIR, say what was written."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(f"usage: python -m {module} DIR", file=sys.stderr)
+        return 2
+    written = write(argv[0])
+    print(f"{', '.join(p.name for p in written)} in {argv[0]}")
+    return 0

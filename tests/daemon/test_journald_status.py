@@ -250,3 +250,25 @@ def test_last_scan_metric_moves_with_every_scan_and_stops_with_them(sim, daemon_
         c.rescan()
         after = last_scan_metric(port)
         assert first < after <= time.time()
+
+
+def test_the_documented_stuck_daemon_alert_is_a_valid_rule(tmp_path):
+    from mux import debpeers
+
+    docs = (REPO / "docs" / "operations.md").read_text()
+    (rules,) = [
+        block for block in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "XenmuxStuck" in block
+    ]
+    assert "xenmux_last_scan_timestamp_seconds" in rules
+    path = tmp_path / "rules.yml"
+    path.write_text(rules)
+    promtool = debpeers.locate("promtool")
+    done = subprocess.run(
+        [str(promtool.path), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=promtool.environ(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 2 rules found" in done.stdout, done.stdout
