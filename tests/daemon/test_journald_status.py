@@ -5,6 +5,7 @@ metric, for an alert on a stuck daemon."""
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import re
@@ -202,18 +203,24 @@ def test_ready_then_status_from_a_timer_then_stopping(sim, daemon_factory, tmp_p
         assert m, ready
         assert seconds_ago(m.group(1)) <= time.time() - started + 1
 
-        # Three changes at once: one STATUS= when the timer comes, none for each firing.
-        # (Destroyed: a domain left shut down is polled, a scan each time, a new status.)
+        # Three changes at once: STATUS= lines come from the timer, never one per firing or
+        # scan. (Destroyed: a domain left shut down is polled, a scan each time.)
         for domid in (3, 4, 5):
             sim.ctl.destroy(domid)
-        listener.settimeout(STATUS_INTERVAL + 10)
-        status = listener.recv(4096).decode()
-        waited = time.monotonic() - ready_at
-        assert re.fullmatch(
-            r"STATUS=6 domains \(6 running\), 0 subscribers, last scan \d\d:\d\d:\d\d",
-            status,
-        ), status
-        assert waited >= STATUS_INTERVAL - 0.5, f"STATUS= {waited:.2f} s after READY"
+        sent = [ready_at]
+        status = ""
+        while not status.startswith("STATUS=6 domains"):
+            # Under load a tick may come between two of the changes and show part of them.
+            assert len(sent) < 4, f"{len(sent) - 1} STATUS= lines and still not 6 domains"
+            listener.settimeout(STATUS_INTERVAL + 10)
+            status = listener.recv(4096).decode()
+            sent.append(time.monotonic())
+            assert re.fullmatch(
+                r"STATUS=\d domains \(\d running\), 0 subscribers, last scan \d\d:\d\d:\d\d",
+                status,
+            ), status
+        gaps = [b - a for a, b in itertools.pairwise(sent)]
+        assert min(gaps) >= STATUS_INTERVAL - 0.5, f"STATUS= lines {gaps} s apart"
 
         # Nothing changed since: the next tick sends nothing.
         listener.settimeout(STATUS_INTERVAL + 1)
@@ -244,7 +251,14 @@ def test_last_scan_metric_moves_with_every_scan_and_stops_with_them(sim, daemon_
         port = c.stats()["metrics_port"]
         first = last_scan_metric(port)
         assert before <= first <= time.time()
-        # No firing and no safety scan (--full-scan 0): the time stays.
+        # The watches' first firings may cost a scan just after start-up; then, with no
+        # firing and no safety scan (--full-scan 0), the time stays.
+        readings = [first]
+        while len(readings) < 2 or readings[-1] != readings[-2]:
+            assert len(readings) < 20, readings
+            time.sleep(0.5)
+            readings.append(last_scan_metric(port))
+        first = readings[-1]
         time.sleep(0.5)
         assert last_scan_metric(port) == first
         c.rescan()
