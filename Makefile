@@ -17,7 +17,7 @@ BUILD_PKGS := python3-venv python3-dev gcc libc6-dev
 # tests, and PEP 517's frontend for the packaging tests.
 TEST_PKGS := xenstore-utils libxen-dev socat python3-build
 
-.PHONY: run test lint bench build build-deps test-deps deb-peers clean man completion
+.PHONY: run test lint bench chaos build build-deps test-deps deb-peers clean man completion
 
 # apt-get install of the packages of $(1) that dpkg does not list as installed; nothing
 # else. Off Debian (no dpkg-query) it says what to install and goes on.
@@ -75,6 +75,11 @@ lint: build
 
 bench: build test-deps deb-peers
 	$(BIN)/python -m pytest -q bench --benchmark-only
+
+# Five minutes of churn and faults on a simulated host of 1,000 domains, checked by the
+# oracle (docs/chaos.md); `make test` runs a 30-second one.
+chaos: build
+	$(BIN)/xenmux chaos --seconds 300
 
 # Man pages and shell completion, generated from the argument parsers into packaging/, which
 # the wheel installs under PREFIX/share (pyproject.toml's data files). Run after changing an

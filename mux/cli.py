@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim-ctl": ("mux.sim.ctl", "change the simulated host: create, shutdown, destroy..."),
     "demo": ("mux.demo", "a simulated host of 1000 domains, the daemon and a live view"),
     "bench": ("mux.bench.cli", "the benchmark harness: mux against per-domain monitors"),
+    "chaos": ("mux.chaos.cli", "churn and faults on a simulated host, checked by an oracle"),
 }
 
 

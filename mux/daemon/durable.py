@@ -137,7 +137,9 @@ def _restore(statedir: StateDir, boot_id: str | None, max_bytes: int) -> Durable
             raise CorruptState("its journal has events but there is no checkpoint")
     history = statedir.new_history(boot_id)
     journal = Journal.create(statedir.path, history.history, max_bytes)
-    log.info("new history %s in %s", history.history, statedir.path)
+    # Said once the daemon serves ("new history" in its serving line): a start that fails
+    # before that (a busy metrics port) then prints only why.
+    log.debug("new history %s in %s", history.history, statedir.path)
     return DurableState(statedir, history, journal, None, None, None)
 
 

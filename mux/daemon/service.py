@@ -238,11 +238,12 @@ class Daemon:
         if self.metrics is not None:
             log.info("metrics on %s", self.metrics.url)
         log.info(
-            "serving %d domains on %s (backend %s, instance %s, history %s at seq %d)",
+            "serving %d domains on %s (backend %s, instance %s, %s %s at seq %d)",
             len(self.table),
             self.config.socket_path,
             self.backend.name,
             self.instance,
+            "history" if self.state.restored is not None else "new history",
             self.state.history.history,
             self.table.seq,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import struct
 
 from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
 from mux.records import RECORD_SIZE
@@ -18,6 +19,42 @@ from mux.sim.paths import sim_paths
 
 _OFF_COUNT = _simfast.SHM_OFF_COUNT
 _SLACK = 256  # records of room the scan buffer keeps beyond the table's count
+
+# Failures of the domain-info call armed by the simulated host (`sim-ctl fail-hypercalls`):
+# DIR/hypercall-faults holds, at offset 0, how many it has armed so far.
+ARMED = struct.Struct("<Q")
+
+
+class ArmedFailures:
+    """The calls this backend must fail: one for each failure armed after it opened (so a
+    daemon started later does not pay for failures meant for an earlier one)."""
+
+    def __init__(self, path: str) -> None:
+        self._mm: mmap.mmap | None = None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # a sim that arms none
+        try:
+            self._mm = mmap.mmap(fd, ARMED.size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._taken = self.armed()
+
+    def armed(self) -> int:
+        return ARMED.unpack_from(self._mm, 0)[0] if self._mm is not None else 0
+
+    def take(self) -> bool:
+        """True when this call is to fail."""
+        if self._mm is None or self.armed() <= self._taken:
+            return False
+        self._taken += 1
+        return True
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
 
 
 class SimBackend:
@@ -48,8 +85,15 @@ class SimBackend:
         self.state_dir: str | None = paths.state
         self._buf = bytearray((self.domain_count_hint() + _SLACK) * RECORD_SIZE)
         self._one = bytearray(RECORD_SIZE)
+        self._failures = ArmedFailures(paths.hypercall_faults)
 
     def getinfolist(self, first: int, max_domains: int, out: bytearray, offset: int = 0) -> int:
+        if self._failures.take():
+            raise HypervisorError(
+                errno.EAGAIN,
+                "domain-info call failed (EAGAIN, armed by `sim-ctl fail-hypercalls`)",
+                retryable=True,
+            )
         view = memoryview(out)[offset:]
         try:
             return _simfast.shm_getinfolist(self._shm, first, max_domains, view)
@@ -83,5 +127,6 @@ class SimBackend:
         return _simfast.shm_change_stamp(self._shm)
 
     def close(self) -> None:
+        self._failures.close()
         self._shm.release()
         self._mm.close()

@@ -47,6 +47,14 @@ def _request(op: str, **fields: Any) -> dict:
     return {"op": op, **{k: v for k, v in fields.items() if v is not None}}
 
 
+def _runs_for(op: str, fields: dict) -> float:
+    """Seconds the sim works on a request before it replies (beyond the usual)."""
+    if op != "churn":
+        return 0.0
+    # Lifecycles begun last may hold a domain for up to 1.5 * hold before they end.
+    return float(fields.get("seconds") or 0) + 2 * float(fields.get("hold") or 2.0)
+
+
 class _Ops:
     """The operations, shared by the blocking and the asyncio client."""
 
@@ -89,6 +97,10 @@ class _Ops:
         """Raise VIRQ_DOM_EXC with no change."""
         return self.request("virq")
 
+    def fail_hypercalls(self, count=1):
+        """Make the next `count` domain-info calls of every sim backend fail (EAGAIN)."""
+        return self.request("fail-hypercalls", count=count)
+
     def list(self):
         return self._then(self.request("list"), lambda r: r["domains"])
 
@@ -104,8 +116,22 @@ class _Ops:
         nodes and introduce the living guests again. Returns the reply (`domids`)."""
         return self.request("reintroduce")
 
-    def churn(self, seconds, rate=None, seed=None, step_delay=None):
-        return self.request("churn", seconds=seconds, rate=rate, seed=seed, step_delay=step_delay)
+    def churn(
+        self, seconds, rate=None, seed=None, step_delay=None, kinds=None, domids=None, hold=None
+    ):
+        """Random lifecycles for `seconds` (docs/sim.md); `kinds` a list of names or "all",
+        `domids` a range "LO-HI" for boots, `hold` the seconds zombies, same-UUID reuses
+        and failed migrations wait."""
+        return self.request(
+            "churn",
+            seconds=seconds,
+            rate=rate,
+            seed=seed,
+            step_delay=step_delay,
+            kinds=kinds,
+            domids=domids,
+            hold=hold,
+        )
 
     def _then(self, reply, fn):
         return fn(reply)
@@ -128,10 +154,7 @@ class SimControl(_Ops):
 
     def request(self, op: str, **fields: Any) -> dict:
         line = json.dumps(_request(op, **fields)).encode() + b"\n"
-        timeout = self.timeout
-        if op == "churn":
-            timeout += float(fields.get("seconds") or 0)
-        self._sock.settimeout(timeout)
+        self._sock.settimeout(self.timeout + _runs_for(op, fields))
         try:
             self._sock.sendall(line)
             reply = self._file.readline()
@@ -172,7 +195,7 @@ class AsyncSimControl(_Ops):
         return cls(reader, writer, path, timeout)
 
     async def request(self, op: str, **fields: Any) -> dict:
-        timeout = self.timeout + (float(fields.get("seconds") or 0) if op == "churn" else 0)
+        timeout = self.timeout + _runs_for(op, fields)
         async with self._lock:
             self._writer.write(json.dumps(_request(op, **fields)).encode() + b"\n")
             try:
@@ -257,6 +280,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("domid", type=int, help="the domain xenstored is told is released")
 
     sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
+    p = sub.add_parser(
+        "fail-hypercalls", help="the next COUNT domain-info calls of the daemon fail (EAGAIN)"
+    )
+    p.add_argument("count", type=int, help="how many calls fail, 1 to 1000")
     p = sub.add_parser("restart-xenstored", help="drop every xenstored connection, rebind later")
     p.add_argument("--down", type=float, default=0.2, help="seconds without xenstored")
     sub.add_parser(
@@ -271,6 +298,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=10.0, help="lifecycles per second (default 10)")
     p.add_argument("--seed", type=int, help="seed of the random choices (default: a new one)")
     p.add_argument("--step-delay", type=float, help="seconds between a lifecycle's steps")
+    p.add_argument(
+        "--kinds",
+        help="lifecycles to run, comma-separated, or 'all' (default: "
+        "boot,reboot,poweroff,crash,migrate,destroy; also zombie,reuse,migrate-away,"
+        "migrate-failed)",
+    )
+    p.add_argument("--domids", metavar="LO-HI", help="boots take a free domid from this range")
+    p.add_argument(
+        "--hold",
+        type=float,
+        help="seconds a zombie stays dying, a same-UUID reuse waits, a failed migration "
+        "runs before its poweroff (default 2)",
+    )
 
 
 def _emit(obj: dict) -> None:
@@ -309,6 +349,8 @@ def run(args: argparse.Namespace) -> int:
                 _emit(sim.release(args.domid))
             elif op == "virq":
                 _emit(sim.virq())
+            elif op == "fail-hypercalls":
+                _emit(sim.fail_hypercalls(args.count))
             elif op == "restart-xenstored":
                 _emit(sim.restart_xenstored(args.down))
             elif op == "reintroduce":
@@ -316,7 +358,17 @@ def run(args: argparse.Namespace) -> int:
             elif op == "info":
                 _emit(sim.info())
             elif op == "churn":
-                _emit(sim.churn(args.seconds, args.rate, args.seed, args.step_delay))
+                _emit(
+                    sim.churn(
+                        args.seconds,
+                        args.rate,
+                        args.seed,
+                        args.step_delay,
+                        kinds=args.kinds,
+                        domids=args.domids,
+                        hold=args.hold,
+                    )
+                )
     except SimControlError as exc:
         print(f"xenmux sim-ctl: {exc}", file=sys.stderr)
         return 1

@@ -9,13 +9,20 @@ under a stand-in event channel library).
 `SimHost` is what the toolstack does around it: create = build the domain, write its xenstore
 nodes, XS_INTRODUCE; resume = XEN_DOMCTL_resumedomain then XS_RESUME; destroy = dying, then
 gone, then the nodes removed. The xenstore side goes through a `Toolstack` (toolstack.py).
+
+`TruthLog` is the host's own record of what the hypervisor did: one JSON line per
+incarnation and lifecycle step, written once the step is in the table (a refused operation
+writes nothing). `xenmux chaos` checks the daemon against it (docs/chaos.md).
 """
 
 from __future__ import annotations
 
 import bisect
+import json
+import os
 import random
 import socket
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -63,6 +70,7 @@ class Domain:
     max_pages: int = GUEST_PAGES
     vcpus: int = 2
     zombie: bool = False
+    incarnation: int = 0  # the host's count of domains built, this one's number
 
     @property
     def uuid(self) -> str:
@@ -110,6 +118,57 @@ class Domain:
         }
 
 
+class TruthLog:
+    """The ground truth of a simulated host: an append-only file of JSON lines, one per
+    lifecycle step as the hypervisor applied it, each written with one write() (a batch's
+    lines in one) so that a reader never sees half a step, even of a killed sim.
+
+    Steps: `create` (with `name`), `shutdown` (with `reason`), `resume`, `dying`, `gone`.
+    Every line has `step`, `domid`, `uuid`, `inc` (the incarnation: the host's count of
+    domains built, 0 for dom0), `mono` (CLOCK_MONOTONIC ns, the clock subscribers stamp
+    with) and `wall` (Unix time, the clock of the daemon's `time` fields). Both are read
+    just before the table changes, so no reader can see a step before its stamp.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
+        )
+
+    @staticmethod
+    def clock() -> tuple[int, float]:
+        return time.monotonic_ns(), time.time()
+
+    def record(
+        self, step: str, doms: Iterable[Domain], at: tuple[int, float], **extra: object
+    ) -> None:
+        if self._fd is None:
+            return
+        mono, wall = at
+        lines = []
+        for dom in doms:
+            entry = {
+                "step": step,
+                "domid": dom.domid,
+                "uuid": dom.uuid,
+                "inc": dom.incarnation,
+                "mono": mono,
+                "wall": wall,
+            }
+            if step == "create":
+                entry["name"] = dom.name
+            entry.update(extra)
+            lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+        if lines:
+            os.write(self._fd, "".join(lines).encode())
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Hypervisor(DomainSource):
     """The domains, the shared-memory table and VIRQ_DOM_EXC."""
 
@@ -119,9 +178,12 @@ class Hypervisor(DomainSource):
         *,
         rng: random.Random | None = None,
         virq_sockets: Iterable[str] = (),
+        truth: TruthLog | None = None,
     ) -> None:
         self.shm = shm
         self.rng = rng or random.Random()
+        self.truth = truth
+        self.incarnations = 0  # domains built so far (dom0 is number 0)
         self.domains: dict[int, Domain] = {}
         self._ids: list[int] = []  # sorted domids: the table's order
         self.rover = 0  # the last domid handed out
@@ -162,6 +224,18 @@ class Hypervisor(DomainSource):
                 except OSError:
                     pass  # a sink that is not there (yet) misses this one, as a masked port
 
+    def log(
+        self, step: str, doms: Iterable[Domain], at: tuple[int, float], **extra: object
+    ) -> None:
+        """Record steps that are in the table now, stamped `at` (taken before the change),
+        in the truth log if the host keeps one."""
+        if self.truth is not None:
+            self.truth.record(step, doms, at, **extra)
+
+    def new_incarnation(self) -> int:
+        self.incarnations += 1
+        return self.incarnations
+
     # Domids --------------------------------------------------------------------------------
 
     def alloc_domid(self, taken: set[int] | frozenset[int] = frozenset()) -> int:
@@ -187,6 +261,10 @@ class Hypervisor(DomainSource):
                 raise SimError(f"domain {dom.domid} exists")
         if len(self.domains) + len(doms) > self.shm.capacity:
             raise SimError(f"the domain table is full ({self.shm.capacity} records)")
+        for dom in doms:
+            if dom.domid != 0:
+                dom.incarnation = self.new_incarnation()
+        at = TruthLog.clock()
         self.shm.begin()
         try:
             if len(doms) > _REWRITE_THRESHOLD:
@@ -202,37 +280,48 @@ class Hypervisor(DomainSource):
                     self.shm.insert(index, dom.record())
         finally:
             self.shm.end(virq=False)
+        self.log("create", doms, at)
         if virq:
             self.raise_virq()
 
-    def update(self, doms: list[Domain], *, virq: bool) -> None:
-        """Write the records of domains whose fields changed."""
+    def update(self, doms: list[Domain], *, virq: bool, step: str, **extra: object) -> None:
+        """Write the records of domains whose fields changed: lifecycle `step` (the truth
+        log's name for it) applied to each."""
+        at = TruthLog.clock()
         self.shm.begin()
         try:
             for dom in doms:
                 self.shm.put(bisect.bisect_left(self._ids, dom.domid), dom.record())
         finally:
             self.shm.end()
+        self.log(step, doms, at, **extra)
         if virq:
             self.raise_virq()
 
     def remove(self, domids: list[int], *, virq: bool) -> None:
+        gone: list[Domain] = []
+        at = TruthLog.clock()
         self.shm.begin()
         try:
             if len(domids) > _REWRITE_THRESHOLD:
                 for domid in domids:
-                    self.domains.pop(domid, None)
+                    dom = self.domains.pop(domid, None)
+                    if dom is not None:
+                        gone.append(dom)
                 self._ids = sorted(self.domains)
                 self.shm.rewrite([self.domains[d].record() for d in self._ids])
             else:
                 for domid in domids:
-                    if self.domains.pop(domid, None) is None:
+                    dom = self.domains.pop(domid, None)
+                    if dom is None:
                         continue
+                    gone.append(dom)
                     index = bisect.bisect_left(self._ids, domid)
                     del self._ids[index]
                     self.shm.remove(index)
         finally:
             self.shm.end()
+        self.log("gone", gone, at)
         if virq:
             self.raise_virq()
 
@@ -360,7 +449,7 @@ class SimHost:
             dom.flags = _shutdown_flags(dom.flags, reason)
             dom.cpu_time += self.rng.randint(10_000_000, 100_000_000)
         if doms:
-            self.hv.update(doms, virq=virq)
+            self.hv.update(doms, virq=virq, step="shutdown", reason=reason_name(reason))
         return doms
 
     def suspend(self, domid: int, *, silent: bool = False) -> Domain:
@@ -377,7 +466,7 @@ class SimHost:
         dom.flags = (
             dom.flags & ~DOMINF_SHUTDOWN & ~(DOMINF_SHUTDOWNMASK << DOMINF_SHUTDOWNSHIFT)
         ) | (SHUTDOWN_NONE << DOMINF_SHUTDOWNSHIFT)
-        self.hv.update([dom], virq=False)
+        self.hv.update([dom], virq=False, step="resume")
         self.toolstack.resume(domid)
         return dom
 
@@ -394,7 +483,7 @@ class SimHost:
             dom.flags |= DOMINF_DYING
             dom.flags &= ~(DOMINF_RUNNING | DOMINF_BLOCKED)
         if newly_dying:
-            self.hv.update(newly_dying, virq=True)
+            self.hv.update(newly_dying, virq=True, step="dying")
         if zombie:
             for dom in doms:
                 dom.zombie = True

@@ -17,6 +17,8 @@ class SimPaths:
     xenstored: str  # the sim's xenstored socket; its existence means the sim is ready
     control: str  # `xenmux sim-ctl`'s socket
     state: str  # the daemon's default --state-dir for this simulated host
+    truth: str  # the host's ground-truth log of lifecycle steps (docs/sim.md)
+    hypercall_faults: str  # failures of the domain-info call the sim has armed (docs/sim.md)
 
 
 def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
@@ -27,4 +29,6 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         xenstored=os.path.join(d, "xenstored.sock"),
         control=os.path.join(d, "control.sock"),
         state=os.path.join(d, "xenmux-state"),
+        truth=os.path.join(d, "truth.jsonl"),
+        hypercall_faults=os.path.join(d, "hypercall-faults"),
     )

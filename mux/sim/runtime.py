@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import mmap
 import os
 import random
 import signal
@@ -28,8 +29,9 @@ import sys
 from collections.abc import Iterable
 
 from mux.records import parse_reason
+from mux.sim.backend import ARMED
 from mux.sim.churn import Churn
-from mux.sim.host import Hypervisor, SimError, SimHost
+from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
 from mux.sim.paths import sim_paths
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
@@ -196,6 +198,35 @@ class ExternalHost(SimHost):
             return super().create(**kwargs)
 
 
+class ArmedFailuresFile:
+    """The sim's side of DIR/hypercall-faults: how many domain-info calls it has armed to
+    fail (mux.sim.backend.ArmedFailures is the reading side). Removed when the sim ends."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.ftruncate(fd, ARMED.size)
+            self._mm: mmap.mmap | None = mmap.mmap(fd, ARMED.size)
+        finally:
+            os.close(fd)
+        self.armed = 0
+
+    def arm(self, count: int) -> int:
+        assert self._mm is not None
+        self.armed += count
+        ARMED.pack_into(self._mm, 0, self.armed)
+        return self.armed
+
+    def close(self) -> None:
+        if self._mm is None:
+            return
+        self._mm.close()
+        self._mm = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
 class Sim:
     """One simulated host. `build()` is synchronous; `serve()` binds the sockets."""
 
@@ -216,24 +247,30 @@ class Sim:
         self.seed = seed
         self.external = external_xenstored
         self.shm = ShmTable(self.paths.shm)
+        self.truth = TruthLog(self.paths.truth)
+        self.failures = ArmedFailuresFile(self.paths.hypercall_faults)
         # The sim's own xenstored exists in both modes (counters, `list`), but with an
         # external one it is neither served nor told of VIRQs.
         if external_xenstored:
             self.virq_paths = list(virq_sockets)
             self._dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._dgram.setblocking(False)
-            self.hv = Hypervisor(self.shm, rng=self.rng)
+            self.hv = Hypervisor(self.shm, rng=self.rng, truth=self.truth)
             self.xs = Xenstored(self.hv, xs_version)
             try:
                 self.toolstack = ExternalToolstack(external_xenstored)
             except BaseException:
                 self._dgram.close()
                 self.shm.close(unlink=True)
+                self.truth.close()
+                self.failures.close()
                 raise
             self.hv.on_virq(self._external_virq)
             self.host = ExternalHost(self.hv, self.toolstack)
         else:
-            self.hv = Hypervisor(self.shm, rng=self.rng, virq_sockets=virq_sockets)
+            self.hv = Hypervisor(
+                self.shm, rng=self.rng, virq_sockets=virq_sockets, truth=self.truth
+            )
             self.xs = Xenstored(self.hv, xs_version)
             self.hv.on_virq(self.xs.check_domains)
             self.toolstack = LocalToolstack(self.xs)
@@ -283,6 +320,7 @@ class Sim:
             "external_xenstored": bool(self.external),
             "control": self.paths.control,
             "shm": self.paths.shm,
+            "truth": self.paths.truth,
             "pid": os.getpid(),
         }
 
@@ -314,6 +352,8 @@ class Sim:
             self.toolstack.close()
             self._dgram.close()
         self.shm.close(unlink=True)
+        self.truth.close()
+        self.failures.close()
 
     # -- control socket ------------------------------------------------------------------------
 
@@ -443,6 +483,13 @@ class Sim:
         self.host.release(domid)
         return {"domids": [domid]}
 
+    def _op_fail_hypercalls(self, req):
+        """The next `count` domain-info calls of each backend reading this host fail."""
+        count = int(req.get("count", 1))
+        if not 1 <= count <= 1000:
+            raise SimError(f"count must be 1..1000, not {count}")
+        return {"armed": self.failures.arm(count)}
+
     def _op_virq(self, req):
         self.host.virq()
         return {}
@@ -498,6 +545,9 @@ class Sim:
             self.busy,
             seed=req.get("seed"),
             step_delay=float(req.get("step_delay", 0.005)),
+            kinds=req.get("kinds"),
+            domids=req.get("domids"),
+            hold=float(req.get("hold", 2.0)),
         )
         return await churn.run(float(req.get("seconds", 10)), float(req.get("rate", 10)))
 
@@ -565,6 +615,8 @@ def main(
     finally:
         if not sim.closed:
             sim.shm.close(unlink=True)
+            sim.truth.close()
+            sim.failures.close()
             for path in sim._bound:
                 try:
                     os.unlink(path)

@@ -164,11 +164,17 @@ def test_kill_9_at_random_points_of_a_churn_neither_repeats_nor_loses_an_event(s
     follower = Follower(d.sock)
     follower.start()
     until(lambda: follower.replies)
-    churn = threading.Thread(
-        target=lambda: SimControl(str(sim.dir)).churn(seconds=6, rate=25, seed=seed)
-    )
-    churn.start()
     kills = []
+
+    def churn_until_killed_thrice() -> None:
+        # Rounds of churn until three kills landed in it, however slow restarts are here.
+        rounds = 0
+        while rounds < 2 or len(kills) < 3:
+            SimControl(str(sim.dir)).churn(seconds=3, rate=25, seed=seed + rounds)
+            rounds += 1
+
+    churn = threading.Thread(target=churn_until_killed_thrice)
+    churn.start()
     while churn.is_alive() and len(kills) < 5:
         time.sleep(rng.uniform(0.2, 1.2))
         kills.append(d.stats()["seq"])
