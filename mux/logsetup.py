@@ -16,7 +16,7 @@ import sys
 from typing import TextIO
 
 PLAIN_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-JOURNAL_FORMAT = "%(name)s %(levelname)s %(message)s"
+TIME_FIELD = "%(asctime)s "  # what the journal's lines go without
 
 # sd-daemon(3): SD_ERR 3, SD_WARNING 4, SD_NOTICE 5, SD_INFO 6, SD_DEBUG 7.
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
@@ -52,24 +52,27 @@ def stream_is_journal(stream: TextIO, environ: os._Environ | dict | None = None)
 class JournalFormatter(logging.Formatter):
     """`<N>` before every line of the record, no time of our own."""
 
-    def __init__(self) -> None:
-        super().__init__(JOURNAL_FORMAT)
+    def __init__(self, fmt: str = PLAIN_FORMAT) -> None:
+        super().__init__(fmt.replace(TIME_FIELD, ""))
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{syslog_priority(record.levelno)}>"
         return "\n".join(prefix + line for line in super().format(record).splitlines())
 
 
-def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> logging.Handler:
+def setup_logging(
+    level: str | int = "info", stream: TextIO | None = None, *, fmt: str = PLAIN_FORMAT
+) -> logging.Handler:
     """Send every log record of at least `level` (a name of LEVELS, or a number) to
-    `stream` (default stderr), as the journal wants it when the stream is the journal's.
-    Replaces any handler set before; returns the one it installed."""
+    `stream` (default stderr) in the format `fmt`; when the stream is the journal's, with
+    the priority first and without `%(asctime)s `. Replaces any handler set before; returns
+    the one it installed."""
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
     if stream_is_journal(stream):
-        handler.setFormatter(JournalFormatter())
+        handler.setFormatter(JournalFormatter(fmt))
     else:
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+        handler.setFormatter(logging.Formatter(fmt))
     numeric = level if isinstance(level, int) else logging.getLevelName(level.upper())
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     return handler

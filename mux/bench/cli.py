@@ -130,6 +130,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the temporary directory of the run, for debugging the harness",
     )
+    from mux.bench.pool_args import add_pool_arguments
+
+    add_pool_arguments(p)
 
 
 def _settings(args: argparse.Namespace):
@@ -191,6 +194,10 @@ def _report_only(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
+    if args.pool:
+        from mux.bench.pool import run as run_pool
+
+        return run_pool(args, _machine())
     from mux.bench import report, runner
     from mux.bench.build import BuildError, build
     from mux.bench.procs import ProcessSet

@@ -115,6 +115,15 @@ def test_lines_elsewhere_keep_their_time_even_under_a_unit(tmp_path, monkeypatch
     assert not line.startswith("<")
 
 
+def test_a_commands_own_format_loses_only_its_time_in_the_journal(tmp_path, monkeypatch):
+    out = tmp_path / "stderr"
+    with open(out, "w") as stream:
+        monkeypatch.setenv("JOURNAL_STREAM", journal_of(out))
+        setup_logging("info", stream, fmt="%(asctime)s xenmux act: %(message)s")
+        logging.getLogger("xenmux.act").warning("would restart domain 1")
+    assert out.read_text() == "<4>xenmux act: would restart domain 1\n"
+
+
 def test_journal_stream_is_matched_by_device_and_inode(tmp_path):
     path = tmp_path / "f"
     path.write_text("")
