@@ -17,7 +17,7 @@ BUILD_PKGS := python3-venv python3-dev gcc libc6-dev
 # tests, and PEP 517's frontend for the packaging tests.
 TEST_PKGS := xenstore-utils libxen-dev socat python3-build
 
-.PHONY: run test lint bench chaos build build-deps test-deps deb-peers clean
+.PHONY: run test lint bench chaos build build-deps test-deps deb-peers clean man completion
 
 # apt-get install of the packages of $(1) that dpkg does not list as installed; nothing
 # else. Off Debian (no dpkg-query) it says what to install and goes on.
@@ -80,6 +80,18 @@ bench: build test-deps deb-peers
 # oracle (docs/chaos.md); `make test` runs a 30-second one.
 chaos: build
 	$(BIN)/xenmux chaos --seconds 300
+
+# Man pages and shell completion, generated from the argument parsers into packaging/, which
+# the wheel installs under PREFIX/share (pyproject.toml's data files). Run after changing an
+# option: tests/e2e/test_manpages.py fails while they are not current.
+MAN_DIR        := packaging/man
+COMPLETION_DIR := packaging/completion
+
+man: build
+	$(BIN)/python -m mux.manpages $(MAN_DIR)
+
+completion: build
+	$(BIN)/python -m mux.completion $(COMPLETION_DIR)
 
 clean:
 	rm -rf build *.egg-info mux/_fast.c mux/_fast*.so mux/sim/_simfast*.so mux/bench/_floor*.so

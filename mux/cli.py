@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(name: str):
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"xenmux {name}", description=COMMANDS[name][1])
+    module.configure(parser)
+    return module, parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of one command (its module imported): for help, man pages, completion."""
+    return _command(name)[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen command's module is imported; the top-level parser just routes.
@@ -66,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # help, --version, or usage and exit 2
         return 2
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"xenmux {name}", description=COMMANDS[name][1])
-    module.configure(parser)
+    module, parser = _command(name)
     args = parser.parse_args(argv[1:])
     from mux.commands.reach import CommandError
 

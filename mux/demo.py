@@ -23,12 +23,21 @@ from mux.commands.output import clock
 from mux.protocol import EVENT_KINDS, TRIGGER_STARTUP
 from mux.sim.paths import sim_paths
 
+# What stops the demo and everything it started: Ctrl-C (SIGINT, Python's own
+# KeyboardInterrupt), SIGTERM, and SIGHUP when its terminal is closed.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domains", type=int, default=1000, help="guests on the simulated host")
     p.add_argument("--rate", type=float, default=20.0, help="lifecycle changes per second")
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
-    p.add_argument("--xs-version", choices=("4.17", "4.22"), default="4.17")
+    p.add_argument(
+        "--xs-version",
+        choices=("4.17", "4.22"),
+        default="4.17",
+        help="which C xenstored the sim models: 4.22 has watch depth (default: %(default)s)",
+    )
     p.add_argument("--plain", action="store_true", help="plain lines, no screen redraw")
 
 
@@ -134,10 +143,12 @@ def run(args: argparse.Namespace) -> int:
     sim = serve = churn = None
     stopping = False
 
-    def on_term(signum, frame):  # SIGTERM behaves as Ctrl-C
+    def on_term(signum, frame):  # SIGTERM, and SIGHUP (a closed terminal), as Ctrl-C
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS[1:]:
+        signal.signal(sig, on_term)
     sock = os.path.join(work, "xenmux.sock")
     # The children's diagnostics go to a log that is shown only if something fails.
     log_path = os.path.join(work, "demo.log")
@@ -228,13 +239,28 @@ def run(args: argparse.Namespace) -> int:
         failed = True
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A second signal (the terminal's SIGHUP after a Ctrl-C, an impatient SIGTERM) must
+        # not cut the clean-up short and leave the children running.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         for proc in (churn, serve, sim):
             _stop(proc)
         log.close()
+        diagnostics = ""
         if failed:
             with open(log_path, errors="replace") as f:
-                sys.stderr.write(f.read()[-4000:])
+                diagnostics = f.read()[-4000:]
         shutil.rmtree(work, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _tell(diagnostics, stopping)
+
+
+def _tell(diagnostics: str, stopping: bool) -> None:
+    """The last words, on a terminal that may be gone (SIGHUP): then there is no one to tell."""
+    try:
+        sys.stderr.write(diagnostics)
         if stopping:
             print("\nstopped the churn, the daemon and the simulated host.", flush=True)
+    except OSError:
+        pass

@@ -105,7 +105,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="above this many domains the monitors' mass scenarios (N x N firings) are "
         "extrapolated from their cost per firing (default: %(default)s)",
     )
-    p.add_argument("--xs-version", choices=("4.17", "4.22"), default="4.17")
+    p.add_argument(
+        "--xs-version",
+        choices=("4.17", "4.22"),
+        default="4.17",
+        help="which C xenstored the sim models: 4.22 has watch depth (default: %(default)s)",
+    )
     p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (50)")
     p.add_argument("--churn-seconds", type=float, help="length of the churn (10 s)")
     p.add_argument("--churn-rate", type=float, help="lifecycles per second in the churn (10)")
@@ -130,8 +135,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="measure nothing: rebuild results.md and the plots from --out DIR/results.json",
     )
     p.add_argument(
-        "--keep-temp", action="store_true", help=argparse.SUPPRESS
-    )  # debugging: keep the temporary directory
+        "--keep-temp",
+        action="store_true",
+        help="keep the temporary directory of the run, for debugging the harness",
+    )
     from mux.bench.pool_args import add_pool_arguments
 
     add_pool_arguments(p)

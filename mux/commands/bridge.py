@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import re
 import signal
 import socket
-import sys
 
 from mux.bridge import names
 from mux.bridge.natsconn import NatsMissing, add_connection_arguments, options_from_args
 from mux.cli import add_socket_argument
 from mux.commands.output import fail
+from mux.logsetup import setup_logging
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$", re.IGNORECASE)
@@ -72,16 +71,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         default="127.0.0.1:9878",
         help="Prometheus endpoint HOST:PORT; '' turns it off (default: %(default)s)",
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe messages logged on stderr (default: %(default)s)",
+    )
     add_socket_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)  # journald's conventions under systemd (mux/logsetup.py)
     try:
         from mux.bridge.natsconn import require_nats
 

@@ -133,7 +133,7 @@ class ClientConnection(asyncio.Protocol):
             self._lingering = True
             self._finish(LINGER)
             return
-        log.info("client connected: pid=%d uid=%d gid=%d", self.pid, self.uid, self.gid)
+        log.debug("client connected: pid=%d uid=%d gid=%d", self.pid, self.uid, self.gid)
 
     def connection_lost(self, exc) -> None:
         self.closing = True
@@ -330,7 +330,10 @@ class ClientConnection(asyncio.Protocol):
     def _past_mark(self, held: Backlog) -> None:
         if self.mode_latest:
             if not held.coalesced:
-                log.info("subscriber pid=%d is slow: newest state per domid until it catches up")
+                log.info(
+                    "subscriber pid=%d is slow: newest state per domid until it catches up",
+                    self.pid,
+                )
                 held.coalesce()
             if held.nbytes <= self.high_water * LATEST_LIMIT:
                 return

@@ -20,9 +20,10 @@ from mux.daemon.journal import MIN_MAX_BYTES
 from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
 from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
+from mux.logsetup import LEVELS, setup_logging
 from mux.protocol import DEFAULT_SOCKET
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+log = logging.getLogger("xenmux")
 
 
 def _option(check: Callable[[str], object]) -> Callable[[str], object]:
@@ -141,7 +142,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="period of the safety full scan (silent suspends, unintroduced domains); 0: off",
     )
-    p.add_argument("--max-clients", type=_count(1), default=4096, metavar="N")
+    p.add_argument(
+        "--max-clients",
+        type=_count(1),
+        default=4096,
+        metavar="N",
+        help="client connections open at once; more are refused (default: %(default)s)",
+    )
     p.add_argument(
         "--max-clients-per-uid",
         type=_count(1),
@@ -223,7 +230,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="where this boot's id is read: the state of another boot is dropped "
         "(default: %(default)s)",
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=LEVELS,
+        help="least severe messages logged on stderr; client connections are debug "
+        "(default: %(default)s)",
+    )
 
 
 def _bad_option(flag: str, message: str) -> int:
@@ -239,9 +252,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.root_reserve} leaves no connection of --max-clients "
             f"{args.max_clients} for anyone but root",
         )
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format=LOG_FORMAT, stream=sys.stderr
-    )
+    setup_logging(args.log_level)
     from mux.daemon.admission import Limits, fit_fd_limit
     from mux.daemon.connection import MAX_LINGERING
     from mux.daemon.listener import check_socket_path
@@ -262,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"xenmux serve: {exc}", file=sys.stderr)
         return 1
     if lowered:
-        logging.getLogger("xenmux").warning("%s", lowered)
+        log.warning("%s", lowered)
     try:
         backend = open_backend(args.backend, sim_dir=args.sim_dir, xenctrl_lib=args.xenctrl_lib)
         config = Config(
@@ -302,11 +313,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _ignore_hangup() -> None:
+    log.info("SIGHUP ignored: there is nothing to reload; SIGTERM stops the daemon")
+
+
 async def _serve(daemon) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Nothing to reload and nothing to reopen (the logs go to stderr, the journal under
+    # systemd): SIGHUP, a closed terminal's, must not kill the daemon and leave its socket.
+    loop.add_signal_handler(signal.SIGHUP, _ignore_hangup)
     try:
         await daemon.start()
         await stop.wait()

@@ -234,6 +234,7 @@ class DaemonCollector:
         )
         yield from _xenstore_health(st)
         yield from _journal_families(d.journal)
+        yield from _liveness(st)
 
 
 def _labelled(name: str, doc: str, label: str, known, values: dict) -> CounterMetricFamily:
@@ -329,6 +330,15 @@ def _journal_families(j: JournalReading):
         "xenmux_subscribe_gaps",
         "Subscribes whose cursor the journal could not serve (they got a snapshot).",
         j.gaps,
+    )
+
+
+def _liveness(st: CounterReading):
+    """Whether the scans go on: a safety full scan completes every --full-scan seconds."""
+    yield _gauge(
+        "xenmux_last_scan_timestamp_seconds",
+        "Unix time at which the newest scan of the domain list completed (0: none yet).",
+        0 if st.last_scan_time is None else st.last_scan_time,
     )
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import secrets
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -34,6 +32,7 @@ from mux.daemon.listener import Listener
 from mux.daemon.metrics import MetricsServer, start_metrics
 from mux.daemon.requests import RequestContext, handle_line
 from mux.daemon.scanloop import ScanLoop
+from mux.daemon.sdnotify import StatusReporter, status_line
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
 from mux.daemon.watcher import Watcher, XenstoreTimeouts
@@ -154,11 +153,18 @@ class Daemon:
         )
         self.listener = Listener(config.socket_path, config.socket_gid)
         self.metrics: MetricsServer | None = None
+        self.status = StatusReporter(self._status)
 
     async def _read_name(self, domid: int) -> str | None:
         # The watcher holds the xenstore connection but is built after the scan loop, whose
         # request methods it takes: the scan loop's name reader looks it up when called.
         return await self.watcher.read_name(domid)
+
+    def _status(self) -> str:
+        """systemd's STATUS= line (from a timer, never a firing's path: sdnotify.py)."""
+        return status_line(
+            self.table.counts(), self.fanout.subscriber_count, self.stats.last_scan_time
+        )
 
     def _domids_changed(self, domids: Iterable[int]) -> None:
         for domid in domids:
@@ -242,7 +248,7 @@ class Daemon:
             self.state.history.history,
             self.table.seq,
         )
-        sd_notify("READY=1")
+        self.status.ready()
 
     async def _load_names(self) -> None:
         if not self.watcher.connected.is_set():
@@ -261,6 +267,7 @@ class Daemon:
             self.table.set_name(domid, name)
 
     async def stop(self) -> None:
+        self.status.stopping()
         self.listener.close()
         for c in list(self.clients):
             c.close()
@@ -271,18 +278,3 @@ class Daemon:
             self.metrics.close()
         self.backend.close()
         self.state.close()
-
-
-def sd_notify(message: str) -> None:
-    """systemd's readiness protocol, without a dependency on libsystemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(message.encode())
-    except OSError as exc:
-        log.warning("could not notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)

@@ -1,8 +1,9 @@
 """The daemon's counters: plain integers on the hot path, read by `stats` and by Prometheus.
 
-Recording takes no lock and runs no Python function: a counter is one integer addition, a
-histogram observation one deque append (sorted into buckets later, see `Histogram`). The
-daemon copies them into a `DaemonSnapshot` for the `stats` reply and for the Prometheus
+Recording takes no lock and, but for one frame per scan, runs no Python function: a counter
+is one integer addition, a histogram observation one deque append (sorted into buckets later,
+see `Histogram`); a scan's observation also stamps the scan's time (`_stamping`). The daemon
+copies them into a `DaemonSnapshot` for the `stats` reply and for the Prometheus
 collector (metrics.py), which builds its metric families only when it is scraped, in the
 exporter's thread, while the event loop goes on counting: a snapshot copies first and never
 assumes two numbers were taken at the same instant. What recording costs the hot path is
@@ -218,6 +219,10 @@ class Stats:
         self.xenstore_depth_fallbacks = 0
         self.firings_without_change: dict[str, int] = dict.fromkeys(WATCH_PATHS, 0)
         self.transient_pairs = 0
+        # The Unix time the newest scan completed (xenmux_last_scan_timestamp_seconds), so
+        # that a stuck daemon shows: see `_stamping`.
+        self.last_scan_time: float | None = None
+        self.scan_seconds.observe = _stamping(self.scan_seconds.observe, self)
 
     def read(self) -> CounterReading:
         """A copy of every counter, taken now (any thread)."""
@@ -247,7 +252,24 @@ class Stats:
             ),
             firings_without_change=dict(self.firings_without_change),
             transient_pairs=self.transient_pairs,
+            last_scan_time=self.last_scan_time,
         )
+
+
+def _stamping(observe: Callable[[float], None], stats: Stats) -> Callable[[float], None]:
+    """`observe` of scan_seconds that also stamps `stats.last_scan_time`.
+
+    Every scan (the initial one, each full and each targeted one) ends with its scan_seconds
+    observation, after the diff, so this is the one place that sees each complete. It costs
+    one Python frame and a clock read per scan, not per event or frame: a tenth of a
+    microsecond against the tens of a scan of 1000 domains."""
+    clock = time.time
+
+    def observe_scan(seconds: float) -> None:
+        observe(seconds)
+        stats.last_scan_time = clock()
+
+    return observe_scan
 
 
 @dataclass(frozen=True)
@@ -291,6 +313,7 @@ class CounterReading:
     xenstore: XenstoreReading
     firings_without_change: dict[str, int]  # by watch path
     transient_pairs: int
+    last_scan_time: float | None = None  # Unix time; None: no scan completed yet
 
 
 @dataclass(frozen=True)

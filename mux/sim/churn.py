@@ -249,9 +249,31 @@ class Churn:
         if rate <= 0 or seconds < 0:
             raise SimError("churn needs a positive --rate and a --seconds of 0 or more")
         loop = asyncio.get_running_loop()
-        target = len(self.host.guests())
         start = loop.time()
         tasks: set[asyncio.Task] = set()
+        try:
+            await self._start_lifecycles(tasks, seconds, rate)
+            if tasks:
+                await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            # The sim is stopping: no lifecycle may touch the host once it is closed.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return {
+            "seconds": round(loop.time() - start, 3),
+            "lifecycles": dict(self.lifecycles),
+            "ops": dict(self.ops),
+            "errors": self.errors,
+            "guests": len(self.host.guests()),
+        }
+
+    async def _start_lifecycles(self, tasks: set[asyncio.Task], seconds: float, rate: float):
+        """Start `rate` lifecycles a second for `seconds`, each a task added to `tasks`."""
+        loop = asyncio.get_running_loop()
+        target = len(self.host.guests())
+        start = loop.time()
         n = 0
         while True:
             due = start + n / rate
@@ -273,12 +295,3 @@ class Churn:
             task = asyncio.create_task(self._lifecycle(kind, domid))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
-        return {
-            "seconds": round(loop.time() - start, 3),
-            "lifecycles": dict(self.lifecycles),
-            "ops": dict(self.ops),
-            "errors": self.errors,
-            "guests": len(self.host.guests()),
-        }

@@ -320,9 +320,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="op", metavar="OP", required=True)
 
     p = sub.add_parser("create", help="create domain(s): no VIRQ; @introduceDomain each")
-    p.add_argument("--uuid")
+    p.add_argument("--uuid", help="the domain's UUID (default: a random one)")
     p.add_argument("--domid", type=int, help="force this domid (test domid reuse)")
-    p.add_argument("--name")
+    p.add_argument("--name", help="the domain's name in xenstore (default: guest-DOMID)")
     p.add_argument("--count", type=int, help="create this many in one table change")
     p.add_argument(
         "--no-introduce",
@@ -344,8 +344,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
     p = sub.add_parser("guest", help="the guest shuts itself down: it stays so until acted on")
-    p.add_argument("domid", type=int)
-    p.add_argument("action", choices=GUEST_ACTIONS)
+    p.add_argument("domid", type=int, help="the guest that shuts itself down")
+    p.add_argument("action", choices=GUEST_ACTIONS, help="how it shuts down (the reason it gives)")
 
     p = sub.add_parser("pause", help="pause a domain (xl pause; fires nothing)")
     p.add_argument("domid", type=int)
@@ -353,28 +353,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("domid", type=int)
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
-    p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
+    p.add_argument(
+        "domid", type=_domid_or_all, metavar="DOMID|all", help="the domain, or all running guests"
+    )
     p.add_argument("--reason", default="poweroff", help="name or number (default poweroff)")
 
     p = sub.add_parser("suspend", help="shutdown(suspend); VIRQ unless --silent")
-    p.add_argument("domid", type=int)
+    p.add_argument("domid", type=int, help="the domain to suspend")
     p.add_argument("--silent", action="store_true", help="suspend event channel: no VIRQ")
 
     p = sub.add_parser("resume", help="resume a shut-down domain (no VIRQ) and send XS_RESUME")
-    p.add_argument("domid", type=int)
+    p.add_argument("domid", type=int, help="the suspended domain to resume")
 
     p = sub.add_parser("destroy", help="dying (VIRQ), then gone (VIRQ), then nodes removed")
-    p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
+    p.add_argument(
+        "domid", type=_domid_or_all, metavar="DOMID|all", help="the domain, or all guests"
+    )
     p.add_argument("--zombie", action="store_true", help="stay dying (until destroyed again)")
 
     p = sub.add_parser("release", help="send XS_RELEASE for a domain")
-    p.add_argument("domid", type=int)
+    p.add_argument("domid", type=int, help="the domain xenstored is told is released")
 
     sub.add_parser("virq", help="raise VIRQ_DOM_EXC with no change (a spurious one)")
     p = sub.add_parser(
         "fail-hypercalls", help="the next COUNT domain-info calls of the daemon fail (EAGAIN)"
     )
-    p.add_argument("count", type=int)
+    p.add_argument("count", type=int, help="how many calls fail, 1 to 1000")
     p = sub.add_parser("restart-xenstored", help="drop every xenstored connection, rebind later")
     p.add_argument("--down", type=float, default=0.2, help="seconds without xenstored")
     sub.add_parser(
@@ -385,9 +389,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("info", help="the sim's paths and counters")
 
     p = sub.add_parser("churn", help="random lifecycles inside the sim; prints the counts")
-    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--seconds", type=float, required=True, help="how long to go on")
     p.add_argument("--rate", type=float, default=10.0, help="lifecycles per second (default 10)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the random choices (default: a new one)")
     p.add_argument("--step-delay", type=float, help="seconds between a lifecycle's steps")
     p.add_argument(
         "--kinds",

@@ -43,6 +43,9 @@ from mux.xenstore.wire import XenstoreError
 log = logging.getLogger("mux.sim")
 
 CONTROL_LINE_MAX = 1 << 20
+# What stops the sim, its sockets and shared memory removed: Ctrl-C, SIGTERM, and SIGHUP (a
+# closed terminal).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _live(path: str) -> bool:
@@ -279,6 +282,7 @@ class Sim:
         self._servers: list[asyncio.AbstractServer] = []
         self._changes = ChangeServer(self.host, self.xs.counters)
         self._control_clients: set[asyncio.StreamWriter] = set()
+        self._control_tasks: set[asyncio.Task] = set()  # their handlers (a churn runs in one)
         self._bound: list[str] = []
         self.closed = False
 
@@ -342,6 +346,10 @@ class Sim:
         self.xs.close_all()
         for writer in list(self._control_clients):
             writer.close()
+        # A request still running (a churn) must end before the table closes under it.
+        for task in self._control_tasks:
+            task.cancel()
+        await asyncio.gather(*self._control_tasks, return_exceptions=True)
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -359,6 +367,8 @@ class Sim:
 
     async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self._control_clients.add(writer)
+        task = asyncio.current_task()
+        self._control_tasks.add(task)
         try:
             while True:
                 try:
@@ -374,7 +384,13 @@ class Sim:
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # The sim is stopping (a signal) during a long request (a churn): the request is
+            # given up. Ending the task here, not cancelled, keeps asyncio's stream server
+            # from logging the cancellation as a traceback.
+            pass
         finally:
+            self._control_tasks.discard(task)
             self._control_clients.discard(writer)
             writer.close()
 
@@ -597,7 +613,7 @@ def _install_loop_policy() -> None:
 async def run_sim(sim: Sim) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
         await sim.serve()
@@ -623,8 +639,10 @@ def main(
         if os.path.lexists(path) and _live(path):
             print(f"xenmux sim: {path} is in use: another sim runs in {directory}", file=sys.stderr)
             return 1
-    # Until the event loop takes the signals over, SIGTERM unwinds through the clean-up below.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # Until the event loop takes the signals over, SIGTERM and SIGHUP unwind through the
+    # clean-up below (SIGINT does, as KeyboardInterrupt).
+    for sig in STOP_SIGNALS[1:]:
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     try:
         sim = Sim(
             directory,
