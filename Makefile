@@ -14,8 +14,8 @@ BIN     := $(VENV)/bin
 BUILD_PKGS := python3-venv python3-dev gcc libc6-dev
 # What the tests need, packages that ship no service: the real libxenstore clients, the
 # real xenctrl.h (libxen-dev, which brings Xen's libraries), socat for the raw-socket
-# tests, and PEP 517's frontend for the packaging tests.
-TEST_PKGS := xenstore-utils libxen-dev socat python3-build
+# tests, PEP 517's frontend for the packaging tests, and zsh for the completion test.
+TEST_PKGS := xenstore-utils libxen-dev socat python3-build zsh
 
 .PHONY: run test lint bench chaos build build-deps test-deps deb-peers clean man completion
 

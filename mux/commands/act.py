@@ -11,9 +11,10 @@ import os
 
 from mux.cli import add_socket_argument
 from mux.commands.reach import EXIT_USAGE, CommandError
+from mux.daemon.main import _count, _metrics_addr, _seconds
 
 # serve's option checks, so that both commands refuse the same bad values in the same words
-from mux.daemon.main import _count, _metrics_addr, _seconds
+from mux.logsetup import setup_logging
 
 DEFAULT_STATE_DIR = "/var/lib/xenmux/act"
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     level = getattr(logging, str(args.log_level).upper(), None)
     if not isinstance(level, int):
         raise CommandError(f"--log-level: no level {args.log_level!r}", EXIT_USAGE)
-    logging.basicConfig(level=level, format="xenmux act: %(message)s")
+    setup_logging(level, fmt="xenmux act: %(message)s")
     opts = Options(
         policy=args.policy,
         toolstack=args.toolstack,

@@ -348,9 +348,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=GUEST_ACTIONS, help="how it shuts down (the reason it gives)")
 
     p = sub.add_parser("pause", help="pause a domain (xl pause; fires nothing)")
-    p.add_argument("domid", type=int)
+    p.add_argument("domid", type=int, help="the domain to pause")
     p = sub.add_parser("unpause", help="unpause a domain (xl unpause; fires nothing)")
-    p.add_argument("domid", type=int)
+    p.add_argument("domid", type=int, help="the domain to unpause (one pause taken back)")
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
     p.add_argument(
