@@ -17,7 +17,7 @@ The connection is not trusted to stay healthy (docs/operations.md, "xenstored"):
   takes depth-1 special watches since v25.2.0 without advertising any feature), and a refusal
   (EINVAL from every older server) gets plain watches on the same connection (full scans
   per firing) instead of being retried for ever;
-- the server's flavour (`c` or `oxenstored`, `hello`'s `xenstored`) is told from how it
+- the server's flavour (`c` or `oxenstored`, `hello`'s `xenstored_flavour`) is told from how it
   answers: a server that answers XS_GET_FEATURE is C xenstored (oxenstored has no such
   request); otherwise XS_GET_PERMS of `@releaseDomain` is EINVAL on C xenstored and a
   permission list on oxenstored (docs/real-xen.md, the conformance record).
@@ -60,7 +60,7 @@ log = logging.getLogger("xenmux.watch")
 RELEASE = wire.SPECIAL_RELEASE
 INTRODUCE = wire.SPECIAL_INTRODUCE
 TOKEN = "xenmux"
-# hello's `xenstored`: the server flavour, told from its answers (see above).
+# hello's `xenstored_flavour`: the server flavour, told from its answers (see above).
 FLAVOUR_C = "c"
 FLAVOUR_OXENSTORED = "oxenstored"
 
@@ -152,7 +152,7 @@ class Watcher:
         return {
             "watch_depth": self.depth,
             "server_features": self.features,
-            "xenstored": self.flavour,
+            "xenstored_flavour": self.flavour,
         }
 
     def start(self) -> None:

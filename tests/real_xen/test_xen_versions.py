@@ -16,11 +16,12 @@ import ctypes
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import realxen
 import test_xenctrl_backend as xb
-from daemonhelpers import brief, take
+from daemonhelpers import brief, take, until
 
 from mux import records
 from mux.hypervisor.libxc import XenVersion
@@ -28,6 +29,7 @@ from mux.hypervisor.xenctrl import XenctrlBackend
 from mux.hypervisor.xenmanage import arity_for
 from mux.realxen import guest, private_dir
 from mux.realxen.stubs import XEN_STUB_VERSIONS, build_xen_stubs
+from mux.xenstore import wire
 
 # fixtures of realxen and test_xenctrl_backend, registered for this module
 xenstub_libs = realxen.xenstub_libs
@@ -198,7 +200,7 @@ def test_hello_says_what_was_found_and_poll_changed_domain_is_never_called(
         features = c.hello()["features"]
     new = version != "4.17"
     assert features["one_domain_query"] is new and features["unique_ids"] is new
-    assert features["xenstored"] == "c" and features["watch_depth"] is False  # a 4.17 sim
+    assert features["xenstored_flavour"] == "c" and features["watch_depth"] is False  # a 4.17 sim
     with d.subscribe(None) as sub:
         sim.ctl.shutdown(3, "crash")
         sim.ctl.destroy(3)
@@ -209,3 +211,36 @@ def test_hello_says_what_was_found_and_poll_changed_domain_is_never_called(
         ]
     assert d.proc.poll() is None
     assert "poll_changed_domain" not in d.log_text()
+
+
+def _faults_module():
+    """tests/daemon/test_xenstore_faults.py (its relay), loaded by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "daemon" / "test_xenstore_faults.py"
+    spec = importlib.util.spec_from_file_location("xenmux_test_xenstore_faults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_depth_is_found_by_trying_without_get_feature(sim422, daemon_factory):
+    """A server that never answers XS_GET_FEATURE (oxenstored holds such a reply back; xapi's
+    advertises nothing) but takes depth-1 special watches: the daemon finds depth by trying
+    it, and firings name the domid (targeted scans)."""
+    faults = _faults_module()
+    with faults.FaultyXenstored(sim422.xenstored) as relay:
+        relay.drop_replies[wire.XS_GET_FEATURE] = 1_000
+        d = daemon_factory(sim422, "--xenstore", relay.path, "--full-scan", "0")
+        until(lambda: d.stats()["xenstore_connected"], timeout=20)
+        with d.client() as c:
+            features = c.hello()["features"]
+        assert features["watch_depth"] is True and features["server_features"] is None
+        assert relay.requests["XS_GET_FEATURE"] >= 1
+        before = d.stats()["scans"]["depth"]
+        with d.subscribe(None) as sub:
+            sim422.ctl.shutdown(2, "reboot")
+            assert brief(take(sub, 1)) == [("shutdown", 2, "reboot")]
+        assert d.stats()["scans"]["depth"] > before
+        assert d.stats()["xenstore"]["depth_fallbacks"] == 0
+        d.stop()
