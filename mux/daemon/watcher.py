@@ -47,7 +47,7 @@ from mux.daemon.stats import (
     WATCH_PATHS,
     Stats,
 )
-from mux.protocol import TRIGGER_RECONNECT, TRIGGER_WATCH
+from mux.protocol import DEATH, RELEASED, RESUMED, TRIGGER_RECONNECT, TRIGGER_WATCH
 from mux.xenstore import wire
 from mux.xenstore.client import (
     XenstoreClient,
@@ -366,3 +366,69 @@ class Watcher:
         if uuid is None:
             return None
         return Identity(name.decode(errors="replace"), uuid)  # type: ignore[union-attr]
+
+
+class ResumedPoll:
+    """After a `resumed`, keep asking for that domain every `interval` for `window` seconds.
+
+    A resume fires nothing on either xenstored, and the scan loop's shutdown poll ends once
+    no domain is shut down. That is enough for the resume itself, but not for what follows
+    it on C xenstored: its shutdown latch is cleared only by XS_RESUME, so a domain resumed
+    without it (a fast resume done outside libxl) fires nothing at its *next* shutdown
+    either, and only the safety full scan would see it. Polling each recently resumed
+    domain (a targeted scan: the exact one-domain query where the backend has it) closes
+    that gap for `window` seconds (`--resumed-poll`, 0 for never). oxenstored, which has no
+    latch, fires for that shutdown anyway; the poll then finds nothing new.
+
+    It is a tap on the events going out (`publish`, the fan-out's shape), so it needs no
+    other part's state; `request_domid` is the scan loop's.
+    """
+
+    def __init__(
+        self,
+        request_domid: RequestDomid,
+        *,
+        window: float,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window < 0 or interval <= 0:
+            raise ValueError("the resumed poll needs window >= 0 and interval > 0")
+        self.request_domid = request_domid
+        self.window = window
+        self.interval = interval
+        self.clock = clock
+        self.until: dict[int, float] = {}  # domid -> when its polling ends
+        self.polls = 0  # targeted scans asked for
+        self._handle: asyncio.TimerHandle | None = None
+
+    def publish(self, events) -> None:
+        """Note the domains of `resumed` events; forget those that died."""
+        if self.window <= 0:
+            return
+        for event in events:
+            if event.kind == RESUMED:
+                self.until[event.domid] = self.clock() + self.window
+            elif event.kind in (DEATH, RELEASED):
+                self.until.pop(event.domid, None)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._handle is None and self.until:
+            self._handle = asyncio.get_running_loop().call_later(self.interval, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self.clock()
+        for domid, end in list(self.until.items()):
+            if now >= end:
+                del self.until[domid]
+                continue
+            self.polls += 1
+            self.request_domid(domid, None, None)
+        self._arm()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
