@@ -117,9 +117,9 @@ ERR_BAD_DOMID = "bad-domid"
 ERR_TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
 ERR_PERMISSION_DENIED = "permission-denied"
 ERR_TOO_MANY_CLIENTS = "too-many-clients"
-ERR_BAD_CURSOR = "bad-cursor"
 ERR_TOO_MANY_CONNECTIONS = "too-many-connections"
 ERR_INTERNAL = "internal-error"
+ERR_BAD_CURSOR = "bad-cursor"
 ERROR_CODES: tuple[str, ...] = (
     ERR_BAD_JSON,
     ERR_LINE_TOO_LONG,
@@ -129,9 +129,9 @@ ERROR_CODES: tuple[str, ...] = (
     ERR_TOO_MANY_SUBSCRIPTIONS,
     ERR_PERMISSION_DENIED,
     ERR_TOO_MANY_CLIENTS,
-    ERR_BAD_CURSOR,
     ERR_TOO_MANY_CONNECTIONS,
     ERR_INTERNAL,
+    ERR_BAD_CURSOR,
 )
 
 

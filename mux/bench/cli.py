@@ -123,6 +123,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-temp", action="store_true", help=argparse.SUPPRESS
     )  # debugging: keep the temporary directory
+    from mux.bench.pool_args import add_pool_arguments
+
+    add_pool_arguments(p)
 
 
 def _settings(args: argparse.Namespace):
@@ -184,6 +187,10 @@ def _report_only(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.report_only:
         return _report_only(args)
+    if args.pool:
+        from mux.bench.pool import run as run_pool
+
+        return run_pool(args, _machine())
     from mux.bench import report, runner
     from mux.bench.build import BuildError, build
     from mux.bench.procs import ProcessSet

@@ -90,6 +90,12 @@ class Truth:
                     dom.dying = e["mono"]
                 elif step == "gone":
                     dom.gone = e["mono"]
+                elif step == "rename":  # xenmux act's rename-restart on the sim toolstack
+                    raise TruthError(
+                        f"truth line {n}: a rename (a domain given another UUID in place) "
+                        "is not modelled by the oracle: do not run act's rename-restart "
+                        "under chaos"
+                    )
                 else:
                     raise TruthError(f"truth line {n}: unknown step {step!r}")
             except (KeyError, TypeError) as exc:

@@ -19,6 +19,10 @@ and, only when asked for (`kinds`), the harder cases a chaos run needs:
     migrate-away    suspend, destroy (a migration that succeeded: the domain lives elsewhere)
     migrate-failed  suspend, resume, then after `hold` seconds shutdown(poweroff), destroy
 
+With `guests_only` (`sim-ctl churn --guests-only`) only the guests act: they power off,
+reboot, crash or trip their watchdog by themselves, and each domain then stays shut down
+until a toolstack (`xenmux act`) acts; boots still come to keep the population.
+
 Lifecycles start at `rate` per second and overlap; a domain takes part in one at a time.
 The number of guests stays near where it started: boots are favoured below it, and
 lifecycles that end a domain above it. With `domids=(LO, HI)` boots (and reboots) take a
@@ -34,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from mux.records import DOMID_FIRST_RESERVED, SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT
+from mux.sim.guests import ToolstackBook
 from mux.sim.host import SimError, SimHost
 
 KINDS = ("boot", "reboot", "poweroff", "crash", "migrate", "destroy")
@@ -54,6 +59,8 @@ _WEIGHTS = {
 _ENDING = ("poweroff", "crash", "destroy", "zombie", "migrate-away", "migrate-failed")
 _REASONS = {"reboot": SHUTDOWN_REBOOT, "poweroff": SHUTDOWN_POWEROFF, "crash": SHUTDOWN_CRASH}
 ROVER_SHARE = 0.1  # boots left to Xen's allocation when a domid range is given
+# guests_only: what guests do by themselves (mux.sim.guests), weighted
+_GUEST_WEIGHTS = {"boot": 2, "reboot": 3, "poweroff": 2, "crash": 1, "watchdog": 1}
 
 
 def parse_kinds(kinds: Iterable[str] | str | None) -> tuple[str, ...]:
@@ -99,8 +106,10 @@ class Churn:
         kinds: Iterable[str] | str | None = None,
         domids: Iterable[int] | str | None = None,
         hold: float = 2.0,
+        book: ToolstackBook | None = None,
     ):
         self.host = host
+        self.book = book  # guests only: their shutdowns and the boots go through the book
         self.busy = busy
         self.rng = random.Random(seed)
         self.step_delay = step_delay
@@ -120,7 +129,10 @@ class Churn:
             if d.domid not in self.busy and not d.dying and not d.shutdown
         ]
         population = len(self.host.guests())
-        weights = {k: _WEIGHTS[k] for k in self.kinds}
+        if self.book is not None:
+            weights = dict(_GUEST_WEIGHTS)
+        else:
+            weights = {k: _WEIGHTS[k] for k in self.kinds}
         if population < target:
             if "boot" in weights:
                 weights["boot"] *= 3
@@ -163,6 +175,9 @@ class Churn:
     async def _lifecycle(self, kind: str, domid: int | None) -> None:
         host = self.host
         try:
+            if self.book is not None:
+                self._guest_lifecycle(kind, domid)
+                return
             if kind == "boot":
                 self._create(domid=self._free_domid())
                 return
@@ -210,6 +225,16 @@ class Churn:
         finally:
             if domid is not None:
                 self.busy.discard(domid)
+
+    def _guest_lifecycle(self, kind: str, domid: int | None) -> None:
+        assert self.book is not None
+        if kind == "boot":
+            self.book.created(self.host.create(), {}, "churn")
+            self.ops["create"] += 1
+        else:
+            assert domid is not None
+            self.book.guest(domid, kind)
+            self.ops["guest"] += 1
 
     async def run(self, seconds: float, rate: float) -> dict:
         if rate <= 0 or seconds < 0:

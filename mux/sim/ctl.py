@@ -22,7 +22,11 @@ import socket
 import sys
 from typing import Any
 
+from mux.act.policy import ACTIONS, REASON_KEYS
 from mux.sim.paths import sim_paths
+
+SETTING_KEYS = tuple(REASON_KEYS.values())  # on_poweroff ...
+GUEST_ACTIONS = tuple(REASON_KEYS)  # what a guest does by itself: the reasons act acts on
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -61,10 +65,22 @@ class _Ops:
     def request(self, op: str, **fields: Any):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def create(self, *, uuid=None, domid=None, name=None, count=None, introduce=True):
-        """Create domains; returns their rows (domid, uuid, name, state...).
+    def create(
+        self,
+        *,
+        uuid=None,
+        domid=None,
+        name=None,
+        count=None,
+        introduce=True,
+        settings=None,
+        by=None,
+    ):
+        """Create domains; returns their rows (domid, uuid, name, state, settings...).
 
-        `introduce=False`: xenstored never hears of them (no @releaseDomain for them)."""
+        `introduce=False`: xenstored never hears of them (no @releaseDomain for them).
+        `settings`: the toolstack's on_* actions for them (`{"on_crash": "preserve"}`).
+        `by`: who asks, for the truth log (DIR/toolstack.log)."""
         return self._then(
             self.request(
                 "create",
@@ -73,9 +89,46 @@ class _Ops:
                 name=name,
                 count=count,
                 introduce=None if introduce else False,
+                settings=settings or None,
+                by=by,
             ),
             lambda r: r["domains"],
         )
+
+    def domains(self, domids):
+        """The rows (None where no domain) of several domids at once."""
+        return self._then(self.request("domains", domids=list(domids)), lambda r: r["domains"])
+
+    def destroy_incarnations(self, incarnations, by=None):
+        """Destroy each (domid, uuid) that is still that incarnation, all in one table
+        change; returns, for each, whether it was there."""
+        return self._then(
+            self.request(
+                "destroy-incarnations", incarnations=[list(i) for i in incarnations], by=by
+            ),
+            lambda r: r["there"],
+        )
+
+    def domain(self, domid):
+        """One domain's row with its stored on_* settings."""
+        return self._then(self.request("domain", domid=domid), lambda r: r["domain"])
+
+    def guest(self, domid, action):
+        """The guest itself powers off, reboots, crashes, trips its watchdog or asks for a
+        soft reset: the domain stays shut down until a toolstack acts."""
+        return self.request("guest", domid=domid, action=action)
+
+    def dump_core(self, domid, path, by=None):
+        return self.request("dump-core", domid=domid, path=path, by=by)
+
+    def rename(self, domid, name, uuid, by=None):
+        """Keep a domain under another name and UUID (libxl's preserve)."""
+        return self._then(
+            self.request("rename", domid=domid, name=name, uuid=uuid, by=by), lambda r: r["domain"]
+        )
+
+    def soft_reset(self, domid, by=None):
+        return self.request("soft-reset", domid=domid, by=by)
 
     def shutdown(self, domid, reason="poweroff"):
         """Shut a domain (or "all" running guests) down; reason by name or number."""
@@ -87,8 +140,8 @@ class _Ops:
     def resume(self, domid):
         return self.request("resume", domid=domid)
 
-    def destroy(self, domid, zombie=False):
-        return self.request("destroy", domid=domid, zombie=zombie or None)
+    def destroy(self, domid, zombie=False, by=None):
+        return self.request("destroy", domid=domid, zombie=zombie or None, by=by)
 
     def release(self, domid):
         return self.request("release", domid=domid)
@@ -117,11 +170,20 @@ class _Ops:
         return self.request("reintroduce")
 
     def churn(
-        self, seconds, rate=None, seed=None, step_delay=None, kinds=None, domids=None, hold=None
+        self,
+        seconds,
+        rate=None,
+        seed=None,
+        step_delay=None,
+        kinds=None,
+        domids=None,
+        hold=None,
+        guests_only=False,
     ):
         """Random lifecycles for `seconds` (docs/sim.md); `kinds` a list of names or "all",
         `domids` a range "LO-HI" for boots, `hold` the seconds zombies, same-UUID reuses
-        and failed migrations wait."""
+        and failed migrations wait; `guests_only`: only guests act (xenmux act does the
+        rest)."""
         return self.request(
             "churn",
             seconds=seconds,
@@ -131,6 +193,7 @@ class _Ops:
             kinds=kinds,
             domids=domids,
             hold=hold,
+            guests_only=guests_only or None,
         )
 
     def _then(self, reply, fn):
@@ -256,6 +319,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="never introduce them to xenstored (it then never fires for them)",
     )
+    for key in SETTING_KEYS:
+        p.add_argument(
+            "--" + key.replace("_", "-"),
+            choices=ACTIONS,
+            metavar="ACTION",
+            help=f"the toolstack's {key} action ({', '.join(ACTIONS)})"
+            if key == "on_poweroff"
+            else f"the toolstack's {key} action",
+        )
+
+    p = sub.add_parser("guest", help="the guest shuts itself down: it stays so until acted on")
+    p.add_argument("domid", type=int)
+    p.add_argument("action", choices=GUEST_ACTIONS)
 
     p = sub.add_parser("shutdown", help="shut a domain (or all running guests) down")
     p.add_argument("domid", type=_domid_or_all, metavar="DOMID|all")
@@ -307,6 +383,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a zombie stays dying, a same-UUID reuse waits, a failed migration "
         "runs before its poweroff (default 2)",
     )
+    p.add_argument(
+        "--guests-only",
+        action="store_true",
+        help="only guests act (shut down, reboot, crash, watchdog); `xenmux act` does the rest",
+    )
 
 
 def _emit(obj: dict) -> None:
@@ -328,6 +409,9 @@ def run(args: argparse.Namespace) -> int:
                     name=args.name,
                     count=args.count,
                     introduce=args.introduce,
+                    settings={
+                        k: getattr(args, k) for k in SETTING_KEYS if getattr(args, k) is not None
+                    },
                 ):
                     _emit(row)
             elif op == "list":
@@ -335,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
                     _emit(row)
             elif op == "shutdown":
                 _emit(sim.shutdown(args.domid, args.reason))
+            elif op == "guest":
+                _emit(sim.guest(args.domid, args.action))
             elif op == "suspend":
                 _emit(sim.suspend(args.domid, args.silent))
             elif op == "resume":
@@ -363,6 +449,7 @@ def run(args: argparse.Namespace) -> int:
                         kinds=args.kinds,
                         domids=args.domids,
                         hold=args.hold,
+                        guests_only=args.guests_only,
                     )
                 )
     except SimControlError as exc:

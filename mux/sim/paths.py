@@ -19,6 +19,8 @@ class SimPaths:
     state: str  # the daemon's default --state-dir for this simulated host
     truth: str  # the host's ground-truth log of lifecycle steps (docs/sim.md)
     hypercall_faults: str  # failures of the domain-info call the sim has armed (docs/sim.md)
+    act_state: str  # `xenmux act --toolstack sim`'s default --state-dir
+    toolstack_log: str  # what the sim's toolstack did, one JSON line per operation
 
 
 def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
@@ -31,4 +33,6 @@ def sim_paths(directory: str | os.PathLike[str]) -> SimPaths:
         state=os.path.join(d, "xenmux-state"),
         truth=os.path.join(d, "truth.jsonl"),
         hypercall_faults=os.path.join(d, "hypercall-faults"),
+        act_state=os.path.join(d, "act-state"),
+        toolstack_log=os.path.join(d, "toolstack.log"),
     )

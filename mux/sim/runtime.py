@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from mux.records import parse_reason
 from mux.sim.backend import ARMED
 from mux.sim.churn import Churn
+from mux.sim.guests import ToolstackBook, check_settings
 from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
 from mux.sim.paths import sim_paths
 from mux.sim.shm import ShmTable
@@ -272,6 +273,7 @@ class Sim:
             self.hv.on_virq(self.xs.check_domains)
             self.toolstack = LocalToolstack(self.xs)
             self.host = SimHost(self.hv, self.toolstack)
+        self.book = ToolstackBook(self.host, self.paths.toolstack_log)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
         self._servers: list[asyncio.AbstractServer] = []
         self._control_clients: set[asyncio.StreamWriter] = set()
@@ -343,6 +345,7 @@ class Sim:
         if self.external:
             self.toolstack.close()
             self._dgram.close()
+        self.book.close()
         self.shm.close(unlink=True)
         self.truth.close()
         self.failures.close()
@@ -436,6 +439,7 @@ class Sim:
 
     def _op_create(self, req):
         domid = req.get("domid")
+        settings = check_settings(req.get("settings"))
         doms = self.host.create(
             uuid=req.get("uuid"),
             domid=None if domid is None else int(domid),
@@ -443,7 +447,8 @@ class Sim:
             count=int(req.get("count", 1)),
             introduce=bool(req.get("introduce", True)),
         )
-        return {"domains": [d.as_dict() for d in doms]}
+        self.book.created(doms, settings, req.get("by"))
+        return {"domains": [self.book.row(d) for d in doms]}
 
     def _op_shutdown(self, req):
         try:
@@ -460,7 +465,39 @@ class Sim:
         return self._doms([self.host.resume(int(self._target(req)))])
 
     def _op_destroy(self, req):
-        return self._doms(self.host.destroy(self._target(req), zombie=bool(req.get("zombie"))))
+        doms = self.host.destroy(self._target(req), zombie=bool(req.get("zombie")))
+        self.book.destroyed(doms, req.get("by"))
+        return self._doms(doms)
+
+    # The toolstack's and the guests' own operations (mux.sim.guests) ------------------------
+
+    def _op_domain(self, req):
+        """One domain's row with its stored on_* settings (what `xl list -l` shows)."""
+        return {"domain": self.book.row(self.host.get(int(self._target(req))))}
+
+    def _op_domains(self, req):
+        """The rows (or null) of a list of domids."""
+        return {"domains": self.book.rows(list(req["domids"]))}
+
+    def _op_destroy_incarnations(self, req):
+        """Destroy each [domid, uuid] still there, in one table change: `there` says which."""
+        return {"there": self.book.destroy_incarnations(list(req["incarnations"]), req.get("by"))}
+
+    def _op_guest(self, req):
+        return self._doms([self.book.guest(int(self._target(req)), str(req["action"]))])
+
+    def _op_dump_core(self, req):
+        dom = self.book.dump_core(int(self._target(req)), str(req["path"]), req.get("by"))
+        return self._doms([dom])
+
+    def _op_rename(self, req):
+        dom = self.book.rename(
+            int(self._target(req)), str(req["name"]), str(req["uuid"]), req.get("by")
+        )
+        return {"domain": self.book.row(dom)}
+
+    def _op_soft_reset(self, req):
+        return self._doms([self.book.soft_reset(int(self._target(req)), req.get("by"))])
 
     def _op_release(self, req):
         domid = int(self._target(req))
@@ -482,7 +519,7 @@ class Sim:
         doms = [self.hv.domains[d] for d in sorted(self.hv.domains)]
         out = []
         for dom in doms:
-            row = dom.as_dict()
+            row = self.book.row(dom)
             if self.external:  # the external xenstored's view is its own
                 row["introduced"] = row["latched"] = None
             else:
@@ -532,6 +569,7 @@ class Sim:
             kinds=req.get("kinds"),
             domids=req.get("domids"),
             hold=float(req.get("hold", 2.0)),
+            book=self.book if req.get("guests_only") else None,
         )
         return await churn.run(float(req.get("seconds", 10)), float(req.get("rate", 10)))
 

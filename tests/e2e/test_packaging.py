@@ -210,6 +210,26 @@ def test_state_and_runtime_directories():
     assert "--socket /run/xenmux/xenmux.sock" in values(unit, "ExecStart")[0]
 
 
+def test_the_act_unit_follows_the_daemon_and_keeps_its_own_state():
+    """xenmux-act.service: after the daemon, its journal under the daemon's state directory,
+    options its parser takes, and a stop that leaves the domains' device models alone."""
+    import argparse
+
+    from mux.commands import act
+
+    unit = PACKAGING / "xenmux-act.service"
+    assert "xenmux.service" in words(unit, "After") and "xenmux.service" in words(unit, "Wants")
+    assert values(unit, "StateDirectory") == ["xenmux/act"]  # /var/lib/xenmux/act
+    assert values(unit, "KillMode") == ["process"]
+    argv = values(unit, "ExecStart")[0].split()
+    assert argv[:2] == ["/usr/local/bin/xenmux", "act"]
+    parser = argparse.ArgumentParser()
+    act.configure(parser)
+    args = parser.parse_args(argv[2:])
+    assert (args.toolstack, args.state_dir) == ("xl", act.DEFAULT_STATE_DIR)
+    assert args.socket == "/run/xenmux/xenmux.sock"
+
+
 def test_the_devices_the_daemon_needs_are_allowed():
     """libxencall's /dev/xen/privcmd and /dev/xen/hypercall, a stub-domain xenstore's
     /dev/xen/xenbus; /dev is not replaced (PrivateDevices= would hide /dev/xen)."""
@@ -524,6 +544,7 @@ def test_sdist_and_wheel_contents():
             "pyproject.toml",
             "setup.py",
             "packaging/xenmux.service",
+            "packaging/xenmux-act.service",
             "grafana/xenmux.json",
             "mux/py.typed",
             "mux/_fast.pyx",
@@ -541,6 +562,9 @@ def test_sdist_and_wheel_contents():
             license_text = next(whl.read(n).decode() for n in wnames if n.endswith("/LICENSE"))
             metadata = next(whl.read(n).decode() for n in wnames if n.endswith("/METADATA"))
         assert not generated, generated
+        # every package of the checkout, with every one of its modules
+        modules = {str(p.relative_to(src)) for p in (src / "mux").rglob("*.py")}
+        assert modules <= wnames, sorted(modules - wnames)
         assert not {"mux/_fast.c", "mux/sim/_simfast.c", "mux/bench/_floor.c"} & wnames
         assert "mux/py.typed" in wnames and "mux/_fast.pyi" in wnames
         assert any(n.startswith("mux/_fast.") and n.endswith(".so") for n in wnames)

@@ -1,0 +1,205 @@
+"""Connecting to NATS: the options every pool command shares, and errors said in one line.
+
+The connection never reconnects by itself (nats-py's reconnect would replay publishes it
+buffered while away, after ones the server never got, and break the hosts' order): a lost
+connection ends it, `lost` is set, and the caller starts again from what JetStream holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+INSTALL_HINT = "install it with: pip install 'xen-watch-mux[pool]' (the nats-py package)"
+CONNECT_TIMEOUT = 2.0
+# JetStream API calls answer in milliseconds; one that waits longer is asking a server
+# without a leader (a cluster electing one): give up soon and try again.
+API_TIMEOUT = 2.0
+
+
+class NatsMissing(Exception):
+    """nats-py is not installed."""
+
+
+class NatsUnavailable(Exception):
+    """No NATS server of the list answered, or the connection was lost."""
+
+
+class NatsRejected(Exception):
+    """A server refused us: credentials or TLS. Retrying will not help."""
+
+
+def require_nats() -> ModuleType:
+    """The nats package, or NatsMissing with the line to print."""
+    try:
+        import nats
+        import nats.js
+    except ImportError:
+        raise NatsMissing(
+            f"the pool commands need nats-py, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return nats
+
+
+@dataclass
+class NatsOptions:
+    servers: list[str]
+    creds: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+
+    def describe(self) -> str:
+        return ",".join(self.servers)
+
+
+def add_connection_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats",
+        required=True,
+        metavar="URL[,URL...]",
+        help="NATS servers (nats://HOST:PORT, tls://HOST:PORT); several for a cluster",
+    )
+    p.add_argument("--creds", metavar="FILE", help="a NATS credentials file (JWT + nkey seed)")
+    p.add_argument("--user", help="user name, with --password-file")
+    p.add_argument("--password-file", metavar="F", help="a file holding the user's password")
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificates to verify the servers with")
+
+
+def options_from_args(args: argparse.Namespace) -> NatsOptions:
+    """The options, with the password read. Raises ValueError with the line to print."""
+    servers = [s.strip() for s in args.nats.split(",") if s.strip()]
+    if not servers:
+        raise ValueError("--nats needs at least one URL")
+    for s in servers:
+        if "://" not in s:
+            raise ValueError(f"--nats {s!r}: give a URL such as nats://127.0.0.1:4222")
+    if args.creds and (args.user or args.password_file):
+        raise ValueError("give either --creds or --user/--password-file, not both")
+    if bool(args.user) != bool(args.password_file):
+        raise ValueError("--user and --password-file go together")
+    password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read --password-file {args.password_file}: {exc.strerror}"
+            ) from None
+        if not password:
+            raise ValueError(f"--password-file {args.password_file} is empty")
+    for path, flag in ((args.creds, "--creds"), (args.tls_ca, "--tls-ca")):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    return NatsOptions(servers, args.creds, args.user, password, args.tls_ca)
+
+
+def _is_rejection(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    if isinstance(exc, ssl.SSLError):
+        return True
+    text = str(exc).lower()
+    return "authorization" in text or "authentication" in text or "credentials" in text
+
+
+def _why(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no answer"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc)
+    return text.removeprefix("nats: ").strip("'") or type(exc).__name__
+
+
+class Connection:
+    """One NATS connection: `nc`, its JetStream contexts (`js` to publish and consume, `jsm`
+    for the API), and `lost`, set when it ends."""
+
+    def __init__(self, nc: Any, timeout: float, lost: asyncio.Event) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.jsm = nc.jsm(timeout=timeout)
+        self.lost = lost
+
+    @property
+    def server(self) -> str:
+        url = self.nc.connected_url
+        return f"{url.scheme}://{url.netloc}" if url else "?"
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the server we reached is a member of a cluster."""
+        info = getattr(self.nc, "_server_info", {}) or {}
+        return bool(info.get("cluster"))
+
+    async def close(self) -> None:
+        """Close, waiting at most CONNECT_TIMEOUT (a broken connection may never finish)."""
+        if self.nc.is_closed:
+            return
+        closing = asyncio.ensure_future(self.nc.close())
+        await asyncio.wait((closing,), timeout=CONNECT_TIMEOUT)
+        if closing.done() and not closing.cancelled():
+            closing.exception()  # a broken connection's error: nothing to report
+        else:
+            closing.cancel()
+
+
+async def connect(opts: NatsOptions, name: str, timeout: float = API_TIMEOUT) -> Connection:
+    """Connect to the first server of the list that answers.
+
+    Raises NatsUnavailable (none answered: the reason of the last one) or NatsRejected."""
+    nats = require_nats()
+    lost = asyncio.Event()
+    last_error: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        last_error[:] = [exc]
+
+    async def on_lost() -> None:
+        lost.set()
+
+    kwargs: dict[str, Any] = {}
+    if opts.creds:
+        kwargs["user_credentials"] = opts.creds
+    if opts.user:
+        kwargs["user"] = opts.user
+        kwargs["password"] = opts.password
+    if opts.tls_ca:
+        kwargs["tls"] = ssl.create_default_context(cafile=opts.tls_ca)
+    try:
+        nc = await nats.connect(
+            opts.servers,
+            name=name,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.05,
+            connect_timeout=CONNECT_TIMEOUT,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=on_error,
+            disconnected_cb=on_lost,
+            closed_cb=on_lost,
+            **kwargs,
+        )
+    except Exception as exc:
+        cause = last_error[0] if last_error else exc
+        if _is_rejection(cause) or _is_rejection(exc):
+            raise NatsRejected(
+                f"NATS at {opts.describe()} refused the connection ({_why(cause)}): "
+                "check --user/--password-file, --creds or --tls-ca"
+            ) from None
+        raise NatsUnavailable(f"cannot reach NATS at {opts.describe()}: {_why(cause)}") from None
+    return Connection(nc, timeout, lost)
