@@ -52,6 +52,20 @@ XEN_STUB_VERSIONS: dict[str, tuple[int, str, int | None]] = {
 }
 
 
+# libxenmanage.map of xen.git: every symbol under the one node VERS_1.0 (written next to the
+# library at build time, so that an installed package needs no file besides the C sources).
+XENMANAGE_VERSION_SCRIPT = """VERS_1.0 {
+	global:
+		xenmanage_open;
+		xenmanage_close;
+		xenmanage_get_domain_info;
+		xenmanage_poll_changed_domain;
+		xenmux_manage_calls;
+	local: *;
+};
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class XenStubs:
     xenctrl: Path  # pass as --xenctrl-lib; libxenmanage.so.1 (if any) is beside it
@@ -100,6 +114,8 @@ def build_xen_stubs(out: Path, version: str) -> XenStubs:
     if arity is None:
         return XenStubs(xenctrl, None)
     manage = where / "libxenmanage.so.1"
+    script = where / "libxenmanage.map"
+    script.write_text(XENMANAGE_VERSION_SCRIPT)
     _compile(
         cc,
         manage,
@@ -107,7 +123,7 @@ def build_xen_stubs(out: Path, version: str) -> XenStubs:
         [
             f"-DXENMUX_MANAGE_ARITY={arity}",
             "-Wl,-soname,libxenmanage.so.1",
-            f"-Wl,--version-script,{SOURCES / 'libxenmanage.map'}",
+            f"-Wl,--version-script,{script}",
             "-lpthread",
         ],
     )
