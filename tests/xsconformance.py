@@ -144,3 +144,224 @@ def run_steps(xsd: XenstoredUnderStub) -> list[dict]:
                 }
             )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Transactions between two connections
+#
+# STEPS above run on one connection. A transaction's conflict rule needs a second one: each
+# case below is a list of (conn, op, path, value) steps on connections "A" and "B", where a
+# step with a lower-case conn ("a") runs inside that connection's open transaction. Each
+# step's outcome is "OK", the value read, or the errno name; EXPECTED is what Debian's real
+# C xenstored 4.17 answers (tests/real_xen/test_real_xenstored.py) and the sim must answer
+# the same (tests/sim/test_sim_transactions.py).
+
+TxStep = tuple[str, str, str, str]
+
+TX_CASES: dict[str, list[TxStep]] = {
+    # The rule of issue 17 item 6: a node the transaction read, changed by another
+    # connection before the commit, makes the commit fail with EAGAIN.
+    "read-then-other-writes": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("B", "write", "/tx/x", "2"),
+        ("a", "write", "/tx/y", "from-tx"),
+        ("a", "commit", "", ""),
+        ("B", "read", "/tx/x", ""),
+        ("B", "read", "/tx/y", ""),
+    ],
+    # Writing the same value is still a change (the generation moves).
+    "read-then-other-writes-same-value": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("B", "write", "/tx/x", "1"),
+        ("a", "commit", "", ""),
+    ],
+    # A blind write is an access too.
+    "write-then-other-writes": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "write", "/tx/x", "mine"),
+        ("B", "write", "/tx/x", "theirs"),
+        ("a", "commit", "", ""),
+        ("B", "read", "/tx/x", ""),
+    ],
+    "read-then-other-removes": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("B", "rm", "/tx/x", ""),
+        ("a", "commit", "", ""),
+    ],
+    # Both create the same new node: the parent's child list changed under the transaction.
+    "both-create": [
+        ("A", "mkdir", "/tx", ""),
+        ("A", "start", "", ""),
+        ("a", "write", "/tx/new", "mine"),
+        ("B", "write", "/tx/new", "theirs"),
+        ("a", "commit", "", ""),
+        ("B", "read", "/tx/new", ""),
+    ],
+    # A sibling created under a parent the transaction changed (it added a child).
+    "sibling-created-under-a-changed-parent": [
+        ("A", "mkdir", "/tx", ""),
+        ("A", "start", "", ""),
+        ("a", "write", "/tx/mine", "1"),
+        ("B", "write", "/tx/theirs", "2"),
+        ("a", "commit", "", ""),
+    ],
+    # Changes to nodes the transaction never looked at do not conflict.
+    "unrelated-change": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "write", "/other/z", "1"),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("B", "write", "/other/z", "2"),
+        ("a", "write", "/tx/x", "3"),
+        ("a", "commit", "", ""),
+        ("B", "read", "/tx/x", ""),
+    ],
+    # No snapshot: a node first read after another connection changed it reads the new
+    # value, and the commit succeeds.
+    "read-after-other-writes": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("B", "write", "/tx/x", "2"),
+        ("a", "read", "/tx/x", ""),
+        ("a", "commit", "", ""),
+    ],
+    # Isolation: the other connection does not see the transaction's writes before commit.
+    "uncommitted-writes-are-private": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "write", "/tx/x", "2"),
+        ("B", "read", "/tx/x", ""),
+        ("a", "commit", "", ""),
+        ("B", "read", "/tx/x", ""),
+    ],
+    # An abort is OK whatever happened meanwhile, and changes nothing.
+    "abort-after-conflict": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "write", "/tx/x", "mine"),
+        ("B", "write", "/tx/x", "theirs"),
+        ("a", "abort", "", ""),
+        ("B", "read", "/tx/x", ""),
+    ],
+    # A missing node read inside the transaction, then created by the other connection.
+    "missing-read-then-other-creates": [
+        ("A", "mkdir", "/tx", ""),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/ghost", ""),
+        ("B", "write", "/tx/ghost", "boo"),
+        ("a", "write", "/tx/other", "1"),
+        ("a", "commit", "", ""),
+    ],
+    # The other connection's own transaction commits first: the later one fails.
+    "two-transactions-on-one-node": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("B", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("b", "read", "/tx/x", ""),
+        ("b", "write", "/tx/x", "b"),
+        ("b", "commit", "", ""),
+        ("a", "write", "/tx/x", "a"),
+        ("a", "commit", "", ""),
+        ("A", "read", "/tx/x", ""),
+    ],
+    # No nested transactions.
+    "nested-start": [
+        ("A", "start", "", ""),
+        ("a", "start", "", ""),
+        ("a", "abort", "", ""),
+    ],
+    # Quota: dom0's socket connection may hold more than quota-max-transaction (10) open
+    # transactions (the quota applies to guests' connections).
+    "many-open-transactions": [("A", "start", "", "")] * 12 + [("a", "commit", "", "")],
+    # After EAGAIN the transaction is gone: ending it again is ENOENT.
+    "end-after-eagain": [
+        ("A", "write", "/tx/x", "1"),
+        ("A", "start", "", ""),
+        ("a", "read", "/tx/x", ""),
+        ("B", "write", "/tx/x", "2"),
+        ("a", "commit", "", ""),
+        ("a", "commit", "", ""),
+    ],
+}
+
+# What C xenstored 4.17 answers, step by step (observed with the real server).
+TX_EXPECTED: dict[str, list[str]] = {
+    "read-then-other-writes": ["OK", "tx", "1", "OK", "OK", "EAGAIN", "2", "ENOENT"],
+    "read-then-other-writes-same-value": ["OK", "tx", "1", "OK", "EAGAIN"],
+    "write-then-other-writes": ["OK", "tx", "OK", "OK", "EAGAIN", "theirs"],
+    "read-then-other-removes": ["OK", "tx", "1", "OK", "EAGAIN"],
+    "both-create": ["OK", "tx", "OK", "OK", "EAGAIN", "theirs"],
+    "sibling-created-under-a-changed-parent": ["OK", "tx", "OK", "OK", "EAGAIN"],
+    "unrelated-change": ["OK", "OK", "tx", "1", "OK", "OK", "OK", "3"],
+    "read-after-other-writes": ["OK", "tx", "OK", "2", "OK"],
+    "uncommitted-writes-are-private": ["OK", "tx", "OK", "1", "OK", "2"],
+    "abort-after-conflict": ["OK", "tx", "OK", "OK", "OK", "theirs"],
+    "missing-read-then-other-creates": ["OK", "tx", "ENOENT", "OK", "OK", "EAGAIN"],
+    "two-transactions-on-one-node": ["OK", "tx", "tx", "1", "1", "OK", "OK", "OK", "EAGAIN", "b"],
+    "end-after-eagain": ["OK", "tx", "1", "OK", "EAGAIN", "ENOENT"],
+    "nested-start": ["tx", "EBUSY", "OK"],
+    "many-open-transactions": ["tx"] * 12 + ["OK"],
+}
+
+# Where oxenstored 4.17 answers otherwise (recorded, not modelled: the sim's transactions are
+# C xenstored's). oxenstored takes a snapshot at TRANSACTION_START (a later outside change is
+# not seen inside), commits a transaction that only read, and merges a conflicting commit
+# whenever its own writes still apply: only the first case's conflict (a read node changed,
+# and the transaction wrote) is refused.
+TX_OXENSTORED: dict[str, list[str]] = {
+    "read-then-other-writes-same-value": ["OK", "tx", "1", "OK", "OK"],
+    "write-then-other-writes": ["OK", "tx", "OK", "OK", "OK", "mine"],
+    "read-then-other-removes": ["OK", "tx", "1", "OK", "OK"],
+    "both-create": ["OK", "tx", "OK", "OK", "OK", "mine"],
+    "sibling-created-under-a-changed-parent": ["OK", "tx", "OK", "OK", "OK"],
+    "read-after-other-writes": ["OK", "tx", "OK", "1", "OK"],
+    "end-after-eagain": ["OK", "tx", "1", "OK", "OK", "EIO"],
+}
+
+
+def tx_expected(kind: str) -> dict[str, list[str]]:
+    """Each case's answers from the real server `kind` ("xenstored" or "oxenstored")."""
+    return {**TX_EXPECTED, **TX_OXENSTORED} if kind == "oxenstored" else dict(TX_EXPECTED)
+
+
+def run_tx_case(xsd: XenstoredUnderStub, steps: list[TxStep]) -> list[str]:
+    """Run one case on two fresh connections; the outcome of each step."""
+    out: list[str] = []
+    with xsd.connect() as a, xsd.connect() as b:
+        conns = {"A": a, "B": b}
+        txs = {"A": 0, "B": 0}
+        for who, op, path, value in steps:
+            conn = conns[who.upper()]
+            tx = txs[who.upper()] if who.islower() else 0
+            try:
+                if op == "start":  # inside a transaction ("a"): a nested start
+                    reply = conn.call(wire.XS_TRANSACTION_START, b"\0", tx)
+                    txs[who.upper()] = int(reply.rstrip(b"\0"))
+                    out.append("tx")
+                    continue
+                if op in ("commit", "abort"):
+                    conn.transaction_end(tx, op == "commit")
+                elif op == "read":
+                    out.append(conn.read(path, tx).decode("latin-1"))
+                    continue
+                elif op == "write":
+                    conn.write(path, value, tx)
+                else:
+                    getattr(conn, op)(path, tx)  # mkdir, rm
+                out.append("OK")
+            except wire.XenstoreError as exc:
+                out.append(exc.name)
+        for root in ("/tx", "/other"):
+            try:
+                a.rm(root)
+            except wire.XenstoreError:
+                pass  # a case whose root was never made
+    return out

@@ -127,7 +127,9 @@ async def hello(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
         "protocol": PROTOCOL_VERSION,
         "instance": ctx.instance,
         "backend": ctx.backend_name,
-        "features": ctx.features(),
+        # xenstored's (watch depth, flavour) and the backend's (unique ids, the one-domain
+        # query), as found at start-up.
+        "features": {**ctx.features(), **ctx.scanloop.backend.capabilities.features()},
         "seq": ctx.table.seq,
         "history": ctx.journal.history,
         "oldest_seq": ctx.journal.oldest_seq,

@@ -12,8 +12,15 @@ The connection is not trusted to stay healthy (docs/operations.md, "xenstored"):
   up and made again;
 - a connection silent for `XenstoreTimeouts.idle` seconds is probed; no answer within the
   deadline is a hung xenstored, given up the same way;
-- a server that claims watch depth but refuses a depth watch gets plain watches on the same
-  connection (full scans per firing) instead of the refusal being retried for ever.
+- watch depth is found by trying it: the special watches are set with depth 1 first (C
+  xenstored 4.22 advertises XENSTORE_SERVER_FEATURE_WATCHDEPTH, but xapi-project's oxenstored
+  takes depth-1 special watches since v25.2.0 without advertising any feature), and a refusal
+  (EINVAL from every older server) gets plain watches on the same connection (full scans
+  per firing) instead of being retried for ever;
+- the server's flavour (`c` or `oxenstored`, `hello`'s `xenstored_flavour`) is told from how it
+  answers: a server that answers XS_GET_FEATURE is C xenstored (oxenstored has no such
+  request); otherwise XS_GET_PERMS of `@releaseDomain` is EINVAL on C xenstored and a
+  permission list on oxenstored (docs/real-xen.md, the conformance record).
 Every connection made is followed by a full scan (trigger `reconnect`): firings were missed
 while there was none. The one made before the initial scan costs nothing, since that scan
 serves every request made before it (ScanLoop.prime).
@@ -40,7 +47,7 @@ from mux.daemon.stats import (
     WATCH_PATHS,
     Stats,
 )
-from mux.protocol import TRIGGER_RECONNECT, TRIGGER_WATCH
+from mux.protocol import DEATH, RELEASED, RESUMED, TRIGGER_RECONNECT, TRIGGER_WATCH
 from mux.xenstore import wire
 from mux.xenstore.client import (
     XenstoreClient,
@@ -53,6 +60,9 @@ log = logging.getLogger("xenmux.watch")
 RELEASE = wire.SPECIAL_RELEASE
 INTRODUCE = wire.SPECIAL_INTRODUCE
 TOKEN = "xenmux"
+# hello's `xenstored_flavour`: the server flavour, told from its answers (see above).
+FLAVOUR_C = "c"
+FLAVOUR_OXENSTORED = "oxenstored"
 
 IdentityReader = Callable[[int], Awaitable["Identity | None"]]
 
@@ -129,6 +139,7 @@ class Watcher:
         self.client: XenstoreClient | None = None
         self.features: int | None = None
         self.depth = False
+        self.flavour: str | None = None  # FLAVOUR_C or FLAVOUR_OXENSTORED, once connected
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._connections = 0
@@ -138,7 +149,11 @@ class Watcher:
 
     @property
     def feature_dict(self) -> dict:
-        return {"watch_depth": self.depth, "server_features": self.features}
+        return {
+            "watch_depth": self.depth,
+            "server_features": self.features,
+            "xenstored_flavour": self.flavour,
+        }
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="watcher")
@@ -242,27 +257,37 @@ class Watcher:
     async def _set_watches(self, client: XenstoreClient) -> None:
         self._initial_due = dict.fromkeys(WATCH_PATHS, 0)
         self.features = await client.get_feature(timeout=self.timeouts.feature)
-        self.depth = bool(
-            self.use_depth
-            and self.features is not None
-            and self.features & wire.XENSTORE_SERVER_FEATURE_WATCHDEPTH
+        self.flavour = await self._flavour(client)
+        claims = bool(
+            self.features is not None and self.features & wire.XENSTORE_SERVER_FEATURE_WATCHDEPTH
         )
+        self.depth = self.use_depth
         if self.depth:
             try:
                 await self._watch_both(client, depth=1)
                 return
             except wire.XenstoreError as exc:
-                # It says it can, then refuses: take it at its deed, on this connection.
                 self.depth = False
-                self.stats.xenstore_depth_fallbacks += 1
-                log.warning(
-                    "xenstored at %s claims watch depth (features %#x) but refused a depth "
-                    "watch (%s); using full scans per firing",
-                    self.path,
-                    self.features,
-                    exc,
-                )
+                if claims:
+                    # It says it can, then refuses: take it at its deed, on this connection.
+                    self.stats.xenstore_depth_fallbacks += 1
+                    log.warning(
+                        "xenstored at %s claims watch depth (features %#x) but refused a "
+                        "depth watch (%s); using full scans per firing",
+                        self.path,
+                        self.features,
+                        exc,
+                    )
         await self._watch_both(client, depth=None)
+
+    async def _flavour(self, client: XenstoreClient) -> str:
+        if self.features is not None:
+            return FLAVOUR_C
+        try:
+            await client.get_perms(RELEASE)
+        except wire.XenstoreError:
+            return FLAVOUR_C
+        return FLAVOUR_OXENSTORED
 
     async def _watch_both(self, client: XenstoreClient, depth: int | None) -> None:
         """Both special watches, or (on an XS_ERROR) neither: one set alone is taken back."""
@@ -341,3 +366,69 @@ class Watcher:
         if uuid is None:
             return None
         return Identity(name.decode(errors="replace"), uuid)  # type: ignore[union-attr]
+
+
+class ResumedPoll:
+    """After a `resumed`, keep asking for that domain every `interval` for `window` seconds.
+
+    A resume fires nothing on either xenstored, and the scan loop's shutdown poll ends once
+    no domain is shut down. That is enough for the resume itself, but not for what follows
+    it on C xenstored: its shutdown latch is cleared only by XS_RESUME, so a domain resumed
+    without it (a fast resume done outside libxl) fires nothing at its *next* shutdown
+    either, and only the safety full scan would see it. Polling each recently resumed
+    domain (a targeted scan: the exact one-domain query where the backend has it) closes
+    that gap for `window` seconds (`--resumed-poll`, 0 for never). oxenstored, which has no
+    latch, fires for that shutdown anyway; the poll then finds nothing new.
+
+    It is a tap on the events going out (`publish`, the fan-out's shape), so it needs no
+    other part's state; `request_domid` is the scan loop's.
+    """
+
+    def __init__(
+        self,
+        request_domid: RequestDomid,
+        *,
+        window: float,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if window < 0 or interval <= 0:
+            raise ValueError("the resumed poll needs window >= 0 and interval > 0")
+        self.request_domid = request_domid
+        self.window = window
+        self.interval = interval
+        self.clock = clock
+        self.until: dict[int, float] = {}  # domid -> when its polling ends
+        self.polls = 0  # targeted scans asked for
+        self._handle: asyncio.TimerHandle | None = None
+
+    def publish(self, events) -> None:
+        """Note the domains of `resumed` events; forget those that died."""
+        if self.window <= 0:
+            return
+        for event in events:
+            if event.kind == RESUMED:
+                self.until[event.domid] = self.clock() + self.window
+            elif event.kind in (DEATH, RELEASED):
+                self.until.pop(event.domid, None)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._handle is None and self.until:
+            self._handle = asyncio.get_running_loop().call_later(self.interval, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        now = self.clock()
+        for domid, end in list(self.until.items()):
+            if now >= end:
+                del self.until[domid]
+                continue
+            self.polls += 1
+            self.request_domid(domid, None, None)
+        self._arm()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -12,6 +12,10 @@ A backend declares its `capabilities` instead of being probed with `getattr`:
   scanner's `diff_one` checks) and walks the hypervisor's whole list under its lock.
 - `changed_feed`: the backend can name domids that changed, through `watch_changed`; they
   go into the scan loop's targeted-scan path, as a watch-depth firing does.
+- `unique_ids`: `unique_id(domid)` gives the 64-bit id Xen 4.20+ draws for every domain
+  incarnation (through libxenmanage on 4.21+; docs/xen-versions.md).
+
+`features()` is what `hello` reports of these (docs/protocol.md).
 
 `xenstore_path` and `state_dir` are where this backend's host keeps its xenstored and the
 daemon's state, when the backend knows better than the host's defaults (a simulated host
@@ -44,6 +48,10 @@ class Capabilities:
     full_scan: bool = True
     one_domain: bool = False
     changed_feed: bool = False
+    unique_ids: bool = False
+
+    def features(self) -> dict[str, bool]:
+        return {"one_domain_query": self.one_domain, "unique_ids": self.unique_ids}
 
 
 ChangedCallback = Callable[[Iterable[int]], None]

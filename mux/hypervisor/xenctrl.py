@@ -12,6 +12,11 @@ tried in order: `libxenctrl.so` (the development link), the soname that ldconfig
 directories, newest first. libxenctrl only works against the hypervisor version it was built
 for (the sysctl interface version), so the system's own copy comes first.
 
+What else the host offers is found when the backend opens (mux/hypervisor/libxc.py,
+xenmanage.py; docs/xen-versions.md): `xc_domain_getinfo_single` (4.18+) makes `query_one`
+the exact one-domain lookup (`one_domain`), and libxenmanage beside libxenctrl (4.21+, when
+its arity is certain) gives each incarnation's unique id (`unique_ids`).
+
 Every failure becomes a `HypervisorError` naming the library and what to do about it;
 EAGAIN, EINTR and EBUSY are `retryable` (the daemon retries every error with backoff and
 counts it in `hypercall_errors`).
@@ -28,7 +33,9 @@ import re
 import time
 
 from mux import _fast
+from mux.hypervisor import xenmanage
 from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
+from mux.hypervisor.libxc import LibxcExtras, XenVersion
 from mux.records import RECORD_SIZE
 
 log = logging.getLogger("xenmux.xenctrl")
@@ -155,13 +162,26 @@ def _call_error(exc: _fast.XenctrlError) -> HypervisorError:
     return LibxenctrlError(code, f"{lib}: {exc.strerror} ({name}); {hint}")
 
 
+def _single_error(library: str, exc: OSError) -> HypervisorError:
+    code = exc.errno or errno.EIO
+    name = errno.errorcode.get(code, str(code))
+    retry = code in RETRYABLE
+    return LibxenctrlError(
+        code,
+        f"{library}: {exc.strerror} ({name}{': transient, retrying' if retry else ''})",
+        retryable=retry,
+    )
+
+
 class XenctrlBackend:
     """Domain records from the real hypervisor, through libxenctrl (Backend protocol)."""
 
     name = "xenctrl"
-    # getinfolist(domid, 1) walks the hypervisor's list from `domid` under its lock (Xen
-    # 4.17's XEN_SYSCTL_getdomaininfolist): not the cheap exact lookup of `one_domain`.
+    # Without xc_domain_getinfo_single, getinfolist(domid, 1) walks the hypervisor's list
+    # from `domid` under its lock (XEN_SYSCTL_getdomaininfolist): not the cheap exact lookup
+    # of `one_domain`. The instance's own capabilities say what this host has.
     capabilities = Capabilities(full_scan=True, one_domain=False, changed_feed=False)
+    xen_version: XenVersion | None = None
     xenstore_path: str | None = None  # the host's own xenstored
     state_dir: str | None = None  # the default, /var/lib/xenmux
 
@@ -178,12 +198,37 @@ class XenctrlBackend:
         self._buf = bytearray((_fast.GETINFOLIST_BATCH + _fast.SCAN_SLACK) * RECORD_SIZE)
         self._one = bytearray(RECORD_SIZE)
         self._count = 0
+        self._extras: LibxcExtras | None = None
+        self._manage: xenmanage.XenManage | None = None
         try:
             self._first_scan(open_retry)
+            self._open_extras()
         except BaseException:
-            self._xc.close()
+            self.close()
             raise
-        log.info("libxenctrl: %s (%d domains)", self.library, self._count)
+        log.info(
+            "libxenctrl: %s (%d domains; Xen %s; one-domain query %s; unique ids %s)",
+            self.library,
+            self._count,
+            self.xen_version or "of unknown version",
+            "yes" if self.capabilities.one_domain else "no",
+            "yes" if self.capabilities.unique_ids else "no",
+        )
+
+    def _open_extras(self) -> None:
+        try:
+            self._extras = LibxcExtras(self.library)
+        except OSError as exc:
+            log.warning("cannot open a second libxenctrl handle (%s): batched queries only", exc)
+            return
+        self.xen_version = self._extras.version()
+        self._manage = xenmanage.open_beside(self._extras.path, self.xen_version)
+        self.capabilities = Capabilities(
+            full_scan=True,
+            one_domain=self._extras.has_getinfo_single,
+            changed_feed=False,
+            unique_ids=self._manage is not None,
+        )
 
     def _first_scan(self, retry_for: float) -> None:
         """Count the domains; transient errors are retried for `retry_for` seconds, anything
@@ -210,9 +255,25 @@ class XenctrlBackend:
             raise _call_error(exc) from None
 
     def query_one(self, domid: int) -> tuple[bytearray, int]:
-        """getinfolist(domid, 1): the record it hands back may be the next domid's; the
-        scanner's diff_one checks."""
+        """xc_domain_getinfo_single where libxenctrl has it (exactly `domid`); else
+        getinfolist(domid, 1), whose record may be the next domid's (diff_one checks)."""
+        if self._extras is not None and self._extras.has_getinfo_single:
+            try:
+                return self._one, self._extras.getinfo_single(domid, self._one)
+            except OSError as exc:
+                raise _single_error(self.library, exc) from None
         return self._one, self.getinfolist(domid, 1, self._one)
+
+    def unique_id(self, domid: int) -> int | None:
+        """The unique id of `domid`'s incarnation (libxenmanage), None when it does not
+        exist. Only with `unique_ids`."""
+        if self._manage is None:
+            raise NotImplementedError("no libxenmanage whose arity is known on this host")
+        try:
+            info = self._manage.domain_info(domid)
+        except OSError as exc:
+            raise _single_error(self._manage.library, exc) from None
+        return None if info is None else info[1]
 
     def watch_changed(self, callback: ChangedCallback) -> None:
         raise NotImplementedError("libxenctrl has no changed-domain feed that xenmux may use")
@@ -222,6 +283,10 @@ class XenctrlBackend:
         return self._count
 
     def close(self) -> None:
+        if self._manage is not None:
+            self._manage.close()
+        if self._extras is not None:
+            self._extras.close()
         self._xc.close()
 
     def scan_all(self) -> tuple[bytearray, int]:

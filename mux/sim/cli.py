@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mux.sim.xenstored import XS_VERSIONS
+from mux.sim.xenstored.rules import XEN_VERSIONS, XS_VERSIONS, xenstored_version
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,10 +14,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--domains", type=int, default=0, metavar="N", help="guests 1..N besides dom0 (default 0)"
     )
     parser.add_argument(
+        "--xen-version",
+        choices=XEN_VERSIONS,
+        default="4.17",
+        help="which Xen release to model; its C xenstored's rules unless --xs-version says "
+        "otherwise (default 4.17)",
+    )
+    parser.add_argument(
         "--xs-version",
         choices=XS_VERSIONS,
-        default="4.17",
-        help="which C xenstored to model: 4.17 (latch, no watch depth) or 4.22 (watch depth)",
+        default=None,
+        help="override the xenstored rules alone: 4.17 (latch, no watch depth), 4.21 "
+        "(GET_FEATURE, no depth) or 4.22 (watch depth); default: those of --xen-version",
     )
     parser.add_argument(
         "--virq-socket",
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return main(
         args.dir,
         args.domains,
-        xs_version=args.xs_version,
+        xs_version=xenstored_version(args.xen_version, args.xs_version),
         virq_sockets=args.virq_socket,
         seed=args.seed,
         external_xenstored=args.external_xenstored,

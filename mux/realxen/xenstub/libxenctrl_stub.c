@@ -10,6 +10,13 @@
  *          errno.
  *   xc_interface_close(xch)                 -> 0
  *   xc_get_last_error(xch)                  -> XC_ERROR_NONE (report errno)
+ *   xc_version(xch, XENVER_version | XENVER_extraversion, arg)
+ *                                           -> the Xen this build stands in for:
+ *                                              -DXENMUX_STUB_XEN_MINOR (default 17) and
+ *                                              -DXENMUX_STUB_XEN_EXTRA (default ".0")
+ *   xc_domain_getinfo_single(xch, domid, info)   (only when built as 4.18 or later)
+ *       -> 0 and the record of exactly that domid, or -1 with ESRCH, as
+ *          XEN_DOMCTL_getdomaininfo does since 4.18; counted by xenmux_stub_single_calls()
  *
  * Failure injection for error-handling tests, both optional:
  *   XENMUX_STUB_FAIL="ERRNAME:K"       the first K calls of the process fail with ERRNAME
@@ -158,12 +165,80 @@ EXPORT int xc_domain_getinfolist(xc_interface *xch, uint32_t first_domain,
 	return shm_getinfolist(first_domain, max_domains, info);
 }
 
-EXPORT unsigned long xenmux_stub_calls(void)
+#ifndef XENMUX_STUB_XEN_MINOR
+#define XENMUX_STUB_XEN_MINOR 17
+#endif
+#ifndef XENMUX_STUB_XEN_EXTRA
+#define XENMUX_STUB_XEN_EXTRA ".0"
+#endif
+
+EXPORT int xc_version(xc_interface *xch, int cmd, void *arg)
+{
+	if (!xch) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (cmd == XENVER_version)
+		return (4 << 16) | XENMUX_STUB_XEN_MINOR;
+	if (cmd == XENVER_extraversion) {
+		memset(arg, 0, sizeof(xen_extraversion_t));
+		strncpy(arg, XENMUX_STUB_XEN_EXTRA, sizeof(xen_extraversion_t) - 1);
+		return 0;
+	}
+	errno = ENOSYS;
+	return -1;
+}
+
+static unsigned long single_calls;
+
+#if XENMUX_STUB_XEN_MINOR >= 18
+EXPORT int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info)
+{
+	xc_domaininfo_t found;
+	long n;
+	int err;
+
+	if (!xch) {
+		errno = EINVAL;
+		return -1;
+	}
+	pthread_mutex_lock(&fail_lock);
+	single_calls++;
+	pthread_mutex_unlock(&fail_lock);
+	err = injected();
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	n = shm_getinfolist(domid, 1, &found);
+	if (n < 0)
+		return -1;
+	if (n == 0 || found.domain != domid) {
+		errno = ESRCH;
+		return -1;
+	}
+	if (info)
+		*info = found;
+	return 0;
+}
+#endif
+
+static unsigned long locked_read(const unsigned long *counter)
 {
 	unsigned long n;
 
 	pthread_mutex_lock(&fail_lock);
-	n = calls;
+	n = *counter;
 	pthread_mutex_unlock(&fail_lock);
 	return n;
+}
+
+EXPORT unsigned long xenmux_stub_single_calls(void)
+{
+	return locked_read(&single_calls);
+}
+
+EXPORT unsigned long xenmux_stub_calls(void)
+{
+	return locked_read(&calls);
 }

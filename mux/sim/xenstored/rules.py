@@ -62,6 +62,15 @@ class Rules:
 
 RULES: dict[str, Rules] = {
     "4.17": Rules("4.17", TYPES_4_17, features=0, watch_depth=False, strict_domid=False),
+    # 4.21 (tools/xenstored, RELEASE-4.21.0): GET_FEATURE/SET_FEATURE with
+    # XENSTORE_FEATURES = ERROR only; no watch depth; domids still parsed with atoi.
+    "4.21": Rules(
+        "4.21",
+        TYPES_4_17 | {wire.XS_GET_FEATURE, wire.XS_SET_FEATURE},
+        features=wire.XENSTORE_SERVER_FEATURE_ERROR,
+        watch_depth=False,
+        strict_domid=False,
+    ),
     # Juergen Gross's patches "add depth handling to XS_WATCH" and "expand special watch
     # handling with depth feature", with GET_FEATURE/SET_FEATURE.
     "4.22": Rules(
@@ -73,6 +82,20 @@ RULES: dict[str, Rules] = {
     ),
 }
 XS_VERSIONS = tuple(RULES)
+
+# `xenmux sim --xen-version`: the C xenstored each Xen release ships, as far as the rules
+# above tell them apart (4.20's is 4.17's here: no GET_FEATURE, no depth, atoi domids).
+# `--xs-version` overrides this choice of rules alone (docs/sim.md).
+XENSTORED_OF_XEN = {"4.17": "4.17", "4.20": "4.17", "4.21": "4.21", "4.22": "4.22"}
+XEN_VERSIONS = tuple(XENSTORED_OF_XEN)
+
+
+def xenstored_version(xen_version: str, xs_version: str | None = None) -> str:
+    """The xenstored rules a sim of `xen_version` runs: `xs_version` when given, else the C
+    xenstored that release ships."""
+    if xen_version not in XENSTORED_OF_XEN:
+        raise ValueError(f"unknown Xen version {xen_version!r}: use one of {XEN_VERSIONS}")
+    return xs_version or XENSTORED_OF_XEN[xen_version]
 
 
 def rules_for(xs_version: str) -> Rules:
