@@ -34,6 +34,7 @@ from mux.bench.natsserver import (
     start_cluster,
 )
 from mux.bridge.names import checkpoint_key, encode_host
+from mux.protocol import EVENT_KINDS
 
 
 def read_json_lines(path: Path) -> list[dict]:
@@ -147,8 +148,10 @@ class Pool:
         sim = self.sim_factory(domains=domains)
         daemon = start_daemon(sim, *DAEMON_ARGS, *daemon_args)
         # `xenmux watch` ends on SIGTERM with 128 + 15 (the default handler's -15 before).
+        # Every kind, as the bridge follows them (paused/unpaused included: the churn's boots
+        # unpause what they build).
         log = self.start(
-            [*sim_command(), "watch", "--socket", daemon.sock],
+            [*sim_command(), "watch", "--socket", daemon.sock, "--events", ",".join(EVENT_KINDS)],
             f"log-{name}",
             ok=(-signal.SIGTERM, 128 + signal.SIGTERM),
         )
