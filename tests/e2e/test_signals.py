@@ -109,7 +109,10 @@ def churn(sim, procs, seconds: int = 60):
             str(seconds),
             "--rate",
             "100",
-        ]
+        ],
+        # As from a terminal: SIGHUP at its default, even when the suite runs under nohup
+        # (which sim-ctl, relying on the default action, then rightly honours).
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     # Under way: lifecycles have changed the host.
     until(lambda: sim.ctl.list() != before, timeout=20)
