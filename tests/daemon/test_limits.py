@@ -129,6 +129,9 @@ def test_one_uid_cannot_lock_root_out(sim, daemon_factory, open_dir, procs):
         )
         assert out.returncode == 0 and "guest-3" in out.stdout, out.stderr
         sim.ctl.shutdown(3, "crash")
+        # A destroy in the same scan as the shutdown would leave the death without a reason
+        # (the docs allow it): let the daemon see the crash first, as a toolstack's would.
+        until(lambda: _state_of(d.sock, 3) == "shutdown")
         sim.ctl.destroy(3)
         assert waiter.wait(30) == 13  # crash
         until(lambda: d.stats()["clients"] == 21)  # the 20 members and the one asking
@@ -406,3 +409,10 @@ def test_limits_fit_the_fd_limit_the_daemon_may_reach(monkeypatch):
     monkeypatch.setattr(admission.resource, "getrlimit", lambda _which: (100, 100))
     with pytest.raises(ValueError, match="leaves no room for clients"):
         admission.fit_fd_limit(limits, 112)
+
+
+def _state_of(sock: str, domid: int) -> str | None:
+    from mux.client import Client
+
+    with Client(sock) as c:
+        return next((r["state"] for r in c.list() if r["domid"] == domid), None)
