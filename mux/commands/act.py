@@ -11,10 +11,10 @@ import os
 
 from mux.cli import add_socket_argument
 from mux.commands.reach import EXIT_USAGE, CommandError
-from mux.daemon.main import _count, _metrics_addr, _seconds
 
 # serve's option checks, so that both commands refuse the same bad values in the same words
 from mux.logsetup import setup_logging
+from mux.options import count, metrics_addr, seconds
 
 DEFAULT_STATE_DIR = "/var/lib/xenmux/act"
 
@@ -46,21 +46,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-parallel",
-        type=_count(1),
+        type=count(1),
         default=16,
         metavar="N",
         help="actions at once (default %(default)s)",
     )
     p.add_argument(
         "--hook-timeout",
-        type=_seconds(positive=True),
+        type=seconds(positive=True),
         default=30.0,
         metavar="S",
         help="seconds a hook or policy command may run (default %(default)s)",
     )
     p.add_argument(
         "--metrics-addr",
-        type=_metrics_addr,
+        type=metrics_addr,
         default="",
         metavar="HOST:PORT",
         help="Prometheus endpoint; '' (the default) turns it off",

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import signal
 import sys
-from collections.abc import Callable
 
 from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
 from mux.daemon.journal import MIN_MAX_BYTES
@@ -21,70 +19,20 @@ from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
 from mux.daemon.watcher import XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.logsetup import LEVELS, setup_logging
+from mux.options import count, metrics_addr, option, seconds
 from mux.protocol import DEFAULT_SOCKET
 
 log = logging.getLogger("xenmux")
 
 
-def _option(check: Callable[[str], object]) -> Callable[[str], object]:
-    """An argparse type from a check whose ValueError says what is wrong with the value."""
-
-    def parse(text: str) -> object:
-        try:
-            return check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    parse.__name__ = check.__name__  # argparse names the type by it
-    return parse
-
-
-def _count(minimum: int) -> Callable[[str], object]:
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise ValueError(f"{value} is below {minimum}")
-        return value
-
-    return _option(count)
-
-
-@_option
-def _metrics_addr(text: str) -> str:
-    from mux.daemon.metrics import parse_addr
-
-    if text:
-        parse_addr(text)
-    return text
-
-
-@_option
+@option
 def _group(text: str) -> int | None:
     from mux.daemon.listener import resolve_group
 
     return resolve_group(text)
 
 
-def _seconds(*, positive: bool) -> Callable[[str], object]:
-    """A finite number of seconds, > 0 (positive) or >= 0."""
-
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            bound = "more than 0" if positive else "0 or more"
-            raise ValueError(f"{text!r} is not a number of seconds: give {bound}")
-        return value
-
-    return _option(seconds)
-
-
-@_option
+@option
 def _journal_bytes(text: str) -> int:
     try:
         n = int(text)
@@ -123,35 +71,35 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--metrics-addr",
-        type=_metrics_addr,
+        type=metrics_addr,
         default="127.0.0.1:9877",
         help="Prometheus endpoint HOST:PORT, open to every local user; '' turns it off "
         "(default: %(default)s)",
     )
     p.add_argument(
         "--shutdown-poll",
-        type=_seconds(positive=False),
+        type=seconds(positive=False),
         default=0.25,
         metavar="S",
         help="poll period while a domain sits shut down (resumes fire nothing)",
     )
     p.add_argument(
         "--full-scan",
-        type=_seconds(positive=False),
+        type=seconds(positive=False),
         default=30.0,
         metavar="S",
         help="period of the safety full scan (silent suspends, unintroduced domains); 0: off",
     )
     p.add_argument(
         "--max-clients",
-        type=_count(1),
+        type=count(1),
         default=4096,
         metavar="N",
         help="client connections open at once; more are refused (default: %(default)s)",
     )
     p.add_argument(
         "--max-clients-per-uid",
-        type=_count(1),
+        type=count(1),
         default=1024,
         metavar="N",
         help="connections one uid may hold; root and the daemon's uid are exempt "
@@ -159,21 +107,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--root-reserve",
-        type=_count(0),
+        type=count(0),
         default=16,
         metavar="N",
         help="of --max-clients, connections only root may take (default: %(default)s)",
     )
     p.add_argument(
         "--max-subscriptions",
-        type=_count(1),
+        type=count(1),
         default=32768,
         metavar="N",
         help="domids one connection may watch",
     )
     p.add_argument(
         "--high-water",
-        type=_count(1),
+        type=count(1),
         default=4 * 1024 * 1024,
         metavar="BYTES",
         help="unsent bytes after which a subscriber that stopped reading is cut off with an "
@@ -186,7 +134,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--xenstore-timeout",
-        type=_seconds(positive=True),
+        type=seconds(positive=True),
         default=XenstoreTimeouts.request,
         metavar="S",
         help="deadline of every xenstored request; one missed gives the connection up and "
@@ -194,7 +142,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--xenstore-idle",
-        type=_seconds(positive=False),
+        type=seconds(positive=False),
         default=XenstoreTimeouts.idle,
         metavar="S",
         help="probe xenstored when it has sent nothing for S seconds, so that a hung one is "
@@ -217,7 +165,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--checkpoint-interval",
-        type=_seconds(positive=True),
+        type=seconds(positive=True),
         default=DEFAULT_CHECKPOINT_INTERVAL,
         metavar="S",
         help="how often the table is checkpointed, so that a restart replays little of the "
