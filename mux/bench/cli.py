@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+from mux.bench.acting import ACTING
 from mux.bench.scenarios import PER_DOMAIN, QUADRATIC, SCENARIOS, TITLES
 
 XENSTORED_KINDS = ("sim", "c-xenstored", "oxenstored")
@@ -67,9 +68,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scenarios",
-        type=_names(SCENARIOS),
-        default=list(SCENARIOS),
-        help=f"comma-separated, of {','.join(SCENARIOS)} (default: all)",
+        type=_names((*SCENARIOS, ACTING)),
+        default=[*SCENARIOS, ACTING],
+        help=f"comma-separated, of {','.join(SCENARIOS)},{ACTING} (default: all; {ACTING}: "
+        "guests power off and reboot by themselves, xl's monitors or serve + act act, on the "
+        "sim's xenstored)",
     )
     p.add_argument(
         "--models",
@@ -227,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
     from mux.bench.progress import Progress
 
     params, sizes, daemon_sizes, real_sizes = _settings(args)
+    # The acting scenario runs apart (mux/bench/acting.py): its own models and figures.
+    acting_wanted = ACTING in args.scenarios
+    args.scenarios = [s for s in args.scenarios if s != ACTING]
     notes: list[str] = []
     meta: dict = {
         "machine": _machine(),
@@ -332,6 +338,14 @@ def run(args: argparse.Namespace) -> int:
             )
             report.write(args.out, rows, meta)  # an interrupted run keeps what it measured
         progress.finish()
+        if acting_wanted:
+            from mux.bench import acting
+
+            meta["acting"] = acting.run_all(
+                procs, binaries, models, sizes, quick=args.quick, seed=args.seed, tmp_root=tmp_root
+            )
+            failed += sum(bool(r.get("error") or r.get("lost")) for r in meta["acting"])
+            report.write(args.out, rows, meta)
 
         _extrapolate(rows, extrapolate, notes)
         _validate(rows, notes)

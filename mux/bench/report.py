@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from mux.bench.acting import markdown as acting_markdown
 from mux.bench.scenarios import SCENARIOS, TITLES
 
 TARGET_N = 1000
@@ -156,6 +157,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         )
     lines += ["", "## Targets (docs/architecture.md) at N = 1,000", ""]
     lines += targets(rows)
+    lines += acting_markdown(meta.get("acting") or [])
     notes = meta.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""]
