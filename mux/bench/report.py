@@ -361,6 +361,10 @@ def summary_line(row: dict) -> str:
     d = row.get("daemon")
     if d:
         parts.append(f"scans={d.get('scans_total')}/firings={d.get('firings_total')}")
+    rate = row.get("mass_rate") or {}
+    if rate.get("applied"):
+        target = f"/{_fmt(rate['target'])}" if rate.get("target") else ""
+        parts.append(f"rate={_fmt(rate['applied'])}{target}/s")
     if not row.get("measured", True):
         parts.append("(extrapolated)")
     return " ".join(parts)
