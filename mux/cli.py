@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "act": ("mux.commands.act", "carry out each domain's on_* action at its shutdown, host-wide"),
     "sim": ("mux.sim.cli", "run a simulated Xen host (hypervisor table + xenstored)"),
     "sim-ctl": ("mux.sim.ctl", "change the simulated host: create, shutdown, destroy..."),
-    "demo": ("mux.demo", "a simulated host of 1000 domains, the daemon and a live view"),
+    "demo": ("mux.demo", "a simulated host of 1000 domains, the daemon, act and a live view"),
     "bridge": ("mux.commands.bridge", "publish this host's events to NATS JetStream (the pool)"),
     "pool": ("mux.commands.pool", "the pool's events and table from NATS: watch, domains, wait"),
     "bench": ("mux.bench.cli", "the benchmark harness: mux against per-domain monitors"),

@@ -26,6 +26,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from mux.daemon.paths import UnsafePathError, ensure_private_dir
+
 CURSOR = "cursor"
 JOURNAL = "actions.jsonl"
 LOCK = "lock"
@@ -83,8 +85,12 @@ class Record:
 
     def _open(self) -> None:
         try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            # serve's rule for its state dir: whoever could write here could forge the
+            # record of actions done, and have act skip a destroy or repeat a restart.
+            ensure_private_dir(self.dir, 0o700, "act's state directory (--state-dir)")
             fd = os.open(self._path(LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except UnsafePathError as exc:
+            raise StateError(str(exc)) from None
         except OSError as exc:
             raise StateError(f"cannot use the state dir {self.dir}: {exc.strerror}") from None
         try:

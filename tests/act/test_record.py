@@ -92,6 +92,20 @@ def test_one_state_dir_one_act(tmp_path):
     Record(str(tmp_path)).close()
 
 
+def test_a_state_dir_others_can_write_is_refused_with_one_line(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(StateError, match=r"act's state directory \(--state-dir\) .* others"):
+        Record(str(shared))
+    with pytest.raises(StateError, match="above act's state directory"):
+        Record(str(shared / "act"))
+    assert not (shared / "act").exists()
+    private = tmp_path / "private" / "act"
+    Record(str(private)).close()
+    assert private.stat().st_mode & 0o777 == 0o700
+
+
 def test_dry_run_keeps_nothing(tmp_path):
     rec = Record(str(tmp_path / "state"), durable=False)
     rec.new_job("shutdown", 1, U1, "a", "poweroff", 1)

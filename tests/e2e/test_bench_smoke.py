@@ -64,6 +64,9 @@ def test_quick_bench_runs_every_scenario_for_every_model(short_tmp, tmp_path):
 
     data = json.loads((out / "results.json").read_text())
     assert (out / "results.md").read_text().startswith("# xenmux bench")
+    # The acting scenario: both models acted on every guest's shutdown, none twice.
+    acting = data["meta"]["acting"]
+    assert {(r["model"], r["lost"]) for r in acting} == {("mux", 0), ("libxl", 0)}, acting
     rows = data["rows"]
     kinds = data["meta"]["xenstored"]
     # make test installs Debian's xenstoreds and libxenlight (xen-utils-4.17, libxen-dev)

@@ -60,7 +60,7 @@ def test_demo_stops_everything_it_started(procs, signals):
         seen += procs.read_lines(demo, 1, 5)
     started = children(demo.pid)
     try:
-        assert len(started) == 3, started  # xenmux sim, xenmux serve, xenmux sim-ctl churn
+        assert len(started) == 4, started  # xenmux sim, serve, act, sim-ctl churn
         for sig in signals:
             demo.send_signal(sig)
             time.sleep(0.05)
