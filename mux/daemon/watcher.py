@@ -368,6 +368,11 @@ class Watcher:
         return Identity(name.decode(errors="replace"), uuid)  # type: ignore[union-attr]
 
 
+# `serve --resumed-poll`'s default window, in seconds: twice the default safety full scan
+# (`--full-scan`, 30 s), which bounds how late such a shutdown is seen after the window.
+DEFAULT_RESUMED_POLL = 60.0
+
+
 class ResumedPoll:
     """After a `resumed`, keep asking for that domain every `interval` for `window` seconds.
 
