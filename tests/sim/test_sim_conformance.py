@@ -1,8 +1,8 @@
 """The sim's xenstored and our xenstore client give the real C xenstored 4.17's answers.
 
 `tests/data/xenstored_conformance.json` holds the raw replies of Debian's C xenstored (and of
-oxenstored, which the sim does not model) to the requests of `xsconformance.STEPS`,
-recorded by that module from the live servers. Here:
+oxenstored, which tests/sim/test_sim_flavours.py holds the sim's oxenstored flavour to) to
+the requests of `xsconformance.STEPS`, recorded by that module from the live servers. Here:
 
 1. the same requests, byte for byte, go to the sim's xenstored set up as the recording was
    (dom0 and guests 1-4, guests 1-3 introduced as libxl does): every frame that comes back

@@ -1,5 +1,6 @@
 """Domains (domain.c): the introduced domains, the shutdown latch, the domain pass on
-VIRQ_DOM_EXC, and the domain requests (INTRODUCE, RELEASE, RESUME, IS_DOMAIN_INTRODUCED,
+VIRQ_DOM_EXC (C's check_domains, or oxenstored's Domains.cleanup without the latch), and
+the domain requests (INTRODUCE, RELEASE, RESUME, IS_DOMAIN_INTRODUCED,
 GET_DOMAIN_PATH, SET_TARGET, GET_FEATURE, SET_FEATURE).
 
 `Domains` is a read-only mapping domid -> XsDomain of the introduced domains; changes go
