@@ -20,19 +20,22 @@ import pytest
 from daemonhelpers import brief, quiet, start_daemon, take, until
 from simhelpers import short_dir, sim_command, start_sim
 
+from mux.sim.xenstored.rules import FEATURES_4_22
+
 NO_FULL_SCAN = ("--full-scan", "0", "--shutdown-poll", "0.1")
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    """name -> (sim, daemon): C 4.17, oxenstored, xapi-project's oxenstored; and "c-nopoll",
-    a second daemon on the C sim without the resumed poll."""
+    """name -> (sim, daemon): C 4.17, C 4.22 (watch depth), oxenstored, xapi-project's
+    oxenstored; and "c-nopoll", a second daemon on the C sim without the resumed poll."""
     base = tmp_path_factory.mktemp("resumes")
     sims, daemons, dirs = {}, [], []
     out = {}
     try:
         for name, version, extra in (
             ("c", "4.17", ()),
+            ("c-4.22", "4.22", ()),
             ("oxenstored", "4.17", ("--xenstored", "oxenstored")),
             ("xapi", "25.2", ("--xenstored", "oxenstored")),
         ):
@@ -77,6 +80,7 @@ def _fired(reply: dict) -> int:
 def test_hello_tells_the_flavour_and_depth_without_get_feature(host):
     expected = {
         "c": ("c", False, None),  # 4.17: GET_FEATURE is ENOSYS; GET_PERMS tells
+        "c-4.22": ("c", True, FEATURES_4_22),  # advertised, and taken
         "oxenstored": ("oxenstored", False, None),
         "xapi": ("oxenstored", True, None),  # depth found by trying it: nothing advertised
     }
@@ -95,6 +99,35 @@ def test_hello_tells_the_flavour_and_depth_without_get_feature(host):
         assert brief(take(sub, 1)) == [("shutdown", 7, "reboot")]
     assert d.stats()["scans"]["depth"] > before  # the firing named the domid
     assert d.stats()["xenstore"]["depth_fallbacks"] == 0
+
+
+def test_every_flavour_and_version_gives_the_same_events(host):
+    """One lifecycle, fast resume included, on each sim: the same events from each daemon,
+    whether xenstored latches, fires on every VIRQ, or names the domid."""
+    names = ("c", "c-4.22", "oxenstored", "xapi")
+    streams = {}
+    for name in names:
+        sim, d = host[name]
+        with d.subscribe([6]) as sub:
+            sim.ctl.suspend(6)
+            got = take(sub, 1)
+            sim.ctl.resume(6, fast=True)
+            got += take(sub, 1)
+            sim.ctl.shutdown(6, "poweroff")
+            got += take(sub, 1)
+            sim.ctl.destroy(6)
+            got += take(sub, 2)
+            assert quiet(sub, 0.3) == []
+        streams[name] = brief(got)
+    assert streams["c"] == [
+        ("shutdown", 6, "suspend"),
+        ("resumed", 6, None),
+        ("shutdown", 6, "poweroff"),
+        ("death", 6, "poweroff"),
+        ("released", 6, None),
+    ]
+    for name in names:
+        assert streams[name] == streams["c"], name
 
 
 @pytest.mark.parametrize("name", ["c", "oxenstored"])
