@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--xenstored",
         choices=FLAVOURS,
         default=FLAVOUR_C,
-        help="the xenstored flavour: c (the shutdown latch, XS_RESUME re-arms it) or "
-        "oxenstored (no latch: fires on every VIRQ while a domain is shut down; XS_RESUME "
-        "a no-op; no GET_FEATURE) (default: c)",
+        help="the flavour of the sim's xenstored: c (the shutdown latch, XS_RESUME re-arms "
+        "it) or oxenstored (no latch: fires on every VIRQ while a domain is shut down; "
+        "XS_RESUME a no-op; no GET_FEATURE); an --external-xenstored has its own (default: c)",
     )
     parser.add_argument(
         "--xs-version",
