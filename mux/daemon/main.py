@@ -88,7 +88,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=seconds(positive=False),
         default=None,
         metavar="S",
-        help="after a domain is resumed, poll it every --shutdown-poll for S seconds, so that "
+        help="for S seconds after a domain is resumed, poll every --shutdown-poll, so that "
         "its next shutdown is seen where xenstored fires nothing for it (C xenstored after a "
         f"resume without XS_RESUME); 0: never (default: {DEFAULT_RESUMED_POLL:g})",
     )

@@ -7,7 +7,7 @@ connections a `ConnectionContext` and the requests a `RequestContext`, the metri
 function returning a `DaemonSnapshot`. A backend with a feed of changed domids has it wired
 into the scan loop's targeted scans. The state dir (durable.py) is taken first: it gives
 the table to go on from, and the journal. The resumed poll follows the events going out
-(a tap after the fan-out) and asks the scan loop for targeted scans.
+(a tap after the fan-out) and asks the scan loop for polls.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
 from mux.daemon.watcher import DEFAULT_RESUMED_POLL, ResumedPoll, Watcher, XenstoreTimeouts
 from mux.hypervisor.base import Backend
+from mux.protocol import TRIGGER_POLL
 
 log = logging.getLogger("xenmux")
 
@@ -139,7 +140,7 @@ class Daemon:
         )
         # Polled at the shutdown poll's period; no shutdown poll, no resumed poll either.
         self.resumed_poll = ResumedPoll(
-            self.scanloop.request_domid,
+            functools.partial(self.scanloop.request_full, TRIGGER_POLL),
             window=config.resumed_poll if config.shutdown_poll > 0 else 0.0,
             interval=config.shutdown_poll if config.shutdown_poll > 0 else 1.0,
         )
