@@ -30,6 +30,13 @@ from mux.commands.output import clock
 from mux.protocol import EVENT_KINDS, TRIGGER_STARTUP
 from mux.sim.ctl import SimControl, SimControlError
 from mux.sim.paths import sim_paths
+from mux.sim.xenstored.rules import (
+    FLAVOUR_C,
+    FLAVOURS,
+    XEN_VERSIONS,
+    XS_VERSIONS,
+    xenstored_version,
+)
 
 # What stops the demo and everything it started: Ctrl-C (SIGINT, Python's own
 # KeyboardInterrupt), SIGTERM, and SIGHUP when its terminal is closed.
@@ -52,9 +59,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=0, help="stop after S seconds (0: Ctrl-C)")
     p.add_argument(
         "--xs-version",
-        choices=("4.17", "4.22"),
+        choices=XS_VERSIONS,
+        default=None,
+        help="the xenstored rules the sim runs, as `xenmux sim --xs-version`: 4.22 has watch "
+        "depth (default: those of --xen-version)",
+    )
+    p.add_argument(
+        "--xen-version",
+        choices=XEN_VERSIONS,
         default="4.17",
-        help="which C xenstored the sim models: 4.22 has watch depth (default: %(default)s)",
+        help="the Xen release the sim models, as `xenmux sim --xen-version` (default: %(default)s)",
+    )
+    p.add_argument(
+        "--xenstored",
+        choices=FLAVOURS,
+        default=FLAVOUR_C,
+        help="the sim's xenstored flavour, as `xenmux sim --xenstored` (default: %(default)s)",
     )
     p.add_argument("--plain", action="store_true", help="plain lines, no screen redraw")
 
@@ -317,7 +337,18 @@ def _fmt(v) -> str:
     return f"<={v * 1e6:.0f}us" if v < 1e-3 else f"<={v * 1e3:.1f}ms"
 
 
+def _sim_versions(args: argparse.Namespace) -> list[str]:
+    """The sim's version options as given (checked here: a bad pair costs nothing)."""
+    try:
+        xenstored_version(args.xen_version, args.xs_version, args.xenstored)
+    except ValueError as exc:
+        raise SystemExit(f"xenmux demo: {exc}") from None
+    out = ["--xen-version", args.xen_version, "--xenstored", args.xenstored]
+    return out if args.xs_version is None else [*out, "--xs-version", args.xs_version]
+
+
 def run(args: argparse.Namespace) -> int:
+    sim_versions = _sim_versions(args)
     work = tempfile.mkdtemp(prefix="xenmux-demo-")
     sim = serve = act = churn = None
     act_log: ActLog | None = None
@@ -346,8 +377,7 @@ def run(args: argparse.Namespace) -> int:
                 work,
                 "--domains",
                 str(args.domains),
-                "--xs-version",
-                args.xs_version,
+                *sim_versions,
             ),
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mux.realxen import XenstoredUnderStub
+from mux.realxen import XenstoredUnderStub, XsConnection
 from mux.xenstore import wire
 
 CONFORMANCE = Path(__file__).resolve().parent / "data" / "xenstored_conformance.json"
@@ -97,6 +97,34 @@ STEPS: list[tuple[str, int, bytes, int | str]] = [
 REPLY_WAIT = 1.0  # a server may hold a reply back (oxenstored, GET_FEATURE): don't hang
 
 
+def like_the_recording(sim) -> None:
+    """Bring a fresh sim (a tests/simhelpers.py SimHandle with no guests) into the
+    recording's state: dom0, guests 1-4 in the hypervisor, 1-3 introduced with the requests
+    realxen.XenstoredUnderStub.introduce() sends (libxl's)."""
+    for domid in (1, 2, 3, 4):
+        sim.ctl.create(domid=domid, introduce=False)
+    with XsConnection(sim.xenstored) as c:
+        for domid in (1, 2, 3):
+            base = f"/local/domain/{domid}"
+            tx = c.transaction_start()
+            c.mkdir(base, tx)
+            c.set_perms(base, f"n{domid}", "r0", tx=tx)
+            c.write(f"{base}/name", f"guest{domid}", tx)
+            c.write(f"{base}/domid", str(domid), tx)
+            c.transaction_end(tx)
+            c.introduce(domid, 0x10000 + domid, 2)
+
+
+class SocketTarget:
+    """What run_steps() needs of a server given by its socket path: connect()."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def connect(self) -> XsConnection:
+        return XsConnection(self.path)
+
+
 def type_name(t: int) -> str:
     try:
         return wire.XsdSockmsgType(t).name
@@ -104,7 +132,7 @@ def type_name(t: int) -> str:
         return f"type {t}"
 
 
-def run_steps(xsd: XenstoredUnderStub) -> list[dict]:
+def run_steps(xsd: XenstoredUnderStub | SocketTarget) -> list[dict]:
     out = []
     tx = 0
     with xsd.connect() as c:

@@ -16,7 +16,7 @@ import sys
 from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
 from mux.daemon.journal import MIN_MAX_BYTES
 from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
-from mux.daemon.watcher import XenstoreTimeouts
+from mux.daemon.watcher import DEFAULT_RESUMED_POLL, XenstoreTimeouts
 from mux.hypervisor import backend_names
 from mux.logsetup import LEVELS, setup_logging
 from mux.options import count, metrics_addr, option, seconds
@@ -82,6 +82,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=0.25,
         metavar="S",
         help="poll period while a domain sits shut down (resumes fire nothing)",
+    )
+    p.add_argument(
+        "--resumed-poll",
+        type=seconds(positive=False),
+        default=None,
+        metavar="S",
+        help="for S seconds after a domain is resumed, poll every --shutdown-poll, so that "
+        "its next shutdown is seen where xenstored fires nothing for it (C xenstored after a "
+        f"resume without XS_RESUME); 0: never (default: {DEFAULT_RESUMED_POLL:g})",
     )
     p.add_argument(
         "--full-scan",
@@ -200,6 +209,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.root_reserve} leaves no connection of --max-clients "
             f"{args.max_clients} for anyone but root",
         )
+    if args.resumed_poll and not args.shutdown_poll:
+        return _bad_option(
+            "--resumed-poll",
+            "polls every --shutdown-poll, which is 0 (off): give --shutdown-poll a period "
+            "or --resumed-poll 0",
+        )
+    resumed_poll = DEFAULT_RESUMED_POLL if args.resumed_poll is None else args.resumed_poll
     setup_logging(args.log_level)
     from mux.daemon.admission import Limits, fit_fd_limit
     from mux.daemon.connection import MAX_LINGERING
@@ -243,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
             xenstore_timeouts=XenstoreTimeouts(
                 request=args.xenstore_timeout, idle=args.xenstore_idle
             ),
+            resumed_poll=resumed_poll if args.shutdown_poll else 0.0,
         )
         daemon = Daemon(config, backend)
     except (NotADom0Error, HypervisorError, ValueError, StateDirError) as exc:

@@ -80,6 +80,7 @@ class RequestContext:
     fanout: Fanout  # subscriptions
     stats: Stats  # client errors by code
     features: Callable[[], dict]  # xenstored's, as the watcher found them
+    backend_features: Callable[[], dict]  # the backend's capabilities (Capabilities.features)
     snapshot: Callable[[], DaemonSnapshot]  # `stats`
     max_subscriptions: int
     journal: Journal  # `history`, cursors, replay
@@ -129,7 +130,7 @@ async def hello(ctx: RequestContext, conn: ClientConnection, req: dict) -> dict:
         "backend": ctx.backend_name,
         # xenstored's (watch depth, flavour) and the backend's (unique ids, the one-domain
         # query), as found at start-up.
-        "features": {**ctx.features(), **ctx.scanloop.backend.capabilities.features()},
+        "features": {**ctx.features(), **ctx.backend_features()},
         "seq": ctx.table.seq,
         "history": ctx.journal.history,
         "oldest_seq": ctx.journal.oldest_seq,

@@ -6,7 +6,8 @@ a name reader and a publisher that journals each batch before the fan-out sees i
 connections a `ConnectionContext` and the requests a `RequestContext`, the metrics a
 function returning a `DaemonSnapshot`. A backend with a feed of changed domids has it wired
 into the scan loop's targeted scans. The state dir (durable.py) is taken first: it gives
-the table to go on from, and the journal.
+the table to go on from, and the journal. The resumed poll follows the events going out
+(a tap after the fan-out) and asks the scan loop for polls.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mux.daemon.admission import Clients, Limits
@@ -35,8 +36,9 @@ from mux.daemon.scanloop import ScanLoop
 from mux.daemon.sdnotify import StatusReporter, status_line
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
-from mux.daemon.watcher import Watcher, XenstoreTimeouts
+from mux.daemon.watcher import DEFAULT_RESUMED_POLL, ResumedPoll, Watcher, XenstoreTimeouts
 from mux.hypervisor.base import Backend
+from mux.protocol import TRIGGER_POLL
 
 log = logging.getLogger("xenmux")
 
@@ -65,6 +67,8 @@ class Config:
     boot_id_path: str = BOOT_ID_PATH  # a new boot id means a new history
     # --xenstore-timeout, --xenstore-idle
     xenstore_timeouts: XenstoreTimeouts = field(default_factory=XenstoreTimeouts)
+    # --resumed-poll: seconds a resumed domain is asked for every shutdown_poll; 0 never
+    resumed_poll: float = DEFAULT_RESUMED_POLL
 
 
 def _table_class():
@@ -75,15 +79,25 @@ def _table_class():
 
 class JournaledFanout:
     """What the scan loop publishes to: each batch goes to the journal, then to the
-    fan-out, so that no subscriber sees an event a restart could lose."""
+    fan-out, so that no subscriber sees an event a restart could lose; then to `tap`, a
+    part that follows the events going out (the resumed poll)."""
 
-    def __init__(self, journal: Journal, fanout: Fanout) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        fanout: Fanout,
+        tap: Callable[[list[Event]], None] | None = None,
+    ) -> None:
         self.journal = journal
         self.fanout = fanout
+        self.tap = tap
 
     def publish(self, events: list[Event]) -> int:
         self.journal.append(events)
-        return self.fanout.publish(events)
+        sent = self.fanout.publish(events)
+        if self.tap is not None:
+            self.tap(events)
+        return sent
 
 
 class Daemon:
@@ -114,15 +128,23 @@ class Daemon:
         self.fanout = Fanout()
         self.clients = Clients(config.limits)
         self.checkpointer = Checkpointer(state, self.table, interval=config.checkpoint_interval)
+        publisher = JournaledFanout(state.journal, self.fanout)
         self.scanloop = ScanLoop(
             self.table,
             backend,
-            JournaledFanout(state.journal, self.fanout),
+            publisher,
             self.stats,
             shutdown_poll=config.shutdown_poll,
             full_scan=config.full_scan,
             name_reader=self._read_name,
         )
+        # Polled at the shutdown poll's period; no shutdown poll, no resumed poll either.
+        self.resumed_poll = ResumedPoll(
+            functools.partial(self.scanloop.request_full, TRIGGER_POLL),
+            window=config.resumed_poll if config.shutdown_poll > 0 else 0.0,
+            interval=config.shutdown_poll if config.shutdown_poll > 0 else 1.0,
+        )
+        publisher.tap = self.resumed_poll.publish
         self.watcher = Watcher(
             config.xenstore_path,
             self.stats,
@@ -139,6 +161,7 @@ class Daemon:
             fanout=self.fanout,
             stats=self.stats,
             features=lambda: self.watcher.feature_dict,
+            backend_features=backend.capabilities.features,
             snapshot=self.snapshot,
             max_subscriptions=config.max_subscriptions,
             journal=state.journal,
@@ -271,6 +294,7 @@ class Daemon:
         self.listener.close()
         for c in list(self.clients):
             c.close()
+        self.resumed_poll.stop()
         await self.scanloop.stop()
         await self.watcher.stop()
         await self.checkpointer.stop()

@@ -368,25 +368,31 @@ class Watcher:
         return Identity(name.decode(errors="replace"), uuid)  # type: ignore[union-attr]
 
 
+# `serve --resumed-poll`'s default window, in seconds: twice the default safety full scan
+# (`--full-scan`, 30 s), which bounds how late such a shutdown is seen after the window.
+DEFAULT_RESUMED_POLL = 60.0
+
+
 class ResumedPoll:
-    """After a `resumed`, keep asking for that domain every `interval` for `window` seconds.
+    """After a `resumed`, keep polling for `window` seconds, every `interval`.
 
     A resume fires nothing on either xenstored, and the scan loop's shutdown poll ends once
     no domain is shut down. That is enough for the resume itself, but not for what follows
     it on C xenstored: its shutdown latch is cleared only by XS_RESUME, so a domain resumed
     without it (a fast resume done outside libxl) fires nothing at its *next* shutdown
-    either, and only the safety full scan would see it. Polling each recently resumed
-    domain (a targeted scan: the exact one-domain query where the backend has it) closes
-    that gap for `window` seconds (`--resumed-poll`, 0 for never). oxenstored, which has no
-    latch, fires for that shutdown anyway; the poll then finds nothing new.
+    either, and only the safety full scan would see it. Polling while some domain was
+    resumed less than `window` seconds ago (`--resumed-poll`, 0 for never) closes that gap.
+    Each poll is what the shutdown poll asks for (`request_poll`: a scan with trigger
+    `poll`), one per interval however many domains are in their window. oxenstored, which
+    has no latch, fires for that shutdown anyway; the poll then finds nothing new.
 
     It is a tap on the events going out (`publish`, the fan-out's shape), so it needs no
-    other part's state; `request_domid` is the scan loop's.
+    other part's state.
     """
 
     def __init__(
         self,
-        request_domid: RequestDomid,
+        request_poll: Callable[[], None],
         *,
         window: float,
         interval: float,
@@ -394,12 +400,12 @@ class ResumedPoll:
     ) -> None:
         if window < 0 or interval <= 0:
             raise ValueError("the resumed poll needs window >= 0 and interval > 0")
-        self.request_domid = request_domid
+        self.request_poll = request_poll
         self.window = window
         self.interval = interval
         self.clock = clock
         self.until: dict[int, float] = {}  # domid -> when its polling ends
-        self.polls = 0  # targeted scans asked for
+        self.polls = 0  # polls asked for
         self._handle: asyncio.TimerHandle | None = None
 
     def publish(self, events) -> None:
@@ -423,9 +429,9 @@ class ResumedPoll:
         for domid, end in list(self.until.items()):
             if now >= end:
                 del self.until[domid]
-                continue
+        if self.until:
             self.polls += 1
-            self.request_domid(domid, None, None)
+            self.request_poll()
         self._arm()
 
     def stop(self) -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mux.sim.xenstored.rules import XEN_VERSIONS, XS_VERSIONS, xenstored_version
+from mux.sim.xenstored.rules import (
+    FLAVOUR_C,
+    FLAVOURS,
+    XEN_VERSIONS,
+    XS_VERSIONS,
+    xenstored_version,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +27,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "otherwise (default 4.17)",
     )
     parser.add_argument(
+        "--xenstored",
+        choices=FLAVOURS,
+        default=FLAVOUR_C,
+        help="the flavour of the sim's xenstored: c (the shutdown latch, XS_RESUME re-arms "
+        "it) or oxenstored (no latch: fires on every VIRQ while a domain is shut down; "
+        "XS_RESUME a no-op; no GET_FEATURE); an --external-xenstored has its own (default: c)",
+    )
+    parser.add_argument(
         "--xs-version",
         choices=XS_VERSIONS,
         default=None,
         help="override the xenstored rules alone: 4.17 (latch, no watch depth), 4.21 "
-        "(GET_FEATURE, no depth) or 4.22 (watch depth); default: those of --xen-version",
+        "(GET_FEATURE, no depth) or 4.22 (watch depth); with --xenstored oxenstored, 25.2 "
+        "is xapi-project's oxenstored (depth-1 special watches) and a Xen release Xen's own; "
+        "default: those of --xen-version",
     )
     parser.add_argument(
         "--virq-socket",
@@ -59,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
             "xenmux sim: --external-xenstored needs --virq-socket PATH (the external "
             "xenstored's event channel), or it never hears of a VIRQ"
         )
+    try:
+        xs_version = xenstored_version(args.xen_version, args.xs_version, args.xenstored)
+    except ValueError as exc:
+        raise SystemExit(f"xenmux sim: {exc}") from None
     return main(
         args.dir,
         args.domains,
-        xs_version=xenstored_version(args.xen_version, args.xs_version),
+        xs_version=xs_version,
         virq_sockets=args.virq_socket,
         seed=args.seed,
         external_xenstored=args.external_xenstored,

@@ -148,8 +148,12 @@ class _Ops:
     def suspend(self, domid, silent=False):
         return self.request("suspend", domid=domid, silent=silent or None)
 
-    def resume(self, domid):
-        return self.request("resume", domid=domid)
+    def resume(self, domid, fast=False, xs_resume=True):
+        """Resume a shut-down domain (nothing fires); `fast`: the cooperative resume of a
+        suspended one; `xs_resume=False`: no XS_RESUME (a toolstack outside libxl)."""
+        return self.request(
+            "resume", domid=domid, fast=fast or None, xs_resume=None if xs_resume else False
+        )
 
     def destroy(self, domid, zombie=False, by=None):
         return self.request("destroy", domid=domid, zombie=zombie or None, by=by)
@@ -364,6 +368,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("resume", help="resume a shut-down domain (no VIRQ) and send XS_RESUME")
     p.add_argument("domid", type=int, help="the suspended domain to resume")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="the cooperative resume of a suspended domain (suspend cancelled, xl save -c)",
+    )
+    p.add_argument(
+        "--no-xs-resume",
+        action="store_true",
+        help="send no XS_RESUME, as a toolstack resuming outside libxl: C xenstored stays "
+        "latched and the domain's next shutdown fires nothing",
+    )
 
     p = sub.add_parser("destroy", help="dying (VIRQ), then gone (VIRQ), then nodes removed")
     p.add_argument(
@@ -450,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
             elif op == "suspend":
                 _emit(sim.suspend(args.domid, args.silent))
             elif op == "resume":
-                _emit(sim.resume(args.domid))
+                _emit(sim.resume(args.domid, args.fast, not args.no_xs_resume))
             elif op == "destroy":
                 _emit(sim.destroy(args.domid, args.zombie))
             elif op == "release":

@@ -28,7 +28,7 @@ import socket
 import sys
 from collections.abc import Iterable
 
-from mux.records import parse_reason
+from mux.records import SHUTDOWN_SUSPEND, parse_reason, reason_name
 from mux.sim.backend import ARMED
 from mux.sim.changes import ChangeServer, bind_seqpacket
 from mux.sim.churn import Churn
@@ -82,7 +82,31 @@ def bind_unix(path: str, backlog: int = 4096) -> socket.socket:
     return sock
 
 
-class ExternalToolstack:
+class ResumesOutsideLibxl:
+    """A toolstack that can resume a domain without XS_RESUME, as one that resumes it
+    outside libxl does (`sim-ctl resume --no-xs-resume`): the hypervisor resumes it and
+    xenstored is not told, so C xenstored's shutdown latch stays set."""
+
+    xs_resume = True
+
+    @contextlib.contextmanager
+    def resuming(self, *, xs_resume: bool):
+        self.xs_resume = xs_resume
+        try:
+            yield
+        finally:
+            del self.xs_resume  # back to the class's: libxl's XS_RESUME
+
+
+class SimToolstack(ResumesOutsideLibxl, LocalToolstack):
+    """The toolstack on the sim's own xenstored (LocalToolstack), as ResumesOutsideLibxl."""
+
+    def resume(self, domid: int) -> None:
+        if self.xs_resume:
+            super().resume(domid)
+
+
+class ExternalToolstack(ResumesOutsideLibxl):
     """The toolstack's side against an external xenstored (`WireToolstack`), which may go away.
 
     While that xenstored is unreachable (stopped, restarting) its xenstore work is skipped,
@@ -153,7 +177,8 @@ class ExternalToolstack:
         self._do(f"XS_INTRODUCE {domid}", WireToolstack.introduce, domid)
 
     def resume(self, domid: int) -> None:
-        self._do(f"XS_RESUME {domid}", WireToolstack.resume, domid)
+        if self.xs_resume:
+            self._do(f"XS_RESUME {domid}", WireToolstack.resume, domid)
 
     def release(self, domid: int) -> None:
         self._do(f"XS_RELEASE {domid}", WireToolstack.release, domid)
@@ -275,7 +300,7 @@ class Sim:
             )
             self.xs = Xenstored(self.hv, xs_version)
             self.hv.on_virq(self.xs.check_domains)
-            self.toolstack = LocalToolstack(self.xs)
+            self.toolstack = SimToolstack(self.xs)
             self.host = SimHost(self.hv, self.toolstack)
         self.book = ToolstackBook(self.host, self.paths.toolstack_log)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
@@ -322,6 +347,7 @@ class Sim:
             "ready": True,
             "domains": self.n_domains,
             "xs_version": self.xs.xs_version,
+            "flavour": self.xs.rules.flavour,
             "xenstored": self.external or self.paths.xenstored,
             "external_xenstored": bool(self.external),
             "control": self.paths.control,
@@ -490,7 +516,23 @@ class Sim:
         return self._doms([dom])
 
     def _op_resume(self, req):
-        return self._doms([self.host.resume(int(self._target(req)))])
+        """XEN_DOMCTL_resumedomain (fires nothing), then XS_RESUME unless `xs_resume` is
+        false. `fast` is the cooperative resume (`xc_domain_resume(.., fast=1)`, libxl's
+        suspend_cancel, `xl save -c`): the guest's suspend hypercall returns "cancelled", so
+        only a domain suspended can be resumed so."""
+        domid = int(self._target(req))
+        fast, xs_resume = req.get("fast", False), req.get("xs_resume", True)
+        if not isinstance(fast, bool) or not isinstance(xs_resume, bool):
+            raise SimError("fast and xs_resume are true or false")
+        if fast:
+            dom = self.hv.domains.get(domid)
+            if dom is not None and dom.shutdown and dom.reason != SHUTDOWN_SUSPEND:
+                raise SimError(
+                    f"domain {domid} is shut down with reason {reason_name(dom.reason)}, not "
+                    "suspend: a fast resume only cancels a suspend"
+                )
+        with self.toolstack.resuming(xs_resume=xs_resume):
+            return self._doms([self.host.resume(domid)])
 
     def _op_destroy(self, req):
         doms = self.host.destroy(self._target(req), zombie=bool(req.get("zombie")))

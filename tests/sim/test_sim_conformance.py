@@ -1,8 +1,8 @@
 """The sim's xenstored and our xenstore client give the real C xenstored 4.17's answers.
 
 `tests/data/xenstored_conformance.json` holds the raw replies of Debian's C xenstored (and of
-oxenstored, which the sim does not model) to the requests of `xsconformance.STEPS`,
-recorded by that module from the live servers. Here:
+oxenstored, which tests/sim/test_sim_flavours.py holds the sim's oxenstored flavour to) to
+the requests of `xsconformance.STEPS`, recorded by that module from the live servers. Here:
 
 1. the same requests, byte for byte, go to the sim's xenstored set up as the recording was
    (dom0 and guests 1-4, guests 1-3 introduced as libxl does): every frame that comes back
@@ -19,9 +19,8 @@ import json
 
 import pytest
 import realxen
-from xsconformance import CONFORMANCE, run_steps
+from xsconformance import CONFORMANCE, SocketTarget, like_the_recording, run_steps
 
-from mux.realxen import XsConnection
 from mux.xenstore import wire
 from mux.xenstore.client import XenstoreClient
 
@@ -53,32 +52,9 @@ DELIBERATE: dict[str, tuple[list[dict], str]] = {
 
 
 def _like_the_recording(sim_factory):
-    """A sim in the recording's state: dom0, guests 1-4 in the hypervisor, 1-3 introduced
-    with the requests realxen.XenstoredUnderStub.introduce() sends (libxl's)."""
     sim = sim_factory(domains=0)
-    for domid in (1, 2, 3, 4):
-        sim.ctl.create(domid=domid, introduce=False)
-    with XsConnection(sim.xenstored) as c:
-        for domid in (1, 2, 3):
-            base = f"/local/domain/{domid}"
-            tx = c.transaction_start()
-            c.mkdir(base, tx)
-            c.set_perms(base, f"n{domid}", "r0", tx=tx)
-            c.write(f"{base}/name", f"guest{domid}", tx)
-            c.write(f"{base}/domid", str(domid), tx)
-            c.transaction_end(tx)
-            c.introduce(domid, 0x10000 + domid, 2)
+    like_the_recording(sim)
     return sim
-
-
-class _Target:
-    """What run_steps() needs of a server: connect()."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def connect(self) -> XsConnection:
-        return XsConnection(self.path)
 
 
 def _recorded(kind: str = "xenstored") -> list[dict]:
@@ -91,7 +67,7 @@ def _recorded(kind: str = "xenstored") -> list[dict]:
 
 def test_the_sim_answers_every_recorded_request_as_c_xenstored(sim_factory):
     sim = _like_the_recording(sim_factory)
-    got = run_steps(_Target(sim.xenstored))
+    got = run_steps(SocketTarget(sim.xenstored))
     recorded = _recorded()
     assert [s["step"] for s in got] == [s["step"] for s in recorded]
     differ = {}

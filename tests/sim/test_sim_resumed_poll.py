@@ -15,7 +15,7 @@ from mux import reference
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.stats import Stats
 from mux.daemon.watcher import ResumedPoll
-from mux.protocol import RESUMED, SHUTDOWN, TRIGGER_RESCAN, TRIGGER_WATCH
+from mux.protocol import RESUMED, SHUTDOWN, TRIGGER_POLL, TRIGGER_RESCAN, TRIGGER_WATCH
 from mux.sim.backend import SimBackend
 
 
@@ -49,7 +49,7 @@ def test_a_silent_shutdown_after_a_resume_is_seen_within_the_window(sim):
         loop = ScanLoop(
             reference.DomainTable(), backend, None, Stats(), shutdown_poll=0, full_scan=0
         )
-        poll = ResumedPoll(loop.request_domid, window=1.5, interval=0.05)
+        poll = ResumedPoll(lambda: loop.request_full(TRIGGER_POLL), window=1.5, interval=0.05)
         tap = _Tap(poll)
         loop.fanout = tap
         loop.prime()
@@ -89,6 +89,6 @@ def test_a_silent_shutdown_after_a_resume_is_seen_within_the_window(sim):
 
 def test_a_zero_window_polls_nothing():
     calls = []
-    poll = ResumedPoll(lambda *a: calls.append(a), window=0, interval=0.05)
+    poll = ResumedPoll(lambda: calls.append(1), window=0, interval=0.05)
     poll.publish([reference.Event(1, RESUMED, 3, "00000000-0000-0000-0000-000000000003", None, 0)])
     assert poll.until == {} and calls == []

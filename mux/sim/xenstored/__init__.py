@@ -18,7 +18,9 @@ is split as C is:
 * domains.py (domain.c): the introduced domains, the shutdown latch, the domain pass on
   VIRQ_DOM_EXC, INTRODUCE, RELEASE, RESUME, IS_DOMAIN_INTRODUCED, GET_DOMAIN_PATH,
   SET_TARGET, GET_FEATURE, SET_FEATURE.
-* rules.py: what differs between the modelled versions. `xs_version` "4.17" knows the
+* rules.py: what differs between the modelled versions and flavours (C xenstored;
+  oxenstored, Xen's and xapi-project's: no latch, a no-op RESUME, no GET_FEATURE, empty
+  requests held until more bytes arrive; docs/xen-versions.md). `xs_version` "4.17" knows the
   message types of Xen 4.17 (GET_FEATURE is ENOSYS and a watch with a depth argument is
   EINVAL); "4.22" adds GET_FEATURE/SET_FEATURE and the watch depth of Juergen Gross's
   patches (special watches registered with depth 1 fire as `@releaseDomain/<domid>`;

@@ -4,7 +4,8 @@ in, whole messages handed to the server, replies and watch events out.
 A header announcing more than XENSTORE_PAYLOAD_MAX drops the connection (handle_input():
 "Client tried to feed us"); a watcher that stops reading is dropped once WRITE_HARD_LIMIT
 bytes are queued for it; a client that does not read its replies is not read from until it
-does.
+does. With oxenstored's rules a request with an empty payload is handled only once more
+bytes follow it, as oxenstored's reader does.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class XsConnection(asyncio.Protocol):
         pos = 0
         size = len(buf)
         handle = self.server.handle
+        hold_empty = self.server.rules.holds_empty_requests
         while size - pos >= HEADER_SIZE:
             msg_type, req_id, tx_id, length = HEADER.unpack_from(buf, pos)
             if length > XENSTORE_PAYLOAD_MAX:
@@ -61,7 +63,8 @@ class XsConnection(asyncio.Protocol):
                 self.close()
                 return
             end = pos + HEADER_SIZE + length
-            if end > size:
+            if end > size or (hold_empty and not length and end == size):
+                # (oxenstored: a request with no payload waits for the next bytes)
                 break
             payload = bytes(buf[pos + HEADER_SIZE : end])
             pos = end

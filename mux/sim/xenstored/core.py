@@ -204,7 +204,12 @@ def do_directory_part(
 def do_get_perms(
     xs: Xenstored, conn: XsConnection, trans: Transaction | None, payload: bytes
 ) -> bytes:
-    node = xs.node(trans, onearg(payload))
+    arg = onearg(payload)
+    if xs.rules.special_perms_readable and arg is not None:
+        perms = xs.domains.special_perms.get(text(arg))
+        if perms is not None:
+            return "".join(p + "\0" for p in perms).encode()
+    node = xs.node(trans, arg)
     return "".join(p + "\0" for p in node.perms).encode()
 
 

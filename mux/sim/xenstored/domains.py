@@ -1,5 +1,6 @@
 """Domains (domain.c): the introduced domains, the shutdown latch, the domain pass on
-VIRQ_DOM_EXC, and the domain requests (INTRODUCE, RELEASE, RESUME, IS_DOMAIN_INTRODUCED,
+VIRQ_DOM_EXC (C's check_domains, or oxenstored's Domains.cleanup without the latch), and
+the domain requests (INTRODUCE, RELEASE, RESUME, IS_DOMAIN_INTRODUCED,
 GET_DOMAIN_PATH, SET_TARGET, GET_FEATURE, SET_FEATURE).
 
 `Domains` is a read-only mapping domid -> XsDomain of the introduced domains; changes go
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mux.sim._simfast import DomainPass
 from mux.sim.xenstored.payload import OK, XsError, c_atoi, onearg, strings
+from mux.sim.xenstored.rules import FLAVOUR_C
 from mux.sim.xenstored.store import DEFAULT_PERMS
 from mux.xenstore import wire
 
@@ -114,26 +116,37 @@ class Domains(Mapping[int, XsDomain]):
             self.watches.fire_special(wire.SPECIAL_INTRODUCE, domid, True, True)
         return True
 
-    def _destroy(self, domid: int) -> None:
-        """destroy_domain(): forget an introduced domain and fire @releaseDomain for it."""
+    def _destroy(self, domid: int, *, fire: bool = True) -> None:
+        """destroy_domain(): forget an introduced domain and (C) fire @releaseDomain for it."""
         if self._introduced.pop(domid, None) is None:
             return
         self._pass.remove(domid)
-        self.watches.fire_special(wire.SPECIAL_RELEASE, domid, True, True)
+        if fire:
+            self.watches.fire_special(wire.SPECIAL_RELEASE, domid, True, True)
+
+    def _not_introduced(self) -> XsError:
+        # C looks the domain up (ENOENT); oxenstored refuses the argument (EINVAL).
+        return XsError("ENOENT" if self.rules.flavour == FLAVOUR_C else "EINVAL")
 
     def release(self, domid: int) -> None:
         if domid == PRIV_DOMID:
             raise XsError("EINVAL")
         if domid not in self._introduced:
-            raise XsError("ENOENT")
+            raise self._not_introduced()
         self._destroy(domid)
 
     def resume(self, domid: int) -> None:
+        """XS_RESUME: clears C's latch; oxenstored's (Domains.resume) does nothing, and takes
+        any introduced domain, dom0 included."""
+        if not self.rules.latch:
+            if domid not in self._introduced:
+                raise self._not_introduced()
+            return
         if domid == PRIV_DOMID:
             raise XsError("EINVAL")
         dom = self._introduced.get(domid)
         if dom is None:
-            raise XsError("ENOENT")
+            raise self._not_introduced()
         dom.shutdown = False
 
     def check_domains(self) -> None:
@@ -147,6 +160,9 @@ class Domains(Mapping[int, XsDomain]):
         """
         self.counters.virqs += 1
         steps, notify = self._pass.run(self.hv.flags_table())
+        if not self.rules.latch:
+            self._cleanup(steps)
+            return
         fire_special = self.watches.fire_special
         for domid, dying in steps:
             if dying:
@@ -155,6 +171,26 @@ class Domains(Mapping[int, XsDomain]):
                 fire_special(wire.SPECIAL_RELEASE, domid, False, True)
         if notify:
             fire_special(wire.SPECIAL_RELEASE, 0, True, False)
+
+    def _cleanup(self, steps: list[tuple[int, bool]]) -> None:
+        """oxenstored's pass (Domains.cleanup), from the latching pass's steps: with every
+        latch taken back at once, each shut-down domain is a step on every VIRQ. The dead
+        are forgotten without firing each; @releaseDomain fires once if any domain is shut
+        down or dead (with depth, `@releaseDomain/<domid>` for each of them first)."""
+        dead = [domid for domid, dying in steps if dying]
+        gone = set(dead)
+        shut = [domid for domid, dying in steps if not dying and domid not in gone]
+        for domid in shut:
+            self._pass.set_latched(domid, False)  # no latch: seen again at the next VIRQ
+        for domid in dead:
+            self._destroy(domid, fire=False)
+        if not (shut or dead):
+            return
+        fire_special = self.watches.fire_special
+        if self.rules.watch_depth:
+            for domid in shut + dead:
+                fire_special(wire.SPECIAL_RELEASE, domid, False, True)
+        fire_special(wire.SPECIAL_RELEASE, 0, True, False)
 
     def exists(self, domid: int) -> bool:
         """Introduced, or at least known to the hypervisor."""
@@ -209,17 +245,21 @@ def do_introduce(
 def do_release(
     xs: Xenstored, conn: XsConnection, trans: Transaction | None, payload: bytes
 ) -> bytes:
-    domid = xs.domains.onearg_domid(payload)
-    if domid not in xs.domains:
-        raise XsError("ENOENT")
-    xs.domains.release(domid)
+    xs.domains.release(xs.domains.onearg_domid(payload))
     return OK
 
 
 def do_resume(
     xs: Xenstored, conn: XsConnection, trans: Transaction | None, payload: bytes
 ) -> bytes:
-    xs.domains.resume(xs.domains.onearg_domid(payload))
+    domains = xs.domains
+    if xs.rules.latch:
+        domains.resume(domains.onearg_domid(payload))
+        return OK
+    arg = onearg(payload)  # oxenstored takes dom0 too
+    if arg is None:
+        raise XsError("EINVAL")
+    domains.resume(domains.parse_domid(arg))
     return OK
 
 

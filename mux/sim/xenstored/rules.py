@@ -1,14 +1,18 @@
-"""What differs between the xenstored versions the sim models, in one place.
+"""What differs between the xenstored versions and flavours the sim models, in one place.
 
 Handlers never compare version strings: they ask the `Rules` of their server. A version
-or flavour the sim learns to model (another Xen release, oxenstored's firing rules) is a
-new entry of RULES; a rule that differs in a way no field says yet becomes a new field here,
-read by the one handler it changes.
+or flavour the sim learns to model is a new entry of RULES; a rule that differs in a way no
+field says yet becomes a new field here, read by the one handler it changes.
+
+Two flavours: C xenstored (the versions 4.17, 4.21, 4.22) and oxenstored: Xen's own, as
+Debian's 4.17 runs it (tests/data/xenstored_conformance.json), and xapi-project's since
+v25.2.0, which takes depth-1 special watches. How `xenmux sim --xen-version`, `--xenstored`
+and `--xs-version` pick one: `xenstored_version` (docs/xen-versions.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mux.xenstore import wire
 
@@ -45,6 +49,14 @@ TYPES_4_17 = frozenset(
 )
 
 
+FLAVOUR_C = "c"
+FLAVOUR_OXENSTORED = "oxenstored"
+FLAVOURS = (FLAVOUR_C, FLAVOUR_OXENSTORED)
+
+# The message types Debian's oxenstored 4.17 handles: C's less DIRECTORY_PART (ENOSYS).
+TYPES_OXENSTORED = TYPES_4_17 - {wire.XS_DIRECTORY_PART}
+
+
 @dataclass(frozen=True)
 class Rules:
     version: str
@@ -58,6 +70,22 @@ class Rules:
     watch_depth: bool
     # parse_domid(): the whole argument, decimal, at most 65535, else EINVAL (4.17: atoi).
     strict_domid: bool
+    flavour: str = FLAVOUR_C
+    # C's shutdown latch: a domain's shutdown fires once, until XS_RESUME (or a new
+    # INTRODUCE) clears it. Without it (oxenstored's Domains.cleanup) every VIRQ fires
+    # @releaseDomain once while any introduced domain is shut down or dead, a destroyed
+    # domain fires nothing of its own, and XS_RESUME changes nothing.
+    latch: bool = True
+    # A request with an empty payload is handled only once more bytes arrive on its
+    # connection (oxenstored's reader: its GET_FEATURE's ENOSYS comes out with the next
+    # request's reply).
+    holds_empty_requests: bool = False
+    # GET_PERMS of a special watch name answers its permissions (oxenstored keeps them as
+    # nodes); C xenstored answers EINVAL.
+    special_perms_readable: bool = False
+    # The depths a special watch may be set with (None: any the server takes); a watch on
+    # `@releaseDomain/<domid>` then takes none (xapi-project's oxenstored).
+    special_watch_depths: frozenset[int] | None = None
 
 
 RULES: dict[str, Rules] = {
@@ -81,7 +109,35 @@ RULES: dict[str, Rules] = {
         strict_domid=True,
     ),
 }
-XS_VERSIONS = tuple(RULES)
+# Xen's oxenstored (tools/ocaml/xenstored), as Debian's 4.17 answers: no latch, a no-op
+# XS_RESUME (EINVAL for a domain never introduced, OK for dom0), no GET_FEATURE, no depth.
+_OXENSTORED = Rules(
+    "oxenstored",
+    TYPES_OXENSTORED,
+    features=0,
+    watch_depth=False,
+    strict_domid=False,
+    flavour=FLAVOUR_OXENSTORED,
+    latch=False,
+    holds_empty_requests=True,
+    special_perms_readable=True,
+)
+RULES["oxenstored"] = _OXENSTORED
+# xapi-project's oxenstored since v25.2.0 (2025-10-28): the same, and special watches with
+# depth 1 fire as `@releaseDomain/<domid>` and `@introduceDomain/<domid>`; it still
+# advertises nothing.
+RULES["oxenstored-25.2"] = replace(
+    _OXENSTORED,
+    version="oxenstored-25.2",
+    watch_depth=True,
+    special_watch_depths=frozenset({1}),
+)
+# `--xs-version`: a C xenstored's version, or with `--xenstored oxenstored` the oxenstored
+# release: a Xen one (xen.git's oxenstored: the same rules in every release the sim
+# models) or xapi-project's 25.2 (v25.2.0 and later).
+C_XS_VERSIONS = ("4.17", "4.21", "4.22")
+XAPI_OXENSTORED_VERSIONS = ("25.2",)
+XS_VERSIONS = (*C_XS_VERSIONS, *XAPI_OXENSTORED_VERSIONS)
 
 # `xenmux sim --xen-version`: the C xenstored each Xen release ships, as far as the rules
 # above tell them apart (4.20's is 4.17's here: no GET_FEATURE, no depth, atoi domids).
@@ -90,16 +146,36 @@ XENSTORED_OF_XEN = {"4.17": "4.17", "4.20": "4.17", "4.21": "4.21", "4.22": "4.2
 XEN_VERSIONS = tuple(XENSTORED_OF_XEN)
 
 
-def xenstored_version(xen_version: str, xs_version: str | None = None) -> str:
-    """The xenstored rules a sim of `xen_version` runs: `xs_version` when given, else the C
-    xenstored that release ships."""
+def xenstored_version(
+    xen_version: str, xs_version: str | None = None, flavour: str = FLAVOUR_C
+) -> str:
+    """The xenstored rules (a key of RULES) a sim of `xen_version` runs.
+
+    C xenstored: `xs_version` when given, else the one that release ships. oxenstored:
+    xapi-project's rules for `xs_version` 25.2, else Xen's own (for every Xen release:
+    what the sim models of it did not change from 4.17's).
+    """
     if xen_version not in XENSTORED_OF_XEN:
         raise ValueError(f"unknown Xen version {xen_version!r}: use one of {XEN_VERSIONS}")
+    if flavour == FLAVOUR_OXENSTORED:
+        if xs_version in XAPI_OXENSTORED_VERSIONS:
+            return f"oxenstored-{xs_version}"
+        if xs_version is None or xs_version in C_XS_VERSIONS or xs_version in XEN_VERSIONS:
+            return "oxenstored"
+        raise ValueError(f"unknown oxenstored version {xs_version!r}: use one of {XS_VERSIONS}")
+    if flavour != FLAVOUR_C:
+        raise ValueError(f"unknown xenstored flavour {flavour!r}: use one of {FLAVOURS}")
+    if xs_version in XAPI_OXENSTORED_VERSIONS:
+        raise ValueError(
+            f"xenstored version {xs_version} is xapi-project's oxenstored: add "
+            "--xenstored oxenstored, or give a C xenstored's version "
+            f"({', '.join(C_XS_VERSIONS)})"
+        )
     return xs_version or XENSTORED_OF_XEN[xen_version]
 
 
 def rules_for(xs_version: str) -> Rules:
     rules = RULES.get(xs_version)
     if rules is None:
-        raise ValueError(f"unknown xenstored version {xs_version!r}: use one of {XS_VERSIONS}")
+        raise ValueError(f"unknown xenstored rules {xs_version!r}: use one of {tuple(RULES)}")
     return rules

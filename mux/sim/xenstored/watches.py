@@ -179,6 +179,16 @@ def do_watch(
     elif len(args) != 2:
         raise XsError("EINVAL")
     path, relative = check_watch_path(args[0], xs.rules)
+    depths = xs.rules.special_watch_depths
+    # xapi-project's oxenstored: a special watch takes only these depths, and a watch on
+    # one domain's `@releaseDomain/<domid>` none.
+    if (
+        depths is not None
+        and len(args) == 3
+        and path.startswith("@")
+        and (path not in (wire.SPECIAL_RELEASE, wire.SPECIAL_INTRODUCE) or depth not in depths)
+    ):
+        raise XsError("EINVAL")
     token = args[1]
     for w in conn.watches:
         if w.node == path and w.token == token:
