@@ -25,6 +25,7 @@ import time
 from mux.bench.acting import ACTING
 from mux.bench.scenarios import PER_DOMAIN, QUADRATIC, SCENARIOS, TITLES
 from mux.options import count, option
+from mux.sim.xenstored.rules import XEN_VERSIONS
 
 XENSTORED_KINDS = ("sim", "c-xenstored", "oxenstored")
 REAL_KINDS = XENSTORED_KINDS[1:]
@@ -123,10 +124,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         "extrapolated from their cost per firing (default: %(default)s)",
     )
     p.add_argument(
+        "--xen-version",
+        choices=XEN_VERSIONS,
+        default="4.17",
+        help="the Xen release the sim models, as `xenmux sim --xen-version` (default: %(default)s)",
+    )
+    p.add_argument(
         "--xs-version",
         choices=("4.17", "4.22"),
-        default="4.17",
-        help="which C xenstored the sim models: 4.22 has watch depth (default: %(default)s)",
+        default=None,
+        help="which C xenstored rules the sim runs, overriding those of --xen-version: 4.22 has "
+        "watch depth",
     )
     p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (50)")
     p.add_argument("--churn-seconds", type=float, help="length of the churn (10 s)")
@@ -271,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": _machine(),
         "mode": "quick" if args.quick else "full",
         "xenstored": [],
+        "xen_version": args.xen_version,
         "xs_version": args.xs_version,
         "seed": args.seed,
         "params": vars(params),
@@ -336,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
             procs=procs,
             binaries=binaries,
             params=params,
+            xen_version=args.xen_version,
             xs_version=args.xs_version,
             seed=args.seed,
             tmp_root=tmp_root,

@@ -94,7 +94,8 @@ class SimHost:
         directory: str,
         domains: int,
         *,
-        xs_version: str = "4.17",
+        xen_version: str = "4.17",
+        xs_version: str | None = None,
         seed: int = 1,
         virq_sockets: tuple[str, ...] = (),
         log: str | None = None,
@@ -102,6 +103,7 @@ class SimHost:
         self.procs = procs
         self.dir = directory
         self.domains = domains
+        self.xen_version = xen_version
         self.xs_version = xs_version
         self.seed = seed
         self.virq_sockets = virq_sockets
@@ -122,11 +124,13 @@ class SimHost:
             self.dir,
             "--domains",
             str(self.domains),
-            "--xs-version",
-            self.xs_version,
+            "--xen-version",
+            self.xen_version,
             "--seed",
             str(self.seed),
         )
+        if self.xs_version is not None:
+            argv += ["--xs-version", self.xs_version]
         for path in self.virq_sockets:
             argv += ["--virq-socket", path]
         self.pid = self.procs.spawn(argv, name="sim", stderr=self.log)

@@ -53,7 +53,8 @@ class Env:
     procs: P.ProcessSet
     binaries: dict[str, str]
     params: S.Params
-    xs_version: str = "4.17"
+    xen_version: str = "4.17"
+    xs_version: str | None = None  # None: the rules of xen_version
     seed: int = 1
     real: object | None = None  # realxs.RealXenstored factory, when measuring against one
     tmp_root: str | None = None
@@ -127,6 +128,7 @@ def run(env: Env, plan: Plan) -> dict:
             procs,
             sim_dir,
             n_start,
+            xen_version=env.xen_version,
             xs_version=env.xs_version,
             seed=env.seed,
             virq_sockets=virq,
