@@ -10,9 +10,10 @@ carries, so that a type checker narrows `Event` on `ev["event"]`:
 
 Keys every kind may carry: `seq` (absent only on events the library synthesised after a
 gap), `incarnation` (the hypervisor's unique id of the incarnation, 16 hex digits, where
-the daemon's backend has them: Xen 4.21+), `name`, `late` (found by the first scan after a daemon restart), `transient` (a
-domain that came and went between two scans) and `missed` (synthesised by this library
-after a gap: the daemon could not replay what happened meanwhile).
+the daemon's backend has them: Xen 4.21+), `name`, `late` (found by the first scan after a
+daemon restart), `transient` (a domain that came and went between two scans) and `missed`
+(synthesised by this library after a gap: the daemon could not replay what happened
+meanwhile).
 """
 
 from typing import Literal, NotRequired, TypedDict
