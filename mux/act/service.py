@@ -10,6 +10,7 @@ error); SIGTERM and SIGINT stop after the jobs in hand, for at most STOP_GRACE s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -65,6 +66,7 @@ class Act:
         )
         self.decider = Decider(self.record, self.policy, self.executor.submit)
         self.stop = asyncio.Event()
+        self._stopping: asyncio.Future | None = None
         self.http = None
 
     def policy(self) -> Policy:
@@ -141,6 +143,21 @@ class Act:
             pass
         return None
 
+    async def _next_event(self, sub: AsyncSubscription):
+        """The next event, or None after a while without one or at a stop: SIGTERM must not
+        wait out the idle timeout (an event not taken is replayed at the next start)."""
+        timeout = IDLE if self.record.cursor == sub.cursor else SAVE_EVERY
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.stop.wait())
+        task = asyncio.ensure_future(sub.next_event(timeout))
+        await asyncio.wait((task, self._stopping), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -168,7 +185,9 @@ class Act:
             )
             saved = time.monotonic()
             while not self.stop.is_set():
-                ev = await sub.next_event(IDLE if self.record.cursor == sub.cursor else SAVE_EVERY)
+                ev = await self._next_event(sub)
+                if self.stop.is_set():
+                    break
                 if ev is not None:
                     self.decider.event(ev)
                 # The cursor moves after the jobs of every event before it are journaled;
@@ -179,6 +198,8 @@ class Act:
                     self.record.save_cursor(sub.cursor)
                     saved = now
         finally:
+            if self._stopping is not None:
+                self._stopping.cancel()
             if sub is not None:
                 self.record.save_cursor(sub.cursor)
                 await sub.close()

@@ -8,6 +8,7 @@ xc_domain_getinfolist, so that libxenlight's calls reach it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import os
@@ -23,6 +24,7 @@ from mux.sim.shm import LAYOUT_INCLUDE_DIR
 PROGRAMS = {
     "monitor": ["-lxenstore"],
     "subscriber": [],
+    "probe": [],
     "libxl_monitor": [
         # and libxenlight itself, where libxenlight() finds it
         "-lxentoollog",
@@ -90,29 +92,58 @@ def _link_flags(name: str) -> list[str]:
 
 def build(outdir: str, programs: tuple[str, ...] = tuple(PROGRAMS)) -> dict[str, str]:
     """Compile each program into `outdir`; returns name -> path of the executable."""
+    out, failed = build_each(outdir, programs)
+    if failed:
+        raise next(iter(failed.values()))
+    return out
+
+
+def build_each(
+    outdir: str, programs: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, BuildError]]:
+    """Compile the programs side by side (a compiler each: they are independent, and the
+    harness waits for all of them before its first run); (name -> executable, name -> why
+    it did not build)."""
     cc = compiler()
     out: dict[str, str] = {}
+    failed: dict[str, BuildError] = {}
     package = importlib.resources.files("mux.bench")
-    for name in programs:
-        source = package / f"{name}.c"
-        exe = os.path.join(outdir, name)
-        with importlib.resources.as_file(source) as path:
-            argv = [
-                cc,
-                *CFLAGS,
-                "-I",
-                str(LAYOUT_INCLUDE_DIR),
-                "-o",
-                exe,
-                str(path),
-                *_link_flags(name),
-            ]
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            hint = ""
-            words, need = NEEDS.get(name, ((), ""))
-            if any(w in proc.stderr for w in words):
-                hint = f"\n{need}"
-            raise BuildError(f"compiling {name}.c failed:\n{proc.stderr.strip()}{hint}")
-        out[name] = exe
-    return out
+    with contextlib.ExitStack() as stack:
+        running = []
+        for name in programs:
+            try:
+                flags = _link_flags(name)
+            except BuildError as exc:
+                failed[name] = exc
+                continue
+            path = stack.enter_context(importlib.resources.as_file(package / f"{name}.c"))
+            exe = os.path.join(outdir, name)
+            argv = [cc, *CFLAGS, "-I", str(LAYOUT_INCLUDE_DIR), "-o", exe, str(path), *flags]
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            stack.callback(_reap, proc)
+            running.append((name, exe, proc))
+        for name, exe, proc in running:
+            try:
+                _, stderr = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                failed[name] = BuildError(f"compiling {name}.c took over 120 s")
+                continue
+            if proc.returncode != 0:
+                hint = ""
+                words, need = NEEDS.get(name, ((), ""))
+                if any(w in stderr for w in words):
+                    hint = f"\n{need}"
+                failed[name] = BuildError(f"compiling {name}.c failed:\n{stderr.strip()}{hint}")
+                continue
+            out[name] = exe
+    return out, failed
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """A compiler still running when the build is left (an error, Ctrl-C) is stopped."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

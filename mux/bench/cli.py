@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -21,7 +22,9 @@ import sys
 import tempfile
 import time
 
+from mux.bench.acting import ACTING
 from mux.bench.scenarios import PER_DOMAIN, QUADRATIC, SCENARIOS, TITLES
+from mux.options import count, option
 
 XENSTORED_KINDS = ("sim", "c-xenstored", "oxenstored")
 REAL_KINDS = XENSTORED_KINDS[1:]
@@ -35,6 +38,18 @@ def _sizes(text: str) -> list[int]:
         return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of sizes: {text!r}") from None
+
+
+@option
+def _rate(text: str) -> float:
+    """Changes per second: a finite number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of changes per second") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} is not a rate: give 0 or more changes per second")
+    return value
 
 
 def _names(allowed: tuple[str, ...]):
@@ -67,9 +82,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--scenarios",
-        type=_names(SCENARIOS),
-        default=list(SCENARIOS),
-        help=f"comma-separated, of {','.join(SCENARIOS)} (default: all)",
+        type=_names((*SCENARIOS, ACTING)),
+        default=[*SCENARIOS, ACTING],
+        help=f"comma-separated, of {','.join(SCENARIOS)},{ACTING} (default: all; {ACTING}: "
+        "guests power off and reboot by themselves, xl's monitors or serve + act act, on the "
+        "sim's xenstored)",
     )
     p.add_argument(
         "--models",
@@ -114,6 +131,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-count", type=int, help="lifecycles in the one-lifecycle run (50)")
     p.add_argument("--churn-seconds", type=float, help="length of the churn (10 s)")
     p.add_argument("--churn-rate", type=float, help="lifecycles per second in the churn (10)")
+    p.add_argument(
+        "--mass-rate",
+        type=_rate,
+        default=5000.0,
+        metavar="PER_S",
+        help="changes per second raised in the mass shutdown; 0: each as soon as the host "
+        "applied the one before (default: %(default)s)",
+    )
     p.add_argument("--migrate-fraction", type=float, help="share of the domains migrated (0.10)")
     p.add_argument(
         "--per-conn",
@@ -126,6 +151,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=int,
         default=500,
         help="connections per subscriber process at the daemon-only sizes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=count(1),
+        metavar="N",
+        help="runs at once, each on its own simulated host (default: 3 with --quick, which "
+        "times nothing, else 1: a run beside others is timed under their load)",
     )
     p.add_argument("--seed", type=int, default=1, help="the simulated hosts' seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -153,7 +185,10 @@ def _settings(args: argparse.Namespace):
         migrate_fraction=args.migrate_fraction or (0.25 if quick else 0.10),
         churn_seconds=args.churn_seconds or (0.6 if quick else 10.0),
         churn_rate=args.churn_rate or 10.0,
+        mass_rate=args.mass_rate,
         wait_timeout=15.0 if quick else 60.0,
+        # Nothing is timed in a quick run: a shorter look at the machine before each window.
+        quiet_interval=0.02 if quick else 0.1,
     )
     sizes = args.sizes if args.sizes is not None else ([16] if quick else [100, 1000, 4000])
     daemon_sizes = (
@@ -221,12 +256,16 @@ def run(args: argparse.Namespace) -> int:
         from mux.bench.pool import run as run_pool
 
         return run_pool(args, _machine())
-    from mux.bench import realxs, report, runner
+    from mux.bench import jobs, realxs, report, runner
     from mux.bench.build import BuildError
+    from mux.bench.host import python_env
     from mux.bench.procs import ProcessSet
     from mux.bench.progress import Progress
 
     params, sizes, daemon_sizes, real_sizes = _settings(args)
+    # The acting scenario runs apart (mux/bench/acting.py): its own models and figures.
+    acting_wanted = ACTING in args.scenarios
+    args.scenarios = [s for s in args.scenarios if s != ACTING]
     notes: list[str] = []
     meta: dict = {
         "machine": _machine(),
@@ -247,12 +286,14 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
 
     tmp_root = tempfile.mkdtemp(prefix="xmb-")
-    procs = ProcessSet()
+    procs = ProcessSet(env=python_env(os.path.join(tmp_root, "pycache")))
     rows: list[dict] = []
     failed = 0
     try:
         try:
-            binaries, models = _build(args.models, tmp_root, notes)
+            binaries, models = _build(
+                args.models, tmp_root, notes, stand_in_too=_kinds(args.xenstored)[0] != ["sim"]
+            )
         except BuildError as exc:
             print(f"xenmux bench: {exc}", file=sys.stderr)
             return 1
@@ -300,30 +341,21 @@ def run(args: argparse.Namespace) -> int:
             tmp_root=tmp_root,
         )
         progress = Progress(len(plans))
-        for plan in plans:
-            env.real = factories.get(plan.xenstored)
-            label = f"{plan.xenstored} N={plan.n:,} {TITLES[plan.scenario]} · {plan.model}"
-            if plan.per_conn:
-                label += f" ({plan.per_conn} domids/conn)"
-            progress.start(label)
-            try:
-                row = runner.run(env, plan)
-            except Exception as exc:  # one failed run must not hide the others' results
-                row = {
-                    "xenstored": plan.xenstored,
-                    "n": plan.n,
-                    "scenario": plan.scenario,
-                    "model": plan.model,
-                    "measured": True,
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "lost": None,
-                }
-            if plan.per_conn:
-                row["per_conn"] = plan.per_conn
-            rows.append(row)
+        order = {id(plan): i for i, plan in enumerate(plans)}
+        finished: list[tuple[int, dict]] = []
+        for plan, row in jobs.run_all(
+            env,
+            plans,
+            factories.get,
+            jobs=args.jobs or (3 if args.quick else 1),
+            started=lambda plan: progress.start(_label(plan)),
+        ):
+            finished.append((order[id(plan)], row))
+            rows[:] = [r for _, r in sorted(finished, key=lambda f: f[0])]  # in the plans' order
             bad = row.get("error") or row.get("lost") != 0 or row.get("errors")
             failed += bool(bad)
             line = row.get("error") or report.summary_line(row)
+            progress.label = _label(plan)
             progress.step(line)
             print(
                 f"{plan.xenstored} N={plan.n} {plan.scenario} {plan.model}: "
@@ -332,6 +364,14 @@ def run(args: argparse.Namespace) -> int:
             )
             report.write(args.out, rows, meta)  # an interrupted run keeps what it measured
         progress.finish()
+        if acting_wanted:
+            from mux.bench import acting
+
+            meta["acting"] = acting.run_all(
+                procs, binaries, models, sizes, quick=args.quick, seed=args.seed, tmp_root=tmp_root
+            )
+            failed += sum(bool(r.get("error") or r.get("lost")) for r in meta["acting"])
+            report.write(args.out, rows, meta)
 
         _extrapolate(rows, extrapolate, notes)
         _validate(rows, notes)
@@ -360,26 +400,53 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp_root, ignore_errors=True)
 
 
-def _build(wanted: list[str], tmp_root: str, notes: list[str]) -> tuple[dict[str, str], list[str]]:
+def _label(plan) -> str:
+    label = f"{plan.xenstored} N={plan.n:,} {TITLES[plan.scenario]} · {plan.model}"
+    if plan.per_conn:
+        label += f" ({plan.per_conn} domids/conn)"
+    return label
+
+
+def _build(
+    wanted: list[str], tmp_root: str, notes: list[str], *, stand_in_too: bool
+) -> tuple[dict[str, str], list[str]]:
     """Compile what the models need; (binaries, the models that can run). The libxl model is
-    left out, with a note, where Debian's libxenlight or the stand-in cannot be had."""
-    from mux.bench.build import BuildError, build
+    left out, with a note, where Debian's libxenlight or the stand-in cannot be had.
+
+    The programs compile side by side, and the stand-in (the libxl model's, and Debian's
+    xenstoreds', built once into `tmp_root`) beside them, in a thread: the run waits for the
+    slowest compiler, not for the sum of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mux.bench.build import build_each
+    from mux.bench.realxs import RealXenError, stand_in
 
     programs = ("subscriber",)
-    if "monitors" in wanted or "host" in wanted:
+    if "monitors" in wanted:
         programs += ("monitor",)
-    binaries = build(tmp_root, programs)
-    models = list(wanted)
+    if "host" in wanted:
+        programs += ("probe",)
     if "libxl" in wanted:
-        from mux.bench.realxs import RealXenError, stand_in
-
+        programs += ("libxl_monitor",)
+    libs = stubs_error = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stubs = pool.submit(stand_in, tmp_root) if stand_in_too or "libxl" in wanted else None
+        binaries, failed = build_each(tmp_root, programs)
         try:
-            binaries.update(build(tmp_root, ("libxl_monitor",)))
-            binaries["libxenctrl_stub"] = str(stand_in(tmp_root).xenctrl)
-        except (BuildError, RealXenError) as exc:
+            libs = stubs.result() if stubs is not None else None
+        except RealXenError as exc:
+            stubs_error = exc
+    models = list(wanted)
+    why = failed.pop("libxl_monitor", None) or ("libxl" in wanted and stubs_error)
+    if failed:
+        raise next(iter(failed.values()))
+    if "libxl" in wanted:
+        if why:
             models.remove("libxl")
             # the compiler's last word, or what to install
-            notes.append(f"the libxl model: not measured ({str(exc).splitlines()[-1]})")
+            notes.append(f"the libxl model: not measured ({str(why).splitlines()[-1]})")
+        else:
+            binaries["libxenctrl_stub"] = str(libs.xenctrl)
     return binaries, models
 
 

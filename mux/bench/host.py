@@ -45,6 +45,18 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mux.cli", *args]
 
 
+def python_env(cache_dir: str) -> dict[str, str]:
+    """The harness's environment for its Python children (sims, daemons), with their
+    bytecode cached in `cache_dir`, a directory of the run's own: a run starts a hundred of
+    them, and where PYTHONDONTWRITEBYTECODE is set (as in many CI and container images) each
+    would compile every module it imports again, about a third of its start-up. The
+    installed package is not written to, and the cache goes with the run's directory."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = cache_dir
+    return env
+
+
 def log_tail(path: str | None, limit: int = 1500) -> str:
     if not path:
         return ""

@@ -10,11 +10,20 @@
  * program does just that, exits at DEATH as xl does, and leaves what xl does at a shutdown
  * (destroy it, or exit at a suspend) to the harness's toolstack: it keeps watching.
  *
+ * With --act (the acting scenario) it also does what xl's monitor does at a shutdown
+ * (tools/xl/xl_vmcontrol.c, handle_domain_death with xl's defaults): at a poweroff, crash or
+ * watchdog it has the domain destroyed and exits; at a reboot destroyed and created again
+ * with the same name and UUID, and then watches the new domid, as xl's monitor goes back to
+ * its start. The simulated host's toolstack carries the action out: the same requests
+ * `xenmux act --toolstack sim` sends on the sim's control socket (destroy-incarnations,
+ * create), with `by: "xl"` for the sim's toolstack log. A suspend is left alone.
+ *
  * It runs under the stand-in libxenctrl (mux/realxen/xenstub/libxenctrl_stub.c, with
  * LD_PRELOAD) that serves the simulated host's domain table ($XENMUX_STUB_SHM), and talks to
  * the xenstored libxenstore finds ($XENSTORED_PATH).
  *
  *   usage: libxl_monitor RESULTS DOMID [--new]
+ *          libxl_monitor RESULTS DOMID --act CONTROL_SOCKET UUID NAME
  *
  * Lines appended to RESULTS (one write() each), as monitor.c writes them:
  *
@@ -24,6 +33,7 @@
  *   shutdown <domid> <ns> <code> LIBXL_EVENT_TYPE_DOMAIN_SHUTDOWN and its reason
  *   death <domid> <ns> 0         LIBXL_EVENT_TYPE_DOMAIN_DEATH (then it exits)
  *   F <domid> <firings> <queries> at exit (DEATH or SIGTERM)
+ *   acted <domid> <ns> <new>     --act: the action is done (<new>: the new domid, or 0)
  *   X <domid> <errno> <where>    failure
  *
  * <ns> is CLOCK_MONOTONIC when libxl_event_wait handed the event over: the moment xl knows.
@@ -40,6 +50,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +64,9 @@ enum { RUNNING = 1, SHUTDOWN = 2, GONE = 3 };
 static int results = -1;
 static uint32_t domid;
 static int announce_new;
+static const char *act_socket; /* --act: the sim's control socket, the domain's UUID, name */
+static const char *act_uuid;
+static const char *act_name;
 static unsigned long queries; /* atomic: read by the SIGTERM handler */
 static int finished;          /* atomic: the F line was written */
 
@@ -156,6 +171,61 @@ __attribute__((visibility("default"))) int xc_domain_getinfolist(xc_interface *x
 	return rc;
 }
 
+/* One request on the sim's control socket (a connection per action, as xl runs one libxl
+ * call per action); the reply line in `reply`. Exits with an X line if the sim refuses. */
+static void sim_request(const char *request, char *reply, size_t size)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	size_t len = strlen(request), got = 0;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		fail("act-socket", errno);
+	strncpy(addr.sun_path, act_socket, sizeof(addr.sun_path) - 1);
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+		fail("act-connect", errno);
+	if (write(fd, request, len) != (ssize_t)len)
+		fail("act-write", errno);
+	while (got + 1 < size) {
+		ssize_t n = read(fd, reply + got, size - 1 - got);
+
+		if (n <= 0)
+			fail("act-read", n < 0 ? errno : EPIPE);
+		got += (size_t)n;
+		if (memchr(reply + got - n, '\n', (size_t)n))
+			break;
+	}
+	reply[got] = '\0';
+	close(fd);
+	if (!strstr(reply, "\"ok\":true")) /* the sim's replies are compact JSON */
+		fail("act-refused", EINVAL);
+}
+
+/* xl's action at a shutdown (its defaults): 0 to exit after it, or the domid to watch now. */
+static uint32_t act_on_shutdown(int reason)
+{
+	char request[512], reply[8192];
+	const char *p;
+
+	if (reason == LIBXL_SHUTDOWN_REASON_SUSPEND)
+		return domid; /* the migrating toolstack owns the domain (xl: "Domain has suspended") */
+	snprintf(request, sizeof(request),
+		 "{\"op\": \"destroy-incarnations\", \"incarnations\": [[%u, \"%s\"]], "
+		 "\"by\": \"xl\"}\n",
+		 domid, act_uuid);
+	sim_request(request, reply, sizeof(reply));
+	if (reason != LIBXL_SHUTDOWN_REASON_REBOOT)
+		return 0;
+	snprintf(request, sizeof(request),
+		 "{\"op\": \"create\", \"uuid\": \"%s\", \"name\": \"%s\", \"by\": \"xl\"}\n",
+		 act_uuid, act_name);
+	sim_request(request, reply, sizeof(reply));
+	p = strstr(reply, "\"domid\":");
+	if (!p)
+		fail("act-create-reply", EINVAL);
+	return (uint32_t)strtoul(p + 8, NULL, 10);
+}
+
 /* SIGTERM, SIGINT: the counters and out. libxenstore's reader thread blocks every signal,
  * so this runs in the main thread; it only writes and exits, both async-signal-safe. */
 static void on_term(int sig)
@@ -175,8 +245,12 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && strcmp(argv[3], "--new") == 0)
 		announce_new = 1;
-	else if (argc != 3) {
-		fprintf(stderr, "usage: libxl_monitor RESULTS DOMID [--new]\n");
+	else if (argc == 7 && strcmp(argv[3], "--act") == 0) {
+		act_socket = argv[4];
+		act_uuid = argv[5];
+		act_name = argv[6];
+	} else if (argc != 3) {
+		fprintf(stderr, "usage: libxl_monitor RESULTS DOMID [--new | --act SOCKET UUID NAME]\n");
 		return 2;
 	}
 	domid = (uint32_t)strtoul(argv[2], NULL, 10);
@@ -211,16 +285,38 @@ int main(int argc, char **argv)
 			continue;
 		}
 		if (event->type == LIBXL_EVENT_TYPE_DOMAIN_SHUTDOWN) {
-			emit("shutdown", t, event->u.domain_shutdown.shutdown_reason);
+			int reason = event->u.domain_shutdown.shutdown_reason;
+			uint32_t next;
+
+			emit("shutdown", t, reason);
+			if (!act_socket)
+				goto next_event;
+			next = act_on_shutdown(reason);
+			if (next == domid)
+				goto next_event;
+			emit("acted", now_ns(), next);
+			libxl_event_free(ctx, event);
+			if (!next)
+				break; /* destroyed: xl's monitor exits */
+			/* restarted: the monitor watches the new incarnation, as xl goes back to start */
+			libxl_evdisable_domain_death(ctx, deathw);
+			deathw = NULL;
+			domid = next;
+			rc = libxl_evenable_domain_death(ctx, domid, 0, &deathw);
+			if (rc)
+				fail("libxl_evenable_domain_death", -rc);
+			continue;
 		} else if (event->type == LIBXL_EVENT_TYPE_DOMAIN_DEATH) {
 			emit("death", t, 0);
 			libxl_event_free(ctx, event);
 			break;
 		}
+next_event:
 		libxl_event_free(ctx, event);
 	}
 	/* As xl's monitor at the end: the watch, then the context, then exit. */
-	libxl_evdisable_domain_death(ctx, deathw);
+	if (deathw)
+		libxl_evdisable_domain_death(ctx, deathw);
 	libxl_ctx_free(ctx);
 	xtl_logger_destroy((xentoollog_logger *)logger);
 	finish();

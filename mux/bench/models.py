@@ -103,9 +103,8 @@ class Model:
                 raise HostError(f"{self.name}: {self.results.errors[0]}")
             if self.results.ready >= self.connections:
                 return
-            for pid, name, code in self.procs.reap():
-                if pid in self.clients or pid in self.daemon_pids():
-                    raise HostError(f"{self.name}: {name} (pid {pid}) exited with {code}")
+            for pid, name, code in self.procs.reap([*self.clients, *self.daemon_pids()]):
+                raise HostError(f"{self.name}: {name} (pid {pid}) exited with {code}")
             if time.monotonic() > deadline:
                 raise HostError(
                     f"{self.name}: only {self.results.ready} of {self.connections} "
@@ -134,9 +133,9 @@ class HostModel(Model):
     spawn_after_create = False
 
     def start(self, domids: list[int], future: list[int] = ()) -> None:
-        if "monitor" not in self.bin:
+        if "probe" not in self.bin:
             return
-        argv = [self.bin["monitor"], self.shm_path, self.results.path, "0", "--probe"]
+        argv = [self.bin["probe"], self.results.path]
         err = os.path.join(self.workdir, "clients.log")
         self.clients.append(self.procs.spawn(argv, name="probe", env=self.xs_env(), stderr=err))
         self.connections = 1

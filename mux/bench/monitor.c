@@ -8,7 +8,7 @@
  * xc_domain_getinfolist(domid, 1) answers: the first record with a domid at or above ours,
  * copied under the seqlock, then checked for being ours.
  *
- *   usage: monitor SHM RESULTS DOMID [--new | --probe]
+ *   usage: monitor SHM RESULTS DOMID [--new]
  *
  * The xenstored is the one libxenstore finds: $XENSTORED_PATH, as for every libxenstore
  * client. Each notification is one line appended to RESULTS with a single write():
@@ -18,8 +18,6 @@
  *   shutdown <domid> <ns> <code> shutdown flag newly set, or its reason changed
  *   resumed <domid> <ns> 0       shutdown flag cleared
  *   death <domid> <ns> 0         dying, gone, or another incarnation (then the watch goes)
- *   fire <domid> <ns> <n>        with --probe, for every firing (and no query at all):
- *                                the floor under any watcher's latency
  *   F <domid> <firings> <queries> at exit (SIGTERM)
  *   X <domid> <errno> <where>    failure
  *
@@ -137,15 +135,13 @@ int main(int argc, char **argv)
 	unsigned reason = 255;
 	unsigned char handle[16];
 	unsigned long long firings = 0, queries = 0;
-	int announce_new = 0, probe = 0, sfd;
+	int announce_new = 0, sfd;
 	sigset_t mask;
 
 	if (argc == 5 && strcmp(argv[4], "--new") == 0)
 		announce_new = 1;
-	else if (argc == 5 && strcmp(argv[4], "--probe") == 0)
-		probe = 1;
 	else if (argc != 4) {
-		fprintf(stderr, "usage: monitor SHM RESULTS DOMID [--new | --probe]\n");
+		fprintf(stderr, "usage: monitor SHM RESULTS DOMID [--new]\n");
 		return 2;
 	}
 	domid = (unsigned)strtoul(argv[3], NULL, 10);
@@ -199,10 +195,7 @@ int main(int argc, char **argv)
 
 			free(w);
 			firings++;
-			if (probe) {
-				/* The first event is the watch's own initial one: ready. */
-				emit(firings == 1 ? "R" : "fire", now_ns(), (long long)firings);
-			} else if (state != DEAD) {
+			if (state != DEAD) {
 				got = getinfo_one(domid, &info);
 				t = now_ns();
 				queries++;

@@ -112,9 +112,11 @@ def delta(before: Sample, after: Sample, pids: Iterable[int]) -> tuple[int, int]
 class ProcessSet:
     """Children started with posix_spawn; each is stopped by its PID, none is left behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.live: dict[int, str] = {}  # pid -> name (for messages)
         self.status: dict[int, int] = {}
+        # The environment of a child spawned without one (the harness's own, by default).
+        self.env = env
 
     def spawn(
         self,
@@ -134,7 +136,7 @@ class ProcessSet:
         pid = os.posix_spawn(
             argv[0],
             list(argv),
-            env if env is not None else dict(os.environ),
+            env if env is not None else (self.env or dict(os.environ)),
             file_actions=actions,
             # Python ignores SIGPIPE and SIGXFSZ; a child gets the defaults back, as with
             # subprocess's restore_signals.
@@ -156,10 +158,12 @@ class ProcessSet:
             return False
         return True
 
-    def reap(self) -> list[tuple[int, str, int]]:
-        """Collect children that exited by themselves: (pid, name, exit code)."""
+    def reap(self, pids: Iterable[int] | None = None) -> list[tuple[int, str, int]]:
+        """Collect children (of `pids`, or all) that exited by themselves: (pid, name, exit
+        code). With runs side by side (--jobs), each collects only its own."""
         gone = []
-        for pid, name in list(self.live.items()):
+        live = self.live if pids is None else {p: self.live[p] for p in pids if p in self.live}
+        for pid, name in list(live.items()):
             if not self.alive(pid):
                 gone.append((pid, name, self.status[pid]))
         return gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from mux.bench.acting import markdown as acting_markdown
 from mux.bench.scenarios import SCENARIOS, TITLES
 
 TARGET_N = 1000
@@ -156,6 +157,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         )
     lines += ["", "## Targets (docs/architecture.md) at N = 1,000", ""]
     lines += targets(rows)
+    lines += acting_markdown(meta.get("acting") or [])
     notes = meta.get("notes") or []
     if notes:
         lines += ["", "## Notes", ""]
@@ -359,6 +361,10 @@ def summary_line(row: dict) -> str:
     d = row.get("daemon")
     if d:
         parts.append(f"scans={d.get('scans_total')}/firings={d.get('firings_total')}")
+    rate = row.get("mass_rate") or {}
+    if rate.get("applied"):
+        target = f"/{_fmt(rate['target'])}" if rate.get("target") else ""
+        parts.append(f"rate={_fmt(rate['applied'])}{target}/s")
     if not row.get("measured", True):
         parts.append("(extrapolated)")
     return " ".join(parts)

@@ -178,7 +178,7 @@ def run(env: Env, plan: Plan) -> dict:
         row["variant"] = model.variant
         row["connections"] = model.connections
         row["processes"] = len(model.clients)
-        row["settled_before"] = S.quiet(model.all_pids())
+        row["settled_before"] = env.params.quiet(model.all_pids())
 
         # -- the window ------------------------------------------------------------------
         stats0 = model.daemon_stats() if plan.model == "mux" else None
@@ -192,7 +192,7 @@ def run(env: Env, plan: Plan) -> dict:
         else:
             scenario_fn(ctx)
         complete = ctx.wait(timeout=env.params.wait_timeout * scale)
-        row["settled_after"] = S.quiet(model.all_pids())
+        row["settled_after"] = env.params.quiet(model.all_pids())
         t1 = time.monotonic()
         roles = model.roles()
         after = P.sample(model.all_pids())
@@ -243,6 +243,12 @@ def run(env: Env, plan: Plan) -> dict:
                 "released_seen": sum(1 for n in notes if n.kind == "released"),
             }
         )
+        if plan.scenario == "mass":
+            applied = ctx.applied_rate()
+            row["mass_rate"] = {
+                "target": env.params.mass_rate or None,
+                "applied": round(applied) if applied else None,
+            }
         if plan.model == "host" and plan.xenstored == "sim":
             # The sim's firing counts are exact: the probe's i-th receipt is the i-th firing.
             row["latency"]["fired"] = _lat_summary(probe_latencies(ctx.fired_ops, notes))

@@ -54,7 +54,15 @@ class Params:
     migrate_fraction: float = 0.10
     churn_seconds: float = 10.0
     churn_rate: float = 10.0  # lifecycles per second, alternately a poweroff and a boot
+    mass_rate: float = 5000.0  # the mass shutdown's changes per second (0: back to back)
     wait_timeout: float = 120.0
+    # quiet() before and after each window: the processes used under 2% of a CPU over it.
+    quiet_interval: float = 0.1
+
+    def quiet(self, pids: list[int]) -> bool:
+        return quiet(
+            pids, interval=self.quiet_interval, threshold_ns=int(self.quiet_interval * 2e7)
+        )
 
 
 class Toolstack:
@@ -130,6 +138,13 @@ class Ctx:
         self.due("new", domid, op.stamp, CREATED)
         self.guests.append(domid)
         return domid
+
+    def applied_rate(self) -> float | None:
+        """Changes per second as the host applied them: the span of their stamps."""
+        if len(self.fired_ops) < 2:
+            return None
+        span = self.fired_ops[-1][0] - self.fired_ops[0][0]
+        return (len(self.fired_ops) - 1) * 1e9 / span if span > 0 else None
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -212,8 +227,19 @@ def one(ctx: Ctx) -> None:
 
 
 def mass(ctx: Ctx) -> None:
-    """Every guest shuts down, one change (one VIRQ) each, as fast as the host applies them."""
+    """Every guest shuts down, one change (one VIRQ) each, raised at `mass_rate` changes a
+    second (0: each as soon as the host applied the one before).
+
+    The schedule is absolute (change i is due at start + i / rate), so a late change is
+    followed by the next at once, and the rate the host sustained is its stamps' (applied_rate).
+    """
+    rate = ctx.params.mass_rate
+    start = time.monotonic()
     for i, domid in enumerate(list(ctx.guests)):
+        if rate > 0:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         ctx.shutdown(domid)
         if i % 256 == 0:
             ctx.tick()

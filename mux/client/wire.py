@@ -158,16 +158,18 @@ class AsyncLineStream(_Replies):
     @classmethod
     async def open(cls, path: str, deadline: Deadline = NEVER) -> AsyncLineStream:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(path, limit=MAX_REPLY), deadline.left()
-            )
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that
+            # arrives as the awaited call completes, and the caller's task would go on.
+            async with asyncio.timeout(deadline.left()):
+                reader, writer = await asyncio.open_unix_connection(path, limit=MAX_REPLY)
         except OSError as exc:  # TimeoutError included
             raise unreachable(path, exc) from None
         return cls(path, reader, writer)
 
     async def readline(self, deadline: Deadline = NEVER) -> dict | None:
         try:
-            line = await asyncio.wait_for(self.reader.readline(), deadline.left())
+            async with asyncio.timeout(deadline.left()):
+                line = await self.reader.readline()
         except TimeoutError:
             return None
         except ValueError:  # asyncio's LimitOverrunError and friends

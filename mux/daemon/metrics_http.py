@@ -95,7 +95,8 @@ class MetricsHTTP:
         self._waiting[writer] = None
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+                async with asyncio.timeout(REQUEST_TIMEOUT):  # not wait_for: see durable.py
+                    head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.LimitOverrunError:
                 writer.write(_plain("431 Request Header Fields Too Large", "request too large"))
                 return
@@ -104,7 +105,8 @@ class MetricsHTTP:
             finally:
                 self._waiting.pop(writer, None)
             writer.write(await self._answer(head))
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
         except (TimeoutError, ConnectionError):
             writer.transport.abort()
         finally:

@@ -30,6 +30,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from mux.daemon.paths import UnsafePathError, ensure_private_dir
+
 log = logging.getLogger("xenmux.state")
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -109,17 +111,18 @@ class StateDir:
     def lock(cls, path: str) -> StateDir:
         """Make `path` (0750) if needed, check that it is ours, and lock it."""
         path = os.path.abspath(path)
-        parent = os.path.dirname(path)
         try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path, DIR_MODE)
-            _make_private(path)
+            # The same rule as the socket's directory (paths.py): the state dir and every
+            # directory above it writable only by root or the daemon.
+            ensure_private_dir(path, DIR_MODE, "the state directory (--state-dir)")
+            _normalize(path)
             fd = os.open(
                 os.path.join(path, LOCK),
                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                 FILE_MODE,
             )
+        except UnsafePathError as exc:
+            raise StateDirError(str(exc)) from None
         except OSError as exc:
             raise StateDirError(f"cannot use the state dir {path}: {exc.strerror}") from None
         try:
@@ -269,25 +272,13 @@ class StateDir:
             raise
 
 
-def _make_private(path: str) -> None:
-    """The directory must be ours (or root's) and no one else's to write; it is then made
-    0750 with the daemon's own group, whatever umask or an older daemon left."""
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise StateDirError(f"the state dir {path} is not a directory")
-    euid = os.geteuid()
-    if st.st_uid not in (0, euid):
-        raise StateDirError(
-            f"the state dir {path} belongs to uid {st.st_uid}, not to root or to this "
-            f"daemon's uid {euid}: fix its owner or choose another --state-dir"
-        )
-    if st.st_uid == euid:
-        if st.st_gid != os.getegid():
-            os.chown(path, -1, os.getegid())
-        if stat.S_IMODE(st.st_mode) != DIR_MODE:
-            os.chmod(path, DIR_MODE)
-    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise StateDirError(
-            f"the state dir {path} is writable by group or others: make it 0750 "
-            "or choose another --state-dir"
-        )
+def _normalize(path: str) -> None:
+    """A state dir of the daemon's own is made 0750 with the daemon's group, whatever umask
+    or an older daemon left (one of root's, checked already, is left as it is)."""
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        return
+    if st.st_gid != os.getegid():
+        os.chown(path, -1, os.getegid())
+    if stat.S_IMODE(st.st_mode) != DIR_MODE:
+        os.chmod(path, DIR_MODE)

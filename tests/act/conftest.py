@@ -1,24 +1,28 @@
 """Fixtures for `xenmux act` tests: a sim, its daemon, and act driving the sim's toolstack.
 
-    def test_x(host):                       # sim (8 guests) + daemon + act, no policy
+    def test_x(host):                       # sim (8 guests) + daemon; host.act() starts act
+        act = host.act()
         host.ctl.guest(3, "poweroff")
         host.wait_truth(lambda t: ("destroy", 3) in t.ops())
 
-Every process is stopped by its PID; `host.act_proc(...)` starts more acts (each stopped at
-teardown). The sim's truth log (DIR/toolstack.log) says what was done, and by whom.
+`host` is one sim and daemon for all of tests/act, handed to each test as it was at the start:
+guests 1-8 running (named guest-N), no act, no act state, and a truth log (DIR/toolstack.log:
+what was done, and by whom) that shows only the test's own lines. Every process is stopped
+by its PID: the acts a test starts at its end, the sim and the daemon(s) at the session's.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from daemonhelpers import start_daemon
-from simhelpers import REPO, sim_command, terminate
+from daemonhelpers import start_daemon, until
+from simhelpers import REPO, short_dir, sim_command, start_sim, terminate
 
 from mux.sim.paths import sim_paths
 
@@ -97,6 +101,8 @@ class Host:
         self.tmp = tmp
         self.acts: list[ActHandle] = []
         self.truth_path = Path(sim_paths(sim.dir).toolstack_log)
+        self.truth_start = 0  # where this test's part of the truth log begins
+        self.guests: dict[int, str] = {}  # the guests each test starts with: domid -> uuid
 
     def policy(self, text: str, name: str = "policy.toml") -> str:
         path = self.tmp / name
@@ -129,7 +135,9 @@ class Host:
 
     def truth(self) -> Truth:
         try:
-            text = self.truth_path.read_text()
+            with open(self.truth_path, "rb") as f:
+                f.seek(self.truth_start)
+                text = f.read().decode()
         except FileNotFoundError:
             text = ""
         return Truth([json.loads(x) for x in text.splitlines() if x.strip()])
@@ -161,32 +169,75 @@ class Host:
                 errors.append(str(exc))
         return errors
 
+    def begin(self, tmp: Path) -> None:
+        """A test starts: its files in `tmp`, its truth from here on."""
+        self.tmp = tmp
+        self.acts = []
+        self.truth_start = self.truth_path.stat().st_size if self.truth_path.exists() else 0
 
-@pytest.fixture
-def host_factory(sim_factory, tmp_path):
-    made: list[Host] = []
-    daemons = []
+    def end(self) -> list[str]:
+        """A test ends: its acts stopped, then the host as the next test must find it (one
+        table change, and the daemon seen to agree, so that no act takes a leftover for a
+        shutdown it found at its first start)."""
+        errors = self.stop()
+        self.acts = []
+        rows = [r for r in self.ctl.list() if r["domid"]]
+        keep = {
+            r["domid"]
+            for r in rows
+            if self.guests.get(r["domid"]) == r["uuid"] and r["state"] == "running"
+        }
+        self.ctl.destroy_incarnations(
+            [(r["domid"], r["uuid"]) for r in rows if r["domid"] not in keep], by="test"
+        )
+        for domid in sorted(set(self.guests) - keep):
+            [row] = self.ctl.create(domid=domid, name=f"guest-{domid}")
+            self.guests[domid] = row["uuid"]
+        shutil.rmtree(sim_paths(self.sim.dir).act_state, ignore_errors=True)
+        wanted = {(d, u, "running") for d, u in self.guests.items()}
+        with self.daemon.client() as client:
+            until(
+                lambda: (
+                    {(r["domid"], r["uuid"], r["state"]) for r in client.list() if r["domid"]}
+                    == wanted
+                ),
+                20,
+            )
+        return errors
 
-    def make(domains: int = 8, daemon_args: tuple[str, ...] = ("--shutdown-poll", "0.1")) -> Host:
-        sim = sim_factory(domains=domains)
-        daemon = start_daemon(sim, *daemon_args)
-        daemons.append(daemon)
-        h = Host(sim, daemon, tmp_path, daemons)
-        made.append(h)
-        return h
 
-    yield make
+@pytest.fixture(scope="session")
+def shared_host(tmp_path_factory):
+    """The sim (8 guests) and daemon of tests/act: `host` hands it to each test as it began
+    (a sim and a daemon cost more CPU to start than most of these tests)."""
+    base = tmp_path_factory.mktemp("act-host")
+    directory = short_dir(base)
+    sim = start_sim(directory, 8)
+    daemons: list = []
     errors = []
-    for h in made:
-        errors += h.stop()
-    for d in reversed(daemons):
+    try:
+        daemons.append(start_daemon(sim, "--shutdown-poll", "0.1"))
+        h = Host(sim, daemons[0], base, daemons)
+        h.guests = {r["domid"]: r["uuid"] for r in sim.ctl.list() if r["domid"]}
+        yield h
+    finally:
+        for d in reversed(daemons):  # a restarted daemon reuses its predecessor's socket
+            try:
+                d.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
         try:
-            d.stop()
+            sim.stop()
         except AssertionError as exc:
             errors.append(str(exc))
+        if not str(directory).startswith(str(base)):
+            shutil.rmtree(directory, ignore_errors=True)
     assert not errors, errors
 
 
 @pytest.fixture
-def host(host_factory) -> Host:
-    return host_factory()
+def host(shared_host, tmp_path) -> Host:
+    shared_host.begin(tmp_path)
+    yield shared_host
+    errors = shared_host.end()
+    assert not errors, errors

@@ -4,8 +4,6 @@ hooks. And a crash loop stops at the restart limit."""
 
 from __future__ import annotations
 
-import time
-
 from daemonhelpers import until
 
 
@@ -19,8 +17,11 @@ def test_failed_migration_resumed_in_place_then_powered_off_is_destroyed(host):
     host.ctl.suspend(dom["domid"])
     act.wait_log(f"domid={dom['domid']} name=mover reason=suspend: not acted upon")
     host.ctl.resume(dom["domid"])  # the migration failed: resumed in place (fires nothing)
-    time.sleep(0.5)  # the daemon's shutdown poll sees the resume
     assert host.domain(dom["domid"])["state"] == "running"
+    with host.daemon.client() as client:  # the daemon's shutdown poll sees the resume
+        until(
+            lambda: [r["state"] for r in client.list() if r["domid"] == dom["domid"]] == ["running"]
+        )
     host.ctl.guest(dom["domid"], "poweroff")
     act.wait_log(f"domid={dom['domid']} name=mover reason=poweroff action=destroy outcome=ok")
     assert host.truth().ops("act") == [("destroy", dom["domid"])]

@@ -12,7 +12,8 @@ from daemonhelpers import until
 UUID = "6f1b6a2c-4a3e-4d2b-9c1e-2b7d5e8f9a10"
 
 
-def test_settings_are_stored_per_domain_and_go_with_a_destroy(sim):
+def test_settings_are_stored_per_domain_and_go_with_a_destroy(host):
+    sim = host.sim
     out = sim.sim_ctl(
         "create",
         "--name",
@@ -35,7 +36,8 @@ def test_settings_are_stored_per_domain_and_go_with_a_destroy(sim):
     assert bad.returncode == 2 and "invalid choice: 'explode'" in bad.stderr
 
 
-def test_a_guest_shuts_down_by_itself_and_stays_so_until_a_toolstack_acts(sim):
+def test_a_guest_shuts_down_by_itself_and_stays_so_until_a_toolstack_acts(host):
+    sim = host.sim
     out = sim.sim_ctl("guest", "1", "poweroff")  # the command line; the rest by the client
     assert out.returncode == 0, out.stderr
     for what, domid in (("reboot", 2), ("crash", 3), ("watchdog", 4), ("soft_reset", 5)):
@@ -49,8 +51,7 @@ def test_a_guest_shuts_down_by_itself_and_stays_so_until_a_toolstack_acts(sim):
         ("shutdown", "watchdog"),
         ("shutdown", "soft_reset"),
     ]
-    lines = [json.loads(x) for x in (sim.dir / "toolstack.log").read_text().splitlines()]
-    guests = [(x["domid"], x["reason"]) for x in lines if x["op"] == "guest"]
+    guests = [(x["domid"], x["reason"]) for x in host.truth().lines if x["op"] == "guest"]
     assert guests == [
         (1, "poweroff"),
         (2, "reboot"),
@@ -67,7 +68,7 @@ def test_a_guest_shuts_down_by_itself_and_stays_so_until_a_toolstack_acts(sim):
 
 def test_churn_of_guests_only_leaves_the_toolstacks_part_to_act(host):
     act = host.act()
-    reply = host.ctl.churn(3, rate=20, seed=7, guests_only=True)
+    reply = host.ctl.churn(1.5, rate=20, seed=7, guests_only=True)
     assert reply["errors"] == 0 and reply["ops"]["guest"] > 10, reply
     assert "destroy" not in reply["ops"]
 

@@ -388,8 +388,28 @@ def test_a_state_dir_owned_by_someone_else_is_refused(tmp_path):
     path = tmp_path / "state"
     path.mkdir()
     os.chown(path, 4242, 4242)
-    with pytest.raises(StateDirError, match="belongs to uid 4242"):
+    with pytest.raises(
+        StateDirError, match=r"state directory \(--state-dir\) .* is owned by uid 4242"
+    ):
         StateDir.lock(str(path))
+
+
+def test_a_state_dir_others_can_write_is_refused_with_one_line(tmp_path):
+    # The socket directory's rule (mux/daemon/paths.py): whoever can write the state dir
+    # can forge the history a restarted daemon replays.
+    path = tmp_path / "state"
+    path.mkdir()
+    path.chmod(0o770)
+    with pytest.raises(
+        StateDirError, match=r"state directory \(--state-dir\) .* writable by group"
+    ):
+        StateDir.lock(str(path))
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)
+    with pytest.raises(StateDirError, match="above the state directory"):
+        StateDir.lock(str(open_parent / "state"))
+    assert not (open_parent / "state").exists()  # nothing made under a directory others write
 
 
 @pytest.mark.parametrize(

@@ -60,10 +60,15 @@ def queries(dashboard: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-def substitute(expr: str, host: str) -> str:
-    """Grafana's variable interpolation, for one selected host: regex-escaped, and the
-    backslashes doubled inside the PromQL string, as Grafana's Prometheus data source does."""
-    values = {"host": re.escape(host).replace("\\", "\\\\"), **TIME_VARIABLES}
+def substitute(expr: str, host: str, act: str = "") -> str:
+    """Grafana's variable interpolation, for one selected host (and act instance):
+    regex-escaped, and the backslashes doubled inside the PromQL string, as Grafana's
+    Prometheus data source does."""
+    values = {
+        "host": re.escape(host).replace("\\", "\\\\"),
+        "act": re.escape(act).replace("\\", "\\\\"),
+        **TIME_VARIABLES,
+    }
 
     def one(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
@@ -85,11 +90,13 @@ def test_dashboard_is_a_current_grafana_dashboard():
     variables = {v["name"]: v for v in d["templating"]["list"]}
     ds = variables["DS_PROMETHEUS"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    host = variables["host"]
-    assert host["type"] == "query" and host["multi"] and host["includeAll"]
-    assert host["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-    assert host["query"]["query"] == host["definition"]
-    assert re.fullmatch(r"label_values\(xenmux_\w+, *instance\)", host["definition"])
+    for name in ("host", "act"):  # act's endpoint is an instance of its own
+        host = variables[name]
+        assert host["type"] == "query" and host["multi"] and host["includeAll"]
+        assert host["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert host["query"]["query"] == host["definition"]
+        assert re.fullmatch(r"label_values\(xenmux_\w+, *instance\)", host["definition"])
+    assert variables["act"]["definition"].startswith("label_values(xenmux_act_")
     for v in variables.values():
         assert v["type"] in {"query", "adhoc", "constant", "datasource", "interval", "textbox"}
         assert v["hide"] in (0, 1, 2)
@@ -117,12 +124,13 @@ def test_dashboard_is_a_current_grafana_dashboard():
         for t in p["targets"]:
             assert t["datasource"] == p["datasource"]
 
-    # Every selector of every query is limited to the chosen hosts.
+    # Every selector of every query is limited to the chosen hosts (act's to the chosen acts).
     for title, ref, expr in queries(d):
         selectors = re.findall(r"\b((?:xenmux|process)_\w+)(\{[^}]*\})?", expr)
         assert selectors, (title, expr)
         for metric, matchers in selectors:
-            assert 'instance=~"$host"' in matchers, f"{title}/{ref}: {metric} is not filtered"
+            wanted = "$act" if metric.startswith("xenmux_act_") else "$host"
+            assert f'instance=~"{wanted}"' in matchers, f"{title}/{ref}: {metric} is not filtered"
 
 
 # Everything the issue asks an operator to see at a glance, by the metric behind it.
@@ -140,6 +148,10 @@ WANTED = {
     "hypercall errors": "xenmux_hypercall_errors_total",
     "xenstore reconnects": "xenmux_xenstore_reconnects_total",
     "build info": "xenmux_build_info",
+    "act's actions by action and outcome": "xenmux_act_actions_total",
+    "act's action latency": "xenmux_act_action_seconds_bucket",
+    "act's failures": "xenmux_act_failures_total",
+    "act's jobs in flight": "xenmux_act_in_flight",
 }
 
 
@@ -316,7 +328,28 @@ def _bad_request(sock_path: str) -> None:
         assert b'"bad-json"' in s.recv(65536)
 
 
-def test_every_dashboard_query_returns_data(sim_factory, daemon_factory, procs, prometheus_factory):
+def _start_act(procs, sim, d, tmp_path: Path) -> str:
+    """act on the churned host; its endpoint's instance. Its crash action is a command that
+    fails, so that the failures panel has data too."""
+    policy = tmp_path / "act.toml"
+    policy.write_text(
+        '[defaults]\non_crash = "rename-restart"\n[commands]\nrename-restart = "false"\n'
+    )
+    log = tmp_path / "act.log"
+    argv = [*sim_command(), "act", "--toolstack", "sim", "--sim-dir", str(sim.dir)]
+    argv += ["--socket", d.sock, "--policy", str(policy), "--metrics-addr", "127.0.0.1:0"]
+    with open(log, "wb") as out:
+        act = procs.start(argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not (m := re.search(r"metrics on [^:]+:(\d+)/metrics", log.read_text(errors="replace"))):
+        assert act.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return f"127.0.0.1:{m[1]}"
+
+
+def test_every_dashboard_query_returns_data(
+    sim_factory, daemon_factory, procs, prometheus_factory, tmp_path
+):
     sim = sim_factory(domains=40)
     d = daemon_factory(sim, "--metrics-addr", "127.0.0.1:0", "--shutdown-poll", "0.05")
     port = d.stats()["metrics_port"]
@@ -336,8 +369,9 @@ def test_every_dashboard_query_returns_data(sim_factory, daemon_factory, procs, 
             "7",
         ]
     )
+    act_instance = _start_act(procs, sim, d, tmp_path)
     with d.subscribe(None) as sub:
-        prom = prometheus_factory([instance])
+        prom = prometheus_factory([instance, act_instance])
         _bad_request(d.sock)
 
         # Enough scrapes for every window the panels use (the longest is $__range).
@@ -345,20 +379,25 @@ def test_every_dashboard_query_returns_data(sim_factory, daemon_factory, procs, 
         while True:
             while sub.next_event(0) is not None:  # keep reading: no overflow
                 pass
-            up = prom.query(f'count_over_time(up{{instance="{instance}"}}[1m])')
+            up = prom.query(
+                f'min(count_over_time(up{{instance=~"{instance}|{act_instance}"}}[1m]))'
+            )
             if up and float(up[0]["value"][1]) >= 6:
                 break
             assert time.monotonic() < deadline, f"too few scrapes: {up}\n{prom.log_tail()}"
             time.sleep(0.5)
         assert prom.query(f'up{{instance="{instance}"}}')[0]["value"][1] == "1"
+        assert prom.query(f'up{{instance="{act_instance}"}}')[0]["value"][1] == "1"
 
         # The host variable's values, as Grafana asks for them.
         hosts = prom.api("label/instance/values", **{"match[]": "xenmux_build_info"})
         assert hosts == [instance]
+        acts = prom.api("label/instance/values", **{"match[]": "xenmux_act_in_flight"})
+        assert acts == [act_instance]
 
         failures = []
         for title, ref, expr in queries(load_dashboard()):
-            q = substitute(expr, instance)
+            q = substitute(expr, instance, act_instance)
             try:
                 result = prom.query(q)
             except PrometheusError as exc:

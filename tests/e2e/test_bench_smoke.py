@@ -85,6 +85,18 @@ def test_quick_bench_runs_every_scenario_for_every_model(short_tmp, tmp_path):
                     assert r["expected"] > 0, r
                 # the line a person reads
                 assert f"{xs} N=16 {scenario} {model}: lost=0" in proc.stdout
+        # The mass shutdown is raised at --mass-rate (5,000/s by default), and each of its
+        # rows says what rate the host's stamps show it applied.
+        for r in rows:
+            if r["xenstored"] == xs and r["scenario"] == "mass":
+                assert r["mass_rate"]["target"] == 5000, r
+                assert r["mass_rate"]["applied"] > 0, r
+                (said,) = [
+                    line
+                    for line in proc.stdout.splitlines()
+                    if line.startswith(f"{xs} N=16 mass {r['model']}: ")
+                ]
+                assert "/5,000/s" in said, said
 
     # The plots exist exactly when matplotlib does; otherwise the run says why not.
     try:
@@ -96,6 +108,27 @@ def test_quick_bench_runs_every_scenario_for_every_model(short_tmp, tmp_path):
 
     assert os.listdir(short_tmp) == [], "the harness left files behind"
     assert _processes_under(short_tmp) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--mass-rate", "-5"], "'-5' is not a rate: give 0 or more changes per second"),
+        (["--mass-rate", "fast"], "'fast' is not a number of changes per second"),
+        (["--jobs", "0"], "0 is below 1"),
+    ],
+)
+def test_a_bad_rate_or_job_count_is_refused_before_anything_runs(args, says, short_tmp):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mux.cli", "bench", *args, "--out", f"{short_tmp}/out"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, TMPDIR=short_tmp),
+    )
+    assert proc.returncode == 2
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert os.listdir(short_tmp) == []
 
 
 def test_a_process_that_exits_in_the_window_counts_every_thread_s_switches():

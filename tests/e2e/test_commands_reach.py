@@ -56,12 +56,27 @@ def _timed(sock: str, *args: str, **kw) -> tuple[subprocess.CompletedProcess, fl
     return out, time.monotonic() - start
 
 
+@pytest.fixture
+def start_cost(open_dir) -> float:
+    """What a command costs that fails at once (no socket there): the interpreter's start on
+    this machine at this moment, which a loaded machine makes seconds. The timeouts below are
+    checked above it, so that a busy CI box does not fail them and a hang still does."""
+    out, took = _timed(os.path.join(open_dir, "absent.sock"), "stats")
+    assert out.returncode == 1
+    return took
+
+
+SLACK = 1.5  # seconds on top of the start and the --timeout; the default timeout is 10 s
+
+
 @pytest.mark.parametrize("command", [("wait", "3"), ("watch",)])
-def test_wait_and_watch_timeouts_hold_against_a_daemon_that_never_answers(double, command):
+def test_wait_and_watch_timeouts_hold_against_a_daemon_that_never_answers(
+    double, command, start_cost
+):
     double.silent()
     out, took = _timed(double.path, *command, "--timeout", "1")
     assert out.returncode == 1, out.stderr
-    assert took < 4.0  # 1 s, plus the interpreter's start
+    assert took < start_cost + 1 + SLACK, (took, start_cost)
     assert out.stderr.splitlines()[-1] == (
         f"xenmux {command[0]}: no subscribe reply within 1 s: xenmux at {double.path} "
         "accepted the connection but did not answer hello within 1 s"
@@ -70,20 +85,20 @@ def test_wait_and_watch_timeouts_hold_against_a_daemon_that_never_answers(double
 
 
 @pytest.mark.parametrize("command", ONE_SHOT)
-def test_one_shot_commands_time_out_and_exit_1(double, command):
+def test_one_shot_commands_time_out_and_exit_1(double, command, start_cost):
     double.silent()
     out, took = _timed(double.path, *command, "--timeout", "1")
-    assert out.returncode == 1 and took < 4.0
+    assert out.returncode == 1 and took < start_cost + 1 + SLACK, (took, start_cost)
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"xenmux {command[0]}: xenmux at {double.path} accepted the connection")
     assert line.endswith("within 1 s")
 
 
 @pytest.mark.parametrize("command", ONE_SHOT)
-def test_one_shot_commands_say_at_once_that_nothing_is_there(open_dir, command):
+def test_one_shot_commands_say_at_once_that_nothing_is_there(open_dir, command, start_cost):
     sock = os.path.join(open_dir, "none.sock")
     out, took = _timed(sock, *command)
-    assert out.returncode == 1 and took < 4.0
+    assert out.returncode == 1 and took < start_cost + SLACK, (took, start_cost)  # no waiting
     assert out.stderr == (
         f"xenmux {command[0]}: cannot reach xenmux at {sock}: no such socket ({NOT_RUNNING} "
         "--socket or $XENMUX_SOCKET choose another socket)\n"

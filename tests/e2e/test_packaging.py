@@ -194,7 +194,14 @@ def test_documentation_points_at_installed_files(unit):
     operations = (REPO / "docs" / "operations.md").read_text()
     urls = words(unit, "Documentation")
     assert urls
+    pages = [u for u in urls if u.startswith("man:")]
+    assert len(pages) == 1, urls  # `systemctl help` opens the command's man page first
+    name = re.fullmatch(r"man:(xenmux-[a-z-]+)\(1\)", pages[0])
+    assert name and (PACKAGING / "man" / f"{name[1]}.1").is_file(), pages  # the wheel installs it
+    assert name[1].removeprefix("xenmux-") in values(unit, "ExecStart")[0].split()
     for url in urls:
+        if url in pages:
+            continue
         assert url.startswith("file://" + DOC_DIR), url
         name = url.removeprefix("file://" + DOC_DIR)
         assert (REPO / "docs" / name).is_file(), url
@@ -528,6 +535,7 @@ def generated_by_cython(data: bytes) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two isolated builds compiling every extension: minutes on a busy box
 def test_sdist_and_wheel_contents():
     with tempfile.TemporaryDirectory(prefix="xenmux-dist-") as tmp:
         src = copy_of_checkout(Path(tmp) / "src")
@@ -571,6 +579,15 @@ def test_sdist_and_wheel_contents():
         # run-time data: the bench's C programs and the stand-ins are built from these
         for data in ("mux/bench/monitor.c", "mux/realxen/xenstub/hvstub.c", "mux/sim/shm_layout.h"):
             assert data in wnames, data
+        # what the wheel installs beside the packages: man pages and shell completion
+        shared = {n.split(".data/data/", 1)[1] for n in wnames if ".data/data/" in n}
+        man = {f"share/man/man1/{p.name}" for p in (src / "packaging" / "man").glob("*.1")}
+        assert man and man <= shared, sorted(man - shared)
+        for completion in (
+            "share/bash-completion/completions/xenmux",
+            "share/zsh/site-functions/_xenmux",
+        ):
+            assert completion in shared, completion
         assert "MIT License" in license_text and "2026" in license_text
         assert re.search(r"^License: MIT$", metadata, re.M), metadata[:800]
 
