@@ -46,7 +46,7 @@ ctypedef struct dom_entry:
     uint32_t flags        # XEN_DOMINF_* of the latest record
     uint8_t state         # ST_*
     uint8_t reason        # shutdown in force (while shut down) or of the death, else 0xff
-    uint16_t _pad
+    uint16_t mark         # 1: this scan read the domain's unique id (in _uid_read): apply it
 
 
 # What a diff's first pass overwrote in place (an unchanged domain's new cpu_time and
@@ -65,6 +65,7 @@ cdef class Event:
     cdef int _reason
     cdef int _flags                 # EVF_*
     cdef unsigned char _handle[XM_HANDLE_SIZE]
+    cdef uint64_t _uid              # the incarnation's unique id; 0: not known
     cdef object _name
     cdef object _frame
 
@@ -75,6 +76,8 @@ cdef class Event:
 cdef class DomainTable:
     cdef dom_entry *_dom
     cdef uint32_t *_gen        # incarnation number per domid
+    cdef uint64_t *_uid        # the hypervisor's unique id per domid (0: not known)
+    cdef uint64_t *_uid_read   # scratch: the id a check read, where the slot's mark is set
     cdef uint32_t *_stamp      # epoch of the last batch that held the domid (duplicates)
     # When a domain shut down with a resumable reason was last seen so: the time and number
     # of the scan that did it, unless a full scan since (_last_full_*) is the later one.
@@ -103,10 +106,11 @@ cdef class DomainTable:
                          uint32_t epoch) noexcept
     cdef void _clear(self) noexcept
     cdef list _diff(self, const unsigned char *base, Py_ssize_t size, Py_ssize_t count,
-                    object now)
+                    object now, object unique_id, bint check_ids)
+    cdef int _check_id(self, uint32_t domid, object unique_id) except -1
     cdef void _saw_all(self, double now) noexcept
     cdef list _diff_one(self, object domid, const unsigned char *base, Py_ssize_t size,
-                        Py_ssize_t count, object now)
+                        Py_ssize_t count, object now, object unique_id, bint check_ids)
     cdef int _prime(self, const unsigned char *base, Py_ssize_t size,
                     Py_ssize_t count) except -1
     cdef void _set_state(self, dom_entry *e, uint8_t state) noexcept
@@ -122,7 +126,7 @@ cdef class DomainTable:
     cdef object _suspend_fields(self, uint32_t domid, const dom_entry *e)
     cdef void _load_rows(self, list rows) except *
     cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
-                    list events) except -1
+                    list events, object unique_id) except -1
     cdef Event _emit(self, int kind, uint32_t domid, const dom_entry *e, int reason,
                      double now, list events)
 

@@ -1,7 +1,7 @@
 """Types of the Cython scanner core (mux/_fast.pyx); mux/reference.py is its twin."""
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from _typeshed import ReadableBuffer, WriteableBuffer
@@ -9,6 +9,8 @@ from _typeshed import ReadableBuffer, WriteableBuffer
 # mux.protocol.EVENT_KINDS
 Kind = Literal["new", "shutdown", "resumed", "death", "released", "paused", "unpaused"]
 State = Literal["running", "shutdown", "dead"]  # mux.protocol.DOMAIN_STATES
+# The backend's unique_id(domid): the id of the incarnation the domid holds, None for none.
+UniqueIdReader = Callable[[int], int | None]
 
 # The import guard (mux/fastcore/records.pxi, mux/fastcore/events.pxi): ImportError on a
 # mismatch of the C side with mux.records or mux.protocol.EVENT_KINDS.
@@ -34,6 +36,9 @@ class Event:
     @property
     def paused(self) -> bool:
         """Only on `new`: the domain was paused when first seen."""
+    @property
+    def incarnation(self) -> str | None:
+        """The hypervisor's unique id of the incarnation, 16 hex digits, where known."""
     # Settable until frame() is first taken; AttributeError after (TypeError for a wrong type).
     name: str | None
     late: bool
@@ -51,6 +56,7 @@ class Event:
         paused: bool = False,
         late: bool = False,
         transient: bool = False,
+        incarnation: str | None = None,
     ) -> None: ...
     def frame(self) -> bytes: ...
     def to_dict(self) -> dict[str, object]: ...
@@ -71,10 +77,32 @@ class DomainTable:
     def n_shutdown(self) -> int: ...
     @property
     def n_paused(self) -> int: ...
-    def prime(self, buffer: ReadableBuffer, count: int, now: float | None = None) -> None: ...
-    def diff(self, buffer: ReadableBuffer, count: int, now: float | None = None) -> list[Event]: ...
+    def prime(
+        self,
+        buffer: ReadableBuffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+    ) -> None: ...
+    def diff(
+        self,
+        buffer: ReadableBuffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+        check_ids: bool = False,
+    ) -> list[Event]: ...
     def diff_one(
-        self, domid: int, buffer: ReadableBuffer, count: int, now: float | None = None
+        self,
+        domid: int,
+        buffer: ReadableBuffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+        check_ids: bool = False,
     ) -> list[Event]: ...
     def transient(
         self, domid: int, uuid: str, name: str | None, now: float | None = None

@@ -59,6 +59,11 @@ OVERFLOW = "overflow"
 LATEST_STATE = "state"
 ABSENT = "absent"
 
+# The key of an event frame and of a snapshot row that names the domain's incarnation by the
+# hypervisor's unique id (Xen 4.21+), as 16 lowercase hex digits; absent where the backend
+# has no unique ids. It follows `uuid`.
+INCARNATION = "incarnation"
+
 # -- snapshot rows ---------------------------------------------------------------------------
 
 # `state` of a snapshot row; `shutdown` is also the event kind that leads to it.

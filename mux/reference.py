@@ -7,6 +7,14 @@ event model (docs/protocol.md, "Event model"), named as `mux.protocol` names the
 same `dump()`. The tests run both and compare them step by step, so when the two disagree,
 this file is the one that says what is right.
 
+Where the backend has unique ids (Xen 4.21+, `Capabilities.unique_ids`), the diff is given
+the backend's `unique_id(domid)` and an incarnation is (domid, unique id): the table reads
+the id of every incarnation it takes in, and with `check_ids` the ids of the domains of the
+batch it already holds, before anything changes; an id that changed is a `death` (and
+`released`) of the old incarnation and a `new` of the other, whatever the record says. Each
+event and snapshot row of an incarnation whose id is known carries it (`incarnation`, 16
+hex digits); without ids nothing differs from the rules of UUID and cpu_time.
+
 It also holds what the journal's checkpoint needs once, at start-up: `parse_dump` (the
 check of a dump that both twins' `load` use) and `replay` (a dump brought forward by the
 events journaled after it).
@@ -21,7 +29,7 @@ import json
 import math
 import time as _time
 import uuid as _uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,6 +38,7 @@ from mux.protocol import (
     DEATH,
     DOMAIN_STATES,
     EVENT_KINDS,
+    INCARNATION,
     NEW,
     PAUSED,
     RELEASED,
@@ -98,6 +107,31 @@ def _uuid_text(text: object) -> str:
     return uuid_str(_handle_of(text))
 
 
+# The backend's `unique_id(domid)`: the id of the incarnation `domid` holds now, None when
+# none does (or it cannot be read).
+UniqueIdReader = Callable[[int], "int | None"]
+
+
+def incarnation_text(unique_id: int) -> str:
+    """A unique id as frames and dumps carry it: 16 lowercase hex digits."""
+    return f"{unique_id:016x}"
+
+
+def parse_incarnation(text: object) -> int:
+    """The unique id of an `incarnation` text (ValueError unless 16 lowercase hex digits
+    naming a non-zero id)."""
+    if (
+        type(text) is not str
+        or len(text) != 16
+        or not text.isascii()
+        or text.lower() != text
+        or not all(c in "0123456789abcdef" for c in text)
+        or int(text, 16) == 0
+    ):
+        raise ValueError(f"incarnation {text!r} is not 16 lowercase hex digits (non-zero)")
+    return int(text, 16)
+
+
 def _flag_value(what: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"Event.{what} must be a bool")
@@ -119,6 +153,7 @@ class Event:
 
     __slots__ = (
         "_frame",
+        "_incarnation",
         "_late",
         "_name",
         "_paused",
@@ -144,6 +179,7 @@ class Event:
         paused: bool = False,
         late: bool = False,
         transient: bool = False,
+        incarnation: str | None = None,
     ) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
@@ -158,6 +194,9 @@ class Event:
         self.reason = reason
         self.time = float(time)
         self._paused = paused
+        if incarnation is not None:
+            parse_incarnation(incarnation)
+        self._incarnation = incarnation
         self._frame: bytes | None = None
         self._name: str | None = None
         self._late = self._transient = False
@@ -186,6 +225,11 @@ class Event:
         return self._paused
 
     @property
+    def incarnation(self) -> str | None:
+        """The hypervisor's unique id of the incarnation (16 hex digits), where known."""
+        return self._incarnation
+
+    @property
     def late(self) -> bool:
         """Found by the first scan after a restart: it happened while the daemon was down."""
         return self._late
@@ -208,6 +252,8 @@ class Event:
     def to_dict(self) -> dict:
         """The frame's fields as a dict (same keys, same order; `time` unrounded)."""
         d: dict = {"seq": self.seq, "event": self.kind, "domid": self.domid, "uuid": self.uuid}
+        if self._incarnation is not None:
+            d[INCARNATION] = self._incarnation
         if self.reason is not None:
             d["reason"] = self.reason
         if self._name is not None:
@@ -254,6 +300,7 @@ class Entry:
     # nothing, so these are what tells, at its death, whether it ran again.
     suspend_cpu: int | None = None
     suspend_seen: float | None = None
+    unique_id: int = 0  # the hypervisor's id of the incarnation; 0: not known
 
     @property
     def paused(self) -> bool:
@@ -355,17 +402,15 @@ class DomainTable:
     def snapshot(self, domids: Iterable[int] | None = None) -> list[dict]:
         """Subscribers' view of the known domains among `domids` (all when None)."""
         wanted = self._doms.keys() if domids is None else set(domids) & self._doms.keys()
-        return [
-            {
-                "domid": domid,
-                "uuid": uuid_str(self._doms[domid].handle),
-                "state": self._doms[domid].state,
-                "reason": reason_name(self._doms[domid].reason),
-                "name": self._doms[domid].name,
-                "paused": self._doms[domid].paused,
-            }
-            for domid in sorted(wanted)
-        ]
+        out = []
+        for domid in sorted(wanted):
+            e = self._doms[domid]
+            row: dict = {"domid": domid, "uuid": uuid_str(e.handle)}
+            if e.unique_id:
+                row[INCARNATION] = incarnation_text(e.unique_id)
+            row.update(state=e.state, reason=reason_name(e.reason), name=e.name, paused=e.paused)
+            out.append(row)
+        return out
 
     def rows(self) -> list[dict]:
         """Every field of every entry, in domid order (for tests and debugging)."""
@@ -382,6 +427,7 @@ class DomainTable:
                 "name": e.name,
                 "suspend_cpu": e.suspend_cpu,
                 "suspend_seen": e.suspend_seen,
+                "unique_id": e.unique_id or None,
             }
             for domid, e in sorted(self._doms.items())
         ]
@@ -405,6 +451,7 @@ class DomainTable:
                     e.name,
                     e.suspend_cpu,
                     e.suspend_seen,
+                    e.unique_id,
                 )
                 for domid, e in sorted(self._doms.items())
             ],
@@ -427,46 +474,93 @@ class DomainTable:
                 r.name,
                 r.suspend_cpu,
                 r.suspend_seen,
+                r.unique_id,
             )
         return table
 
     # -- loading and diffing ----------------------------------------------------------------
 
-    def prime(self, buffer, count: int, now: float | None = None) -> None:
-        """Replace the table with the batch, without events (the start-up scan)."""
+    def prime(
+        self,
+        buffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+    ) -> None:
+        """Replace the table with the batch, without events (the start-up scan); with
+        `unique_id`, every domain's id is read (in domid order)."""
         records = _check_batch(buffer, count)
         now = _time.time() if now is None else float(now)
         self._doms = {}
         for rec in sorted(records, key=lambda r: r.domid):
-            entry = self._incarnate(rec)
+            entry = self._incarnate(rec, _read_id(unique_id, rec.domid))
             entry.state = _state_of(rec)
             entry.reason = rec.reason if rec.shutdown else SHUTDOWN_NONE
             self._seen(entry, rec, now)
             self._doms[rec.domid] = entry
 
-    def diff(self, buffer, count: int, now: float | None = None) -> list[Event]:
-        """A full scan: the batch holds every domain; those missing from it are gone."""
+    def diff(
+        self,
+        buffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+        check_ids: bool = False,
+    ) -> list[Event]:
+        """A full scan: the batch holds every domain; those missing from it are gone.
+
+        With `unique_id`, the id of every incarnation taken in is read; with `check_ids`
+        too, first the ids of the batch's domains the table holds (in the batch's order)."""
         records = _check_batch(buffer, count)
         now = _time.time() if now is None else float(now)
         by_domid = {rec.domid: rec for rec in records}
+        read = self._check_ids(records, unique_id) if check_ids else {}
         events: list[Event] = []
         for domid in sorted(by_domid.keys() | self._doms.keys()):
-            self._apply(domid, by_domid.get(domid), now, events)
+            self._apply(domid, by_domid.get(domid), now, events, unique_id, read)
         return events
 
-    def diff_one(self, domid: int, buffer, count: int, now: float | None = None) -> list[Event]:
+    def diff_one(
+        self,
+        domid: int,
+        buffer,
+        count: int,
+        now: float | None = None,
+        *,
+        unique_id: UniqueIdReader | None = None,
+        check_ids: bool = False,
+    ) -> list[Event]:
         """A targeted scan of one domid, from getinfolist(first=domid, max>=1).
 
         Records of other domids in the batch are ignored; if none has `domid`, it is gone.
+        `unique_id` and `check_ids` as for `diff`, for `domid` alone.
         """
         if not 0 <= domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"domid {domid} out of range 0..{DOMID_FIRST_RESERVED - 1}")
         records = _check_batch(buffer, count)
         now = _time.time() if now is None else float(now)
         rec = next((r for r in records if r.domid == domid), None)
+        read = self._check_ids([rec], unique_id) if check_ids and rec is not None else {}
         events: list[Event] = []
-        self._apply(domid, rec, now, events)
+        self._apply(domid, rec, now, events, unique_id, read)
         return events
+
+    def _check_ids(
+        self, records: list[DomainRecord], unique_id: UniqueIdReader | None
+    ) -> dict[int, int]:
+        """The ids, read now, of the domains of `records` that the table holds (those it
+        does not are read as they are taken in)."""
+        if unique_id is None:
+            return {}
+        read = {}
+        for rec in records:
+            if rec.domid in self._doms:
+                uid = _read_id(unique_id, rec.domid)
+                if uid:
+                    read[rec.domid] = uid
+        return read
 
     def transient(
         self, domid: int, uuid: str, name: str | None, now: float | None = None
@@ -488,9 +582,9 @@ class DomainTable:
 
     # -- the rules of the event model -------------------------------------------------------
 
-    def _incarnate(self, rec: DomainRecord) -> Entry:
+    def _incarnate(self, rec: DomainRecord, unique_id: int) -> Entry:
         self._gen += 1
-        return Entry(rec.handle, rec.flags, rec.cpu_time, self._gen, RUNNING)
+        return Entry(rec.handle, rec.flags, rec.cpu_time, self._gen, RUNNING, unique_id=unique_id)
 
     def _emit(self, events: list[Event], kind, domid, entry, reason, now, paused=False) -> None:
         self._seq += 1
@@ -504,6 +598,7 @@ class DomainTable:
                 now,
                 entry.name,
                 paused=paused,
+                incarnation=incarnation_text(entry.unique_id) if entry.unique_id else None,
             )
         )
 
@@ -560,15 +655,27 @@ class DomainTable:
             return entry.reason
         return SHUTDOWN_NONE
 
-    def _apply(self, domid: int, rec: DomainRecord | None, now: float, events: list) -> None:
-        """One domain's events for this scan, in their order; the table is updated."""
+    def _apply(
+        self,
+        domid: int,
+        rec: DomainRecord | None,
+        now: float,
+        events: list,
+        unique_id: UniqueIdReader | None = None,
+        read: Mapping[int, int] | None = None,
+    ) -> None:
+        """One domain's events for this scan, in their order; the table is updated.
+        `read`: the ids read by this scan's check (domid -> id)."""
         entry = self._doms.get(domid)
+        uid = read.get(domid, 0) if read else 0
 
         if entry is not None:
-            # Another UUID, a cpu_time that went back, or a dead domain no longer dying
-            # (Xen never clears `dying`): the domid now holds another incarnation.
+            # Another unique id, another UUID, a cpu_time that went back, or a dead domain
+            # no longer dying (Xen never clears `dying`): the domid now holds another
+            # incarnation.
             new_incarnation = rec is not None and (
-                rec.handle != entry.handle
+                (uid != 0 and entry.unique_id != 0 and uid != entry.unique_id)
+                or rec.handle != entry.handle
                 or rec.cpu_time < entry.cpu_time
                 or (entry.state == DEAD and not rec.dying)
             )
@@ -583,8 +690,12 @@ class DomainTable:
         if rec is None:
             return
 
+        if entry is not None and uid and not entry.unique_id:
+            entry.unique_id = uid  # the same incarnation, its id first read now
         if entry is None:
-            entry = self._doms[domid] = self._incarnate(rec)
+            if not uid:
+                uid = _read_id(unique_id, domid)
+            entry = self._doms[domid] = self._incarnate(rec, uid)
             paused = bool(rec.flags & DOMINF_PAUSED)
             self._emit(events, NEW, domid, entry, SHUTDOWN_NONE, now, paused)
 
@@ -606,6 +717,18 @@ class DomainTable:
         self._seen(entry, rec, now)
 
 
+def _read_id(unique_id: UniqueIdReader | None, domid: int) -> int:
+    """The id `unique_id` reads of `domid`, 0 for none (or no reader)."""
+    if unique_id is None:
+        return 0
+    uid = unique_id(domid)
+    if uid is None:
+        return 0
+    if not _is_int(uid) or not 0 <= uid <= _U64:
+        raise TypeError(f"unique_id({domid}) gave {uid!r}, not a 64-bit id or None")
+    return uid
+
+
 # -- dumps: the journal's checkpoint ----------------------------------------------------------
 
 
@@ -622,6 +745,7 @@ class DumpRow(NamedTuple):
     name: str | None
     suspend_cpu: int | None
     suspend_seen: float | None
+    unique_id: int  # 0: not known
 
 
 def dump_row(
@@ -635,9 +759,10 @@ def dump_row(
     name: str | None,
     suspend_cpu: int | None,
     suspend_seen: float | None,
+    unique_id: int = 0,
 ) -> dict:
-    """One row of `dump()`, its keys in their order."""
-    return {
+    """One row of `dump()`, its keys in their order (`incarnation` only where known)."""
+    row = {
         "domid": domid,
         "uuid": uuid,
         "flags": flags,
@@ -649,6 +774,9 @@ def dump_row(
         "suspend_cpu": suspend_cpu,
         "suspend_seen": suspend_seen,
     }
+    if unique_id:
+        row[INCARNATION] = incarnation_text(unique_id)
+    return row
 
 
 class _BadDump(ValueError):
@@ -717,6 +845,11 @@ def _parse_row(row: object, i: int, gen_top: int) -> DumpRow:
         ):
             raise _BadDump(f"{where}: suspend_seen {suspend_seen!r} is not a time")
         suspend_seen = float(suspend_seen)
+    text = row.get(INCARNATION)
+    try:
+        unique_id = 0 if text is None else parse_incarnation(text)
+    except ValueError as exc:
+        raise _BadDump(f"{where}: {exc}") from None
     return DumpRow(
         domid,
         handle,
@@ -728,6 +861,7 @@ def _parse_row(row: object, i: int, gen_top: int) -> DumpRow:
         name,
         suspend_cpu,
         suspend_seen,
+        unique_id,
     )
 
 
@@ -799,11 +933,18 @@ def _event_fields(ev: Mapping, i: int, seq: int) -> tuple[str, int, str]:
     name = ev.get("name")
     if name is not None and not isinstance(name, str):
         raise _BadEvent(f"event {i} (seq {seq}): name {name!r} is not a string")
+    if ev.get(INCARNATION) is not None:
+        try:
+            parse_incarnation(ev[INCARNATION])
+        except ValueError as exc:
+            raise _BadEvent(f"event {i} (seq {seq}): {exc}") from None
     return kind, domid, uuid
 
 
 def _replay_one(table: dict[int, dict], ev: Mapping, kind: str, domid: int, uuid: str) -> None:
     row = table.get(domid)
+    text = ev.get(INCARNATION)
+    uid = 0 if text is None else int(text, 16)
     if kind == NEW:
         if row is not None:
             raise _BadEvent(f"new for domid {domid}, which still holds {row['uuid']}")
@@ -818,10 +959,13 @@ def _replay_one(table: dict[int, dict], ev: Mapping, kind: str, domid: int, uuid
             "suspend_seen": None,
             "paused": ev.get("paused") is True,
             "flags": None,
+            "unique_id": uid,
         }
         return
-    if row is None or row["uuid"] != uuid:
+    if row is None or row["uuid"] != uuid or (uid and row["unique_id"] not in (0, uid)):
         raise _BadEvent(f"{kind} for domid {domid} ({uuid}), which the table does not hold")
+    if uid:
+        row["unique_id"] = uid
     state = row["state"]
     if (kind == RELEASED) != (state == DEAD) or (kind == RESUMED and state != SHUTDOWN):
         raise _BadEvent(f"{kind} for domid {domid} ({uuid}), which is {state}")
@@ -862,6 +1006,7 @@ def replay(dump: object, events: Iterable[object]) -> dict:
             "suspend_seen": r.suspend_seen,
             "paused": bool(r.flags & DOMINF_PAUSED),
             "flags": r.flags,
+            "unique_id": r.unique_id,
         }
     try:
         for i, ev in enumerate(events):
@@ -901,6 +1046,7 @@ def replay(dump: object, events: Iterable[object]) -> dict:
                 row["name"],
                 row["suspend_cpu"],
                 row["suspend_seen"],
+                row["unique_id"],
             )
         )
     return {"seq": seq, "gen": gen, "rows": out}

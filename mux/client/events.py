@@ -9,9 +9,11 @@ carries, so that a type checker narrows `Event` on `ev["event"]`:
         ev.get("reason")      # DeathEvent: a reason when a shutdown was in force
 
 Keys every kind may carry: `seq` (absent only on events the library synthesised after a
-gap), `name`, `late` (found by the first scan after a daemon restart), `transient` (a
-domain that came and went between two scans) and `missed` (synthesised by this library
-after a gap: the daemon could not replay what happened meanwhile).
+gap), `incarnation` (the hypervisor's unique id of the incarnation, 16 hex digits, where
+the daemon's backend has them: Xen 4.21+), `name`, `late` (found by the first scan after a
+daemon restart), `transient` (a domain that came and went between two scans) and `missed`
+(synthesised by this library after a gap: the daemon could not replay what happened
+meanwhile).
 """
 
 from typing import Literal, NotRequired, TypedDict
@@ -24,6 +26,7 @@ class _Common(TypedDict):
     uuid: str
     time: float
     seq: NotRequired[int]
+    incarnation: NotRequired[str]
     name: NotRequired[str]
     late: NotRequired[bool]
     transient: NotRequired[bool]

@@ -20,6 +20,7 @@ from mux.protocol import (
     DEATH,
     DEFAULT_KINDS,
     EVENT_KINDS,
+    INCARNATION,
     NEW,
     PAUSED,
     RELEASED,
@@ -44,10 +45,17 @@ class Known:
     state: str  # running, shutdown or dead
     reason: str | None = None
     paused: bool = False
+    incarnation: str | None = None  # the hypervisor's unique id, where the daemon has them
+
+    def same(self, uuid: object, incarnation: object) -> bool:
+        """Whether a frame or row of this UUID and incarnation is this incarnation."""
+        return self.uuid == uuid and self.incarnation == incarnation
 
 
 def _known_from_row(row: dict) -> Known:
-    return Known(row["uuid"], row["state"], row.get("reason"), bool(row.get("paused")))
+    return Known(
+        row["uuid"], row["state"], row.get("reason"), bool(row.get("paused")), row.get(INCARNATION)
+    )
 
 
 class Tracker:
@@ -133,15 +141,16 @@ class Tracker:
         kind = frame.get("event")
         uuid = frame.get("uuid")
         known = self.known.get(domid)
+        incarnation = frame.get(INCARNATION)
         if kind == NEW:
-            self.known[domid] = Known(uuid, RUNNING, None, bool(frame.get("paused")))
+            self.known[domid] = Known(uuid, RUNNING, None, bool(frame.get("paused")), incarnation)
         elif kind == RELEASED:
             self.known.pop(domid, None)
             self.asof.pop(domid, None)
-        elif known is None or known.uuid != uuid:
+        elif known is None or not known.same(uuid, incarnation):
             # An incarnation whose `new` came before our cursor.
             state = {SHUTDOWN: SHUTDOWN, DEATH: DEAD}.get(kind, RUNNING)
-            self.known[domid] = Known(uuid, state, frame.get("reason"), kind == PAUSED)
+            self.known[domid] = Known(uuid, state, frame.get("reason"), kind == PAUSED, incarnation)
         elif kind == SHUTDOWN:
             known.state, known.reason = SHUTDOWN, frame.get("reason")
         elif kind == RESUMED:
@@ -173,34 +182,37 @@ class Tracker:
         rows = {row["domid"]: row for row in snapshot}
         missed: list[dict] = []
 
-        def ev(kind: str, domid: int, uuid: str, **extra) -> None:
-            missed.append(
-                {"event": kind, "domid": domid, "uuid": uuid, **extra, "missed": True, "time": now}
-            )
+        def ev(kind: str, domid: int, uuid: str, incarnation: str | None, **extra) -> None:
+            head = {"event": kind, "domid": domid, "uuid": uuid}
+            if incarnation is not None:
+                head[INCARNATION] = incarnation
+            missed.append({**head, **extra, "missed": True, "time": now})
 
         for domid, old in sorted(self.known.items()):
             row = rows.get(domid)
-            if row is not None and row["uuid"] == old.uuid:
+            inc = old.incarnation
+            if row is not None and old.same(row["uuid"], row.get(INCARNATION)):
                 for kind, extra in _changes(old, row):
-                    ev(kind, domid, old.uuid, **extra)
+                    ev(kind, domid, old.uuid, inc, **extra)
                 continue
             # Gone, or another incarnation: the one we knew died while we were away.
             if old.state != DEAD:
                 final = old.state == SHUTDOWN and old.reason not in UNDOABLE_REASONS
-                ev(DEATH, domid, old.uuid, **_reason(old.reason if final else None))
-            ev(RELEASED, domid, old.uuid)
+                ev(DEATH, domid, old.uuid, inc, **_reason(old.reason if final else None))
+            ev(RELEASED, domid, old.uuid, inc)
         for domid, row in sorted(rows.items()):
             old = self.known.get(domid)
-            if old is not None and old.uuid == row["uuid"]:
+            inc = row.get(INCARNATION)
+            if old is not None and old.same(row["uuid"], inc):
                 continue
             extra = {"name": row["name"]} if row.get("name") else {}
             if row.get("paused") and row["state"] != DEAD:
                 extra["paused"] = True
-            ev(NEW, domid, row["uuid"], **extra)
+            ev(NEW, domid, row["uuid"], inc, **extra)
             if row["state"] in (SHUTDOWN, DEAD) and row.get("reason"):
-                ev(SHUTDOWN, domid, row["uuid"], **_reason(row["reason"]))
+                ev(SHUTDOWN, domid, row["uuid"], inc, **_reason(row["reason"]))
             if row["state"] == DEAD:
-                ev(DEATH, domid, row["uuid"], **_reason(row.get("reason")))
+                ev(DEATH, domid, row["uuid"], inc, **_reason(row.get("reason")))
         return missed
 
 

@@ -10,6 +10,10 @@ The loop also owns the rule that makes a subscription consistent: `subscribe` ta
 snapshot and lets the subscriber register under the lock every scan holds, so no event
 falls between the two.
 
+Where the backend has unique ids (Xen 4.21+), the table reads the id of every domain it takes
+in, and the scans that may find a domid reused behind a record that shows nothing check the
+ids of every domain they see (`_checks_ids`): docs/protocol.md, "Incarnations".
+
 And it settles the firings each scan served (`FiringAccounts`, issue 11 item 3): a firing
 whose scan found nothing to show for it is counted (`firings_without_change`); one that named
 a domid (watch depth) the scan found gone, never reported, while xenstore still holds the
@@ -161,6 +165,7 @@ class ScanLoop:
         self.full_cost = _Cost(20e-6)
         self.one_cost = _Cost(2e-6)
         self._task: asyncio.Task | None = None
+        self._unique_id = self._read_unique_id if backend.capabilities.unique_ids else None
 
     # -- requests ------------------------------------------------------------------------
 
@@ -224,7 +229,7 @@ class ScanLoop:
         """The initial load: the table is filled, subscribers will get it as a snapshot."""
         t0 = time.perf_counter()
         buf, n = self.backend.scan_all()
-        self.table.prime(buf, n)
+        self.table.prime(buf, n, unique_id=self._unique_id)
         # It serves every request made before it (the watches' first firings, the reconnect).
         self._take_pending()
         self.stats.scans[TRIGGER_STARTUP] += 1
@@ -236,7 +241,7 @@ class ScanLoop:
         it: what happened meanwhile comes out as ordinary events, each flagged late (its
         `time` this scan's), published before any subscriber can connect. Returns how many."""
         async with self._lock:
-            events = self._full(TRIGGER_STARTUP)
+            events = self._full(TRIGGER_STARTUP, check_ids=True)
             for ev in events:
                 ev.late = True
             await self._publish(events, None)
@@ -297,11 +302,12 @@ class ScanLoop:
             if trigger is not None:
                 # A failing hypercall raises before the table changed, with every request
                 # still pending, so the retry serves them.
-                events = self._full(trigger)
+                events = self._full(trigger, check_ids=self._checks_ids(trigger, firings))
                 self._take_pending()
             else:
                 self._take_pending()
-                events, complete = self._targeted(domids)
+                introduced = {f.domid for f in firings if f.path == INTRODUCE}
+                events, complete = self._targeted(domids, check=introduced)
                 if not complete:  # the full scan it asked for serves these firings
                     self._firings[:0] = firings
                     firings = []
@@ -332,11 +338,35 @@ class ScanLoop:
         self._firings = []
         self._waiters = []
 
-    def _full(self, trigger: str) -> list:
+    # Full scans that check every seen domain's unique id: those after firings may have been
+    # missed or a stall (xenstored back, the safety scan), and those a client asked for.
+    _CHECKING_TRIGGERS = frozenset({TRIGGER_RECONNECT, TRIGGER_RESCAN, TRIGGER_FULL})
+
+    def _checks_ids(self, trigger: str, firings: list[Firing]) -> bool:
+        """Whether a full scan checks the ids of the domains it holds. An @introduceDomain
+        that names no domid (before watch depth) may stand for any domid reused behind a
+        record that shows nothing (the same UUID, a cpu_time not behind), so it checks all."""
+        if self._unique_id is None:
+            return False
+        return trigger in self._CHECKING_TRIGGERS or any(f.path == INTRODUCE for f in firings)
+
+    def _read_unique_id(self, domid: int) -> int | None:
+        """The backend's unique_id, for the table: a failure leaves the id unknown (the
+        next checking scan reads it) rather than the scan half done."""
+        try:
+            return self.backend.unique_id(domid)  # type: ignore[attr-defined]
+        except HypervisorError as exc:
+            self.stats.hypercall_errors += 1
+            log.error("reading the unique id of domain %d failed (%s)", domid, exc)
+            return None
+
+    def _full(self, trigger: str, check_ids: bool = False) -> list:
         t0 = time.perf_counter()
         buf, n = self.backend.scan_all()
         t1 = time.perf_counter()
-        events = self.table.diff(buf, n, time.time())
+        events = self.table.diff(
+            buf, n, time.time(), unique_id=self._unique_id, check_ids=check_ids
+        )
         t2 = time.perf_counter()
         self.full_cost.add(t2 - t0)
         st = self.stats
@@ -346,12 +376,16 @@ class ScanLoop:
         st.scan_seconds.observe(t2 - t0)
         return events
 
-    def _targeted(self, domids: set[int], trigger: str = TRIGGER_DEPTH) -> tuple[list, bool]:
-        """The events of one-domid scans of `domids`, and whether every one was done."""
+    def _targeted(
+        self, domids: set[int], trigger: str = TRIGGER_DEPTH, check: Iterable = ()
+    ) -> tuple[list, bool]:
+        """The events of one-domid scans of `domids`, and whether every one was done; the
+        unique ids of those in `check` (named by @introduceDomain/<domid>) are checked."""
         events: list = []
+        check = set(check)
         for domid in sorted(domids):
             try:
-                events.extend(self.probe(domid, trigger))
+                events.extend(self.probe(domid, trigger, check_ids=domid in check))
             except HypervisorError as exc:
                 # The events already diffed must still go out; a full scan catches up.
                 self.stats.hypercall_errors += 1
@@ -360,13 +394,20 @@ class ScanLoop:
                 return events, False
         return events, True
 
-    def probe(self, domid: int, trigger: str = TRIGGER_DEPTH) -> list:
+    def probe(self, domid: int, trigger: str = TRIGGER_DEPTH, check_ids: bool = False) -> list:
         """A targeted scan of one domid (its events are returned, not published). Without
         the backend's `one_domain` the record may be the next domid's: diff_one checks."""
         t0 = time.perf_counter()
         buf, n = self.backend.query_one(domid)
         t1 = time.perf_counter()
-        events = self.table.diff_one(domid, buf, n, time.time())
+        events = self.table.diff_one(
+            domid,
+            buf,
+            n,
+            time.time(),
+            unique_id=self._unique_id,
+            check_ids=check_ids and self._unique_id is not None,
+        )
         t2 = time.perf_counter()
         self.one_cost.add(t2 - t0)
         st = self.stats

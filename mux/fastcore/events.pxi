@@ -3,6 +3,7 @@
 # Part of mux/_fast.pyx.
 
 from mux import protocol as _protocol
+from mux.reference import parse_incarnation as _parse_incarnation
 
 
 def _check_event_kinds(kinds):
@@ -56,6 +57,19 @@ _REASON_PIECES = tuple(
 )
 
 
+# The piece of frame that opens an incarnation's text: its key is mux.protocol's.
+cdef bytes _INCARNATION_PIECE = (', "%s": "' % _protocol.INCARNATION).encode("ascii")
+
+
+cdef inline char *_put_hex16(char *p, uint64_t v) noexcept:
+    """`v` as 16 lowercase hex digits (an incarnation's text)."""
+    cdef int i
+    for i in range(16):
+        p[15 - i] = b"0123456789abcdef"[v & 15]
+        v >>= 4
+    return p + 16
+
+
 cdef inline str _uuid_text(const unsigned char *handle):
     cdef char text[36]
     xm_uuid_format(handle, text)
@@ -75,7 +89,7 @@ cdef class Event:
     """One change of one domain incarnation. `frame()` is its JSON line, encoded once."""
 
     def __init__(self, seq, kind, domid, uuid, reason, time, name=None, *, paused=False,
-                 late=False, transient=False):
+                 late=False, transient=False, incarnation=None):
         import uuid as _uuid_mod
 
         if kind not in _KIND_CODES:
@@ -90,6 +104,7 @@ cdef class Event:
         self._reason = XM_SHUTDOWN_NONE if reason is None else _records.REASON_CODES[reason]
         self.time = time
         self._flags = EVF_PAUSED if paused else 0
+        self._uid = 0 if incarnation is None else _parse_incarnation(incarnation)
         self.name = name
         self.late = late
         self.transient = transient
@@ -124,6 +139,11 @@ cdef class Event:
         return (self._flags & EVF_PAUSED) != 0
 
     @property
+    def incarnation(self):
+        """The hypervisor's unique id of the incarnation (16 hex digits), where known."""
+        return None if self._uid == 0 else f"{self._uid:016x}"
+
+    @property
     def late(self):
         """Found by the first scan after a restart: it happened while the daemon was down."""
         return (self._flags & EVF_LATE) != 0
@@ -153,6 +173,8 @@ cdef class Event:
         """The frame's fields as a dict (same keys, same order; `time` unrounded)."""
         d = {"seq": self.seq, "event": _KINDS[self._kind], "domid": self.domid,
              "uuid": _uuid_text(self._handle)}
+        if self._uid:
+            d[_protocol.INCARNATION] = f"{self._uid:016x}"
         if _REASON_NAMES[self._reason] is not None:
             d["reason"] = _REASON_NAMES[self._reason]
         if self._name is not None:
@@ -173,10 +195,11 @@ cdef class Event:
         return self._frame
 
     cdef bytes _encode(self):
-        # {"seq": N, "event": "K", "domid": D, "uuid": "U"[, "reason": "R"][, "name": J]
+        # {"seq": N, "event": "K", "domid": D, "uuid": "U"[, "incarnation": "I"]
+        #  [, "reason": "R"][, "name": J]
         #  [, "paused": true][, "late": true][, "transient": true], "time": T.TTTTTT}\n
         # -- the same bytes as reference.Event.frame().
-        cdef char head[160]
+        cdef char head[192]
         cdef char tail[480]
         cdef char *p = head
         cdef char *q = tail
@@ -195,7 +218,14 @@ cdef class Event:
         xm_uuid_format(self._handle, p)
         p += 36
         p[0] = b'"'
-        nhead = p + 1 - head
+        p += 1
+        if self._uid:
+            p = xm_put(p, PyBytes_AS_STRING(_INCARNATION_PIECE),
+                       PyBytes_GET_SIZE(_INCARNATION_PIECE))
+            p = _put_hex16(p, self._uid)
+            p[0] = b'"'
+            p += 1
+        nhead = p - head
         if self._flags:
             if self._flags & EVF_PAUSED:
                 q = xm_put(q, b', "paused": true', 16)

@@ -61,7 +61,8 @@ cdef inline bint _quiet(dom_entry *e, const unsigned char *p, undo_entry *undo,
         return False
     if ((((flags ^ e.flags) & XM_EVENT_FLAGS_MASK)
             | (xm_ld64(p + XM_OFF_HANDLE) ^ e.h0)
-            | (xm_ld64(p + XM_OFF_HANDLE + 8) ^ e.h1)) != 0
+            | (xm_ld64(p + XM_OFF_HANDLE + 8) ^ e.h1)
+            | e.mark) != 0
             or cpu < e.cpu_time):
         return False
     if cpu != e.cpu_time or flags != e.flags:
@@ -161,6 +162,8 @@ cdef class DomainTable:
     def __cinit__(self, *args, **kwargs):
         self._dom = <dom_entry *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(dom_entry))
         self._gen = <uint32_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint32_t))
+        self._uid = <uint64_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint64_t))
+        self._uid_read = <uint64_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint64_t))
         self._stamp = <uint32_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint32_t))
         # A diff touches (or overwrites) at most every valid domid once.
         self._touched = <uint64_t *>malloc(XM_DOMID_FIRST_RESERVED * sizeof(uint64_t))
@@ -169,7 +172,7 @@ cdef class DomainTable:
         self._susp_scan = <uint64_t *>calloc(XM_DOMID_FIRST_RESERVED, sizeof(uint64_t))
         if (self._dom is NULL or self._gen is NULL or self._stamp is NULL
                 or self._touched is NULL or self._undo is NULL or self._susp_seen is NULL
-                or self._susp_scan is NULL):
+                or self._susp_scan is NULL or self._uid is NULL or self._uid_read is NULL):
             raise MemoryError()
         self._names = {}
         self._scan_no = 1
@@ -182,6 +185,8 @@ cdef class DomainTable:
         free(self._undo)
         free(self._susp_seen)
         free(self._susp_scan)
+        free(self._uid)
+        free(self._uid_read)
 
     def __init__(self, seq=0, *, suspend_window=_reference.DEFAULT_SUSPEND_WINDOW):
         self._window = _reference.check_suspend_window(suspend_window)
@@ -252,14 +257,14 @@ cdef class DomainTable:
             e = &self._dom[d]
             if e.state == ST_ABSENT:
                 continue
-            out.append({
-                "domid": d,
-                "uuid": _uuid_text(<const unsigned char *>&e.h0),
-                "state": _STATES[e.state],
-                "reason": _REASON_NAMES[e.reason],
-                "name": self._names.get(d),
-                "paused": _live_paused(e),
-            })
+            row = {"domid": d, "uuid": _uuid_text(<const unsigned char *>&e.h0)}
+            if self._uid[d]:
+                row[_protocol.INCARNATION] = f"{self._uid[d]:016x}"
+            row["state"] = _STATES[e.state]
+            row["reason"] = _REASON_NAMES[e.reason]
+            row["name"] = self._names.get(d)
+            row["paused"] = _live_paused(e)
+            out.append(row)
         return out
 
     def rows(self):
@@ -284,6 +289,7 @@ cdef class DomainTable:
                 "name": self._names.get(d),
                 "suspend_cpu": suspend_cpu,
                 "suspend_seen": suspend_seen,
+                "unique_id": self._uid[d] or None,
             })
         return out
 
@@ -302,7 +308,7 @@ cdef class DomainTable:
             rows.append(_reference.dump_row(
                 d, _uuid_text(<const unsigned char *>&e.h0), e.flags, e.cpu_time,
                 self._gen[d], _STATES[e.state], e.reason, self._names.get(d), suspend_cpu,
-                suspend_seen))
+                suspend_seen, self._uid[d]))
         return {"seq": self._seq, "gen": self._gen_counter, "rows": rows}
 
     @classmethod
@@ -329,6 +335,7 @@ cdef class DomainTable:
             e.state = _STATE_CODES[row.state]
             e.reason = row.reason_code
             self._gen[d] = row.gen
+            self._uid[d] = row.unique_id
             if row.name is not None:
                 self._names[d] = row.name
             if row.suspend_seen is not None:
@@ -410,6 +417,7 @@ cdef class DomainTable:
         memcpy(ev._handle, &e.h0, XM_HANDLE_SIZE)
         ev._reason = reason
         ev._flags = 0
+        ev._uid = self._uid[domid]
         ev.time = now
         if self._names:
             ev._name = self._names.get(domid)
@@ -489,7 +497,7 @@ cdef class DomainTable:
         return None, None
 
     cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
-                    list events) except -1:
+                    list events, object unique_id) except -1:
         """One domain's events for this scan, in their order; its slot is updated.
 
         `rec` is its record, or NULL when it is gone.
@@ -500,7 +508,11 @@ cdef class DomainTable:
         cdef int reason
         cdef uint8_t rreason
         cdef bint was_paused = _live_paused(e)
+        cdef uint64_t uid = 0
         cdef Event ev
+        if e.mark:
+            uid = self._uid_read[domid]
+            e.mark = 0
         if rec is not NULL:
             flags = xm_ld32(rec + XM_OFF_FLAGS)
             cpu = xm_ld64(rec + XM_OFF_CPU_TIME)
@@ -508,7 +520,8 @@ cdef class DomainTable:
             h1 = xm_ld64(rec + XM_OFF_HANDLE + 8)
 
         if e.state != ST_ABSENT and (
-            rec is NULL or h0 != e.h0 or h1 != e.h1 or cpu < e.cpu_time
+            rec is NULL or (uid != 0 and self._uid[domid] != 0 and uid != self._uid[domid])
+            or h0 != e.h0 or h1 != e.h1 or cpu < e.cpu_time
             or (e.state == ST_DEAD and not (flags & XM_DOMINF_DYING))
         ):
             # The incarnation we knew is over: it dies (unless it already did) and its
@@ -525,7 +538,12 @@ cdef class DomainTable:
             self._n_paused -= was_paused
             return 0
 
+        if e.state != ST_ABSENT and uid != 0 and self._uid[domid] == 0:
+            self._uid[domid] = uid  # the same incarnation, its id first read now
         if e.state == ST_ABSENT:
+            if uid == 0 and unique_id is not None:
+                uid = _reference._read_id(unique_id, domid)
+            self._uid[domid] = uid
             e.h0 = h0
             e.h1 = h1
             e.flags = flags
@@ -571,15 +589,20 @@ cdef class DomainTable:
 
     # -- loading and diffing --------------------------------------------------------------
 
-    def prime(self, buffer, Py_ssize_t count, now=None):
-        """Replace the table with the batch, without events (the start-up scan)."""
+    def prime(self, buffer, Py_ssize_t count, now=None, *, unique_id=None):
+        """Replace the table with the batch, without events (the start-up scan); with
+        `unique_id`, every domain's id is read (in domid order)."""
         cdef Py_buffer view
         cdef double t = _time.time() if now is None else now
+        cdef unsigned int d
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         try:
             self._prime(<const unsigned char *>view.buf, view.len, count)
         finally:
             PyBuffer_Release(&view)
+        for d in range(self._hi):
+            if self._dom[d].state != ST_ABSENT:
+                self._uid[d] = 0 if unique_id is None else _reference._read_id(unique_id, d)
         # Every domain was seen: those suspended, at `t`.
         self._scan_no += 1
         self._last_full_scan = self._scan_no
@@ -625,21 +648,33 @@ cdef class DomainTable:
                 self._gen[domid] = self._gen_counter
         return 0
 
-    def diff(self, buffer, Py_ssize_t count, now=None):
+    def diff(self, buffer, Py_ssize_t count, now=None, *, unique_id=None, check_ids=False):
         """A full scan: the batch holds every domain; those missing from it are gone.
 
         Returns the events in domid order (one domain's in their own order), with seq
         numbers following `self.seq`. A corrupt batch raises ValueError and changes nothing.
+        With `unique_id`, the id of every incarnation taken in is read; with `check_ids`
+        too, first the ids of the batch's domains the table holds (in the batch's order).
         """
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         try:
-            return self._diff(<const unsigned char *>view.buf, view.len, count, now)
+            return self._diff(<const unsigned char *>view.buf, view.len, count, now,
+                              unique_id, check_ids)
         finally:
             PyBuffer_Release(&view)
 
+    cdef int _check_id(self, uint32_t domid, object unique_id) except -1:
+        """Read the id of a domain the table holds; the diff applies it (the slot's mark
+        takes it off the quiet path)."""
+        cdef uint64_t uid = _reference._read_id(unique_id, domid)
+        if uid != 0:
+            self._uid_read[domid] = uid
+            self._dom[domid].mark = 1
+        return 0
+
     cdef list _diff(self, const unsigned char *base, Py_ssize_t size, Py_ssize_t count,
-                    object now):
+                    object now, object unique_id, bint check_ids):
         cdef pass_result r
         cdef int status
         cdef unsigned int d, domid, i
@@ -651,6 +686,19 @@ cdef class DomainTable:
         cdef double t
         cdef list events
 
+        if check_ids and unique_id is not None:
+            # Checked before any id is read, as the reference does (and rarely: the scans
+            # that may find a domid reused behind an unchanged record).
+            self._validate(base, size, count)
+            try:
+                for i in range(count):
+                    domid = xm_domid(base + i * XM_RECORD_SIZE)
+                    if dom[domid].state != ST_ABSENT:
+                        self._check_id(domid, unique_id)
+            except BaseException:
+                for i in range(count):
+                    dom[xm_domid(base + i * XM_RECORD_SIZE)].mark = 0
+                raise
         _check_count(size, count)
         epoch = self._next_epoch()
         status = _diff_pass(base, count, dom, self._stamp, epoch, touched, self._undo, &r)
@@ -686,7 +734,8 @@ cdef class DomainTable:
             key = touched[i]
             domid = <unsigned int>(key >> 32)
             i_rec = <Py_ssize_t>(<uint32_t>key)
-            self._apply(domid, base + (i_rec - 1) * XM_RECORD_SIZE if i_rec else NULL, t, events)
+            self._apply(domid, base + (i_rec - 1) * XM_RECORD_SIZE if i_rec else NULL, t, events,
+                        unique_id)
         if self._n_present == 0:
             self._hi = 0
         if self._n_state[ST_SHUTDOWN]:
@@ -698,20 +747,23 @@ cdef class DomainTable:
         self._last_full_scan = self._scan_no
         self._last_full_time = now
 
-    def diff_one(self, domid, buffer, Py_ssize_t count, now=None):
+    def diff_one(self, domid, buffer, Py_ssize_t count, now=None, *, unique_id=None,
+                 check_ids=False):
         """A targeted scan of one domid, from getinfolist(first=domid, max>=1).
 
         Records of other domids in the batch are ignored; if none has `domid`, it is gone.
+        `unique_id` and `check_ids` as for `diff`, for `domid` alone.
         """
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         try:
-            return self._diff_one(domid, <const unsigned char *>view.buf, view.len, count, now)
+            return self._diff_one(domid, <const unsigned char *>view.buf, view.len, count, now,
+                                  unique_id, check_ids)
         finally:
             PyBuffer_Release(&view)
 
     cdef list _diff_one(self, object domid, const unsigned char *base, Py_ssize_t size,
-                        Py_ssize_t count, object now):
+                        Py_ssize_t count, object now, object unique_id, bint check_ids):
         cdef const unsigned char *rec = NULL
         cdef Py_ssize_t i
         cdef unsigned int target
@@ -727,5 +779,8 @@ cdef class DomainTable:
                 break
         if rec is NULL and self._dom[target].state == ST_ABSENT:
             return events
-        self._apply(target, rec, _time.time() if now is None else now, events)
+        if (check_ids and unique_id is not None and rec is not NULL
+                and self._dom[target].state != ST_ABSENT):
+            self._check_id(target, unique_id)
+        self._apply(target, rec, _time.time() if now is None else now, events, unique_id)
         return events

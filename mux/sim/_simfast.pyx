@@ -41,6 +41,8 @@ cdef extern from "sim/shm_layout.h":
         XM_SHM_OFF_CHANGE_STAMP
         XM_SHM_OFF_CHANGES
         XM_SHM_OFF_VIRQS
+        XM_SHM_OFF_XEN_VERSION
+        XM_SHM_OFF_UNIQUE_IDS
         XM_SHM_OFF_RECORDS
     void xm_cpu_relax() noexcept nogil
     long xm_shm_try_copy(const unsigned char *shm, uint32_t capacity, uint32_t first,
@@ -70,6 +72,8 @@ SHM_OFF_SEQLOCK = XM_SHM_OFF_SEQLOCK
 SHM_OFF_CHANGE_STAMP = XM_SHM_OFF_CHANGE_STAMP
 SHM_OFF_CHANGES = XM_SHM_OFF_CHANGES
 SHM_OFF_VIRQS = XM_SHM_OFF_VIRQS
+SHM_OFF_XEN_VERSION = XM_SHM_OFF_XEN_VERSION
+SHM_OFF_UNIQUE_IDS = XM_SHM_OFF_UNIQUE_IDS
 SHM_OFF_RECORDS = XM_SHM_OFF_RECORDS
 
 SHM_LOCK_TIMEOUT = 1.0  # seconds a reader waits for the sim's writer before giving up

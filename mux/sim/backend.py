@@ -3,6 +3,12 @@
 This is the one place where the daemon meets the simulator. It lives on the sim's side and
 the daemon finds it by name, through the `xenmux.backends` entry point (pyproject.toml), so
 no daemon module imports the simulator.
+
+Unique ids: a sim of Xen 4.20+ keeps one per incarnation beside its records (mux/sim/shm.py).
+On 4.21+ dom0 reads them through XEN_DOMCTL_get_domain_state (libxenmanage), and this
+backend offers them (`unique_ids`, `unique_id(domid)`) as the xenctrl backend does through
+the library. On 4.20 the hypervisor has them but no stable interface hands them to dom0
+(the domctl came with 4.21), so this backend offers none there, as on 4.17.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
 from mux.records import RECORD_SIZE
 from mux.sim import _simfast
 from mux.sim.paths import sim_paths
+from mux.sim.shm import UniqueIds
 
 _OFF_COUNT = _simfast.SHM_OFF_COUNT
 _SLACK = 256  # records of room the scan buffer keeps beyond the table's count
@@ -80,6 +87,17 @@ class SimBackend:
         finally:
             os.close(fd)
         self._shm = memoryview(self._mm)
+        try:
+            ids = UniqueIds(self._mm)
+        except ValueError as exc:
+            self._shm.release()
+            self._mm.close()
+            raise HypervisorError(errno.EINVAL, f"{paths.shm}: {exc}") from None
+        self._ids = ids if ids.readable else None
+        if self._ids is not None:
+            self.capabilities = Capabilities(
+                full_scan=True, one_domain=True, changed_feed=False, unique_ids=True
+            )
         self.path = paths.shm
         self.xenstore_path: str | None = paths.xenstored
         self.state_dir: str | None = paths.state
@@ -115,6 +133,16 @@ class SimBackend:
         if n and int.from_bytes(self._one[0:2], "little") != domid:
             n = 0  # the table is sorted: the next domid is not this one
         return self._one, n
+
+    def unique_id(self, domid: int) -> int | None:
+        """The unique id of `domid`'s incarnation (XEN_DOMCTL_get_domain_state on a 4.21+
+        host), None when no domain holds it. Only with `unique_ids`."""
+        if self._ids is None:
+            raise NotImplementedError("this simulated Xen gives dom0 no unique domain ids")
+        try:
+            return self._ids.get(domid)
+        except TimeoutError as exc:
+            raise HypervisorError(errno.EAGAIN, str(exc), retryable=True) from None
 
     def watch_changed(self, callback: ChangedCallback) -> None:
         raise NotImplementedError("the simulated host has no changed-domain feed")

@@ -86,4 +86,5 @@ def run(args: argparse.Namespace) -> int:
         virq_sockets=args.virq_socket,
         seed=args.seed,
         external_xenstored=args.external_xenstored,
+        xen_version=args.xen_version,
     )

@@ -79,6 +79,7 @@ class Domain:
     vcpus: int = 2
     zombie: bool = False
     incarnation: int = 0  # the host's count of domains built, this one's number
+    unique_id: int = 0  # Xen 4.20+'s id of this incarnation (0: the release has none)
     # XEN_DOMCTL_pausedomain counts: the record says paused while any pause is held.
     pause_count: int = 0
     # The handle's text, made once: the truth log writes it at every step.
@@ -139,7 +140,7 @@ class Domain:
             "cpu_time": self.cpu_time,
             "zombie": self.zombie,
             "paused": self.paused,
-        }
+        } | ({"unique_id": f"{self.unique_id:016x}"} if self.unique_id else {})
 
 
 class TruthLog:
@@ -277,6 +278,15 @@ class Hypervisor(DomainSource):
                 return dom
         raise SimError("no free domid: the host is full")
 
+    def _draw_unique_ids(self, doms: list[Domain]) -> None:
+        """Xen 4.20+ (get_unique_id() in domain_create): a pseudo-random 64-bit id for every
+        incarnation, drawn at each create, whatever its domid and UUID (never 0: the table's
+        mark of no domain). From the host's generator, so --seed repeats them."""
+        if not self.shm.has_unique_ids:
+            return
+        for dom in doms:
+            dom.unique_id = self.rng.getrandbits(64) or 1
+
     def _boot_cpu_time(self) -> int:
         return self.rng.randint(1_000_000, 5_000_000)  # a new incarnation: a few ms
 
@@ -291,11 +301,14 @@ class Hypervisor(DomainSource):
         for dom in doms:
             if dom.domid != 0:
                 dom.incarnation = self.new_incarnation()
+        self._draw_unique_ids(doms)
         at = TruthLog.clock()
         self.shm.begin()
         try:
             for dom in doms:
                 self._flags[dom.domid] = dom.flags
+                if dom.unique_id:
+                    self.shm.set_unique_id(dom.domid, dom.unique_id)
             if len(doms) > _REWRITE_THRESHOLD:
                 for dom in doms:
                     self.domains[dom.domid] = dom
@@ -337,6 +350,8 @@ class Hypervisor(DomainSource):
             for domid in domids:
                 if domid in self.domains:
                     self._flags[domid] = -1
+                    if self.shm.has_unique_ids:
+                        self.shm.set_unique_id(domid, 0)
             if len(domids) > _REWRITE_THRESHOLD:
                 for domid in domids:
                     dom = self.domains.pop(domid, None)

@@ -266,6 +266,7 @@ class Sim:
         virq_sockets: Iterable[str] = (),
         seed: int | None = None,
         external_xenstored: str | None = None,
+        xen_version: str = "4.17",
     ) -> None:
         self.dir = directory
         self.n_domains = domains
@@ -273,7 +274,7 @@ class Sim:
         self.rng = random.Random(seed)
         self.seed = seed
         self.external = external_xenstored
-        self.shm = ShmTable(self.paths.shm)
+        self.shm = ShmTable(self.paths.shm, xen_version=xen_version)
         self.truth = TruthLog(self.paths.truth)
         self.failures = ArmedFailuresFile(self.paths.hypercall_faults)
         # The sim's own xenstored exists in both modes (counters, `list`), but with an
@@ -674,6 +675,7 @@ def main(
     virq_sockets: Iterable[str] = (),
     seed: int | None = None,
     external_xenstored: str | None = None,
+    xen_version: str = "4.17",
 ) -> int:
     os.makedirs(directory, exist_ok=True)
     paths = sim_paths(directory)
@@ -693,6 +695,7 @@ def main(
             virq_sockets=virq_sockets,
             seed=seed,
             external_xenstored=external_xenstored,
+            xen_version=xen_version,
         )
     except SimError as exc:
         print(f"xenmux sim: {exc}", file=sys.stderr)

@@ -7,6 +7,12 @@ is the only writer. Every change happens inside a seqlock section: the sequence 
 odd while the table is being written, and readers retry when it was odd or moved while
 they copied.
 
+From Xen 4.20 on the hypervisor also has a 64-bit unique id per domain incarnation; the
+table keeps them beside the records (never inside: the record layout is the real one), one
+u64 per domid, where the header's `unique ids` offset says, written in the same seqlock
+section as the record they belong to. The header's Xen version says which release the sim
+models, so a reader can tell whether dom0 could read those ids (4.21+) or not (4.20).
+
 The file keeps its inode and size for the whole life of the sim, so a reader may map it once.
 """
 
@@ -30,8 +36,10 @@ from mux.sim._simfast import (
     SHM_OFF_RECORD_SIZE,
     SHM_OFF_RECORDS,
     SHM_OFF_SEQLOCK,
+    SHM_OFF_UNIQUE_IDS,
     SHM_OFF_VERSION,
     SHM_OFF_VIRQS,
+    SHM_OFF_XEN_VERSION,
     SHM_VERSION,
     shm_write_states,
 )
@@ -48,8 +56,22 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-def file_size(capacity: int) -> int:
-    return SHM_OFF_RECORDS + capacity * RECORD_SIZE
+# The first Xen release whose hypervisor draws unique ids, and the first that lets dom0 read
+# them through a stable interface (XEN_DOMCTL_get_domain_state, libxenmanage).
+UNIQUE_IDS_SINCE = (4, 20)
+UNIQUE_IDS_READABLE_SINCE = (4, 21)
+UNIQUE_ID_SIZE = 8
+
+
+def xen_version_code(version: str) -> int:
+    """The header's code of a Xen release "MAJOR.MINOR" (XM_SHM_XEN in shm_layout.h)."""
+    major, minor = (int(x) for x in version.split("."))
+    return major << 16 | minor
+
+
+def file_size(capacity: int, unique_ids: bool = False) -> int:
+    size = SHM_OFF_RECORDS + capacity * RECORD_SIZE
+    return size + DOMID_FIRST_RESERVED * UNIQUE_ID_SIZE if unique_ids else size
 
 
 class ShmTable:
@@ -59,10 +81,14 @@ class ShmTable:
     makes it even again. Record helpers may only be called between the two.
     """
 
-    def __init__(self, path: str, capacity: int = CAPACITY) -> None:
+    def __init__(self, path: str, capacity: int = CAPACITY, *, xen_version: str = "4.17") -> None:
         self.path = path
         self.capacity = capacity
-        size = file_size(capacity)
+        code = xen_version_code(xen_version)
+        self.has_unique_ids = (code >> 16, code & 0xFFFF) >= UNIQUE_IDS_SINCE
+        # Right behind the records (112 bytes each: 8-byte aligned).
+        self._ids_at = file_size(capacity) if self.has_unique_ids else 0
+        size = file_size(capacity, self.has_unique_ids)
         # A table left behind by a killed sim is replaced, never reused: its readers would
         # otherwise see a half-initialised header.
         try:
@@ -84,6 +110,8 @@ class ShmTable:
         _U32.pack_into(self._mm, SHM_OFF_VERSION, SHM_VERSION)
         _U32.pack_into(self._mm, SHM_OFF_RECORD_SIZE, RECORD_SIZE)
         _U32.pack_into(self._mm, SHM_OFF_CAPACITY, capacity)
+        _U32.pack_into(self._mm, SHM_OFF_XEN_VERSION, code)
+        _U64.pack_into(self._mm, SHM_OFF_UNIQUE_IDS, self._ids_at)
 
     # seqlock ----------------------------------------------------------------------------
 
@@ -179,6 +207,14 @@ class ShmTable:
             self._mm[new_end:old_end] = bytes(old_end - new_end)
         self._count = len(records)
 
+    def set_unique_id(self, domid: int, unique_id: int) -> None:
+        """The unique id of the incarnation `domid` now holds (0: none holds it). Only on a
+        table of Xen 4.20+, in the section that writes (or removes) its record."""
+        self._check()
+        if not self.has_unique_ids:
+            raise RuntimeError("this Xen release has no unique domain ids")
+        _U64.pack_into(self._mm, self._ids_at + domid * UNIQUE_ID_SIZE, unique_id)
+
     def close(self, unlink: bool = True) -> None:
         try:
             self._mm.close()
@@ -208,6 +244,48 @@ class Snapshot:
         return unpack_all(self.records, self.count)
 
 
+class UniqueIds:
+    """The unique ids of a mapped table (any buffer of the whole file), read under its
+    seqlock; `xen_version` is the (major, minor) the sim models."""
+
+    def __init__(self, mm) -> None:
+        code = _U32.unpack_from(mm, SHM_OFF_XEN_VERSION)[0]
+        self.xen_version = (code >> 16, code & 0xFFFF)
+        self._at = _U64.unpack_from(mm, SHM_OFF_UNIQUE_IDS)[0]
+        if self._at and self._at + DOMID_FIRST_RESERVED * UNIQUE_ID_SIZE > len(mm):
+            raise ValueError("the table's unique ids lie beyond its end")
+        self._mm = mm
+
+    @property
+    def present(self) -> bool:
+        """Whether the hypervisor modelled has them (Xen 4.20+)."""
+        return self._at != 0
+
+    @property
+    def readable(self) -> bool:
+        """Whether dom0 could read them on that release (4.21+: libxenmanage)."""
+        return self.present and self.xen_version >= UNIQUE_IDS_READABLE_SINCE
+
+    def get(self, domid: int, timeout: float = 2.0) -> int | None:
+        """The unique id of `domid`'s incarnation, None when no domain holds the domid."""
+        if not self._at:
+            raise LookupError("this table has no unique ids (Xen before 4.20)")
+        if not 0 <= domid < DOMID_FIRST_RESERVED:
+            return None
+        mm = self._mm
+        at = self._at + domid * UNIQUE_ID_SIZE
+        deadline = time.monotonic() + timeout
+        while True:
+            s1 = _U64.unpack_from(mm, SHM_OFF_SEQLOCK)[0]
+            if not s1 & 1:
+                value = _U64.unpack_from(mm, at)[0]
+                if _U64.unpack_from(mm, SHM_OFF_SEQLOCK)[0] == s1:
+                    return value or None
+            if time.monotonic() > deadline:
+                raise TimeoutError("the table's seqlock stayed busy")
+            time.sleep(0 if not s1 & 1 else 0.00005)
+
+
 class ShmReader:
     """Map a table read-only and copy it out under the seqlock (tests and tools)."""
 
@@ -228,6 +306,7 @@ class ShmReader:
             self._mm.close()
             raise ValueError(f"{path} is shorter than its capacity of {capacity} records")
         self.capacity = capacity
+        self.unique_ids = UniqueIds(self._mm)
 
     def snapshot(self, timeout: float = 2.0) -> Snapshot:
         mm = self._mm

@@ -32,7 +32,19 @@
 #define XM_SHM_OFF_CHANGE_STAMP 32 /* u64: CLOCK_MONOTONIC ns of the latest change */
 #define XM_SHM_OFF_CHANGES 40 /* u64: changes applied since the sim started */
 #define XM_SHM_OFF_VIRQS 48 /* u64: VIRQ_DOM_EXC raised since the sim started */
+#define XM_SHM_OFF_UNIQUE_IDS 56 /* u64: byte offset of the unique ids, 0 when Xen has none */
+#define XM_SHM_OFF_XEN_VERSION 64 /* u32: the Xen release modelled, XM_SHM_XEN(major, minor) */
 #define XM_SHM_OFF_RECORDS XM_SHM_HEADER_SIZE /* xc_domaininfo_t[capacity] */
+
+/*
+ * Xen 4.20+ draws a 64-bit unique id for every domain incarnation. The sim keeps them beside
+ * the records, never inside them (xc_domaininfo_t has no such field): u64[XM_DOMID_FIRST_RESERVED]
+ * at the byte offset the header's XM_SHM_OFF_UNIQUE_IDS gives, indexed by domid, written in the same seqlock
+ * section as the record it belongs to; 0 where no domain is (Xen's ids are never 0 in the sim).
+ * Whether dom0 may read them (4.21+: XEN_DOMCTL_get_domain_state) is the reader's rule, by
+ * XM_SHM_OFF_XEN_VERSION.
+ */
+#define XM_SHM_XEN(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))
 
 /* xm_shm_try_copy found the writer inside a change, or saw it make one while it copied. */
 #define XM_SHM_BUSY (-1)

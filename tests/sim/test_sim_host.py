@@ -62,7 +62,10 @@ def test_header_layout_and_dom0(h):
     assert 0 < stamp <= time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert changes == 1 and virqs == 0
     with open(h.path, "rb") as f:
-        assert f.read(128)[56:] == bytes(72)  # reserved
+        head = f.read(128)
+    assert head[56:64] == bytes(8)  # a 4.17 host: no unique ids
+    assert head[64:68] == (4 << 16 | 17).to_bytes(4, "little")  # the Xen release modelled
+    assert head[68:] == bytes(60)  # reserved
     [dom0] = h.table()
     assert dom0.domid == 0 and not dom0.shutdown and not dom0.dying
     assert dom0.reason == records.SHUTDOWN_NONE

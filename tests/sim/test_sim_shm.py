@@ -153,7 +153,7 @@ def test_the_extension_exports_the_header_numbers():
     assert _simfast.SHM_MAGIC == defs["MAGIC"].encode() == b"XMUXSHM1"
     assert len(_simfast.SHM_MAGIC) == defs["MAGIC_SIZE"]
     names = ["VERSION", "HEADER_SIZE", *(name for name in defs if name.startswith("OFF_"))]
-    assert len(names) == 12
+    assert len(names) == 14
     for name in names:
         assert getattr(_simfast, f"SHM_{name}") == defs[name], name
     for name in ("MAGIC", "VERSION", "OFF_MAGIC", "OFF_COUNT", "OFF_SEQLOCK", "OFF_RECORDS"):
@@ -184,6 +184,8 @@ DOC_FIELDS = {
     "CLOCK_MONOTONIC": "OFF_CHANGE_STAMP",
     "number of changes": "OFF_CHANGES",
     "number of VIRQ_DOM_EXC": "OFF_VIRQS",
+    "unique ids": "OFF_UNIQUE_IDS",
+    "Xen release": "OFF_XEN_VERSION",
     "`xc_domaininfo_t`": "OFF_RECORDS",
 }
 TYPE_SIZES = {"u32": 4, "u64": 8}

@@ -402,6 +402,7 @@ def test_rows_carry_every_field(impl):
         "name": None,
         "suspend_cpu": None,
         "suspend_seen": None,
+        "unique_id": None,
     }
 
 

@@ -9,6 +9,11 @@ the host. Tables reloaded from their own dumps (crosswise, through JSON) must go
 as a third table that never was; and after every full scan the checkpoint taken earlier,
 replayed with the events journaled since, must load into the same table as far as events
 tell it, one that a scan of the same host finds nothing new in.
+
+Half the runs model a host with unique ids (Xen 4.21+): every incarnation the host builds
+gets a new id, the scans read them (checking the held domains' ids or not), and a domid
+reused behind a record that shows nothing (same UUID, cpu_time not behind) is a new
+incarnation as soon as a checking scan reads its id; events carry the incarnation.
 """
 
 from __future__ import annotations
@@ -65,9 +70,15 @@ class Life:
     """What the events have said about one domain incarnation so far."""
 
     def __init__(
-        self, uuid: str, phase: str, shut: str | bool | None = False, paused: bool = False
+        self,
+        uuid: str,
+        phase: str,
+        shut: str | bool | None = False,
+        paused: bool = False,
+        incarnation: str | None = None,
     ) -> None:
         self.uuid = uuid
+        self.incarnation = incarnation
         self.phase = phase  # alive or dead
         self.shut = shut  # False, or the reason (name or None) of the shutdown in force
         self.paused = paused
@@ -96,6 +107,8 @@ class ScannerMachine(RuleBasedStateMachine):
         self.rng = random.Random(0)
         self.checkpoint: dict = {}
         self.journal: list[dict] = []  # the events since the checkpoint, as frames parsed
+        self.with_ids = False  # the host has unique ids (Xen 4.21+), and the scans read them
+        self.ids: dict[int, int] = {}  # domid -> the unique id of the incarnation it holds
 
     @property
     def tables(self):
@@ -115,27 +128,46 @@ class ScannerMachine(RuleBasedStateMachine):
     def _batch(self, records) -> tuple[bytes, int]:
         return pack_all(records), len(records)
 
+    def _born(self, domid: int) -> None:
+        """The host built a new incarnation on `domid`: Xen draws it a new id."""
+        self.ids[domid] = self.rng.getrandbits(64) or 1
+
+    def unique_id(self, domid: int) -> int | None:
+        """The backend's unique_id(domid)."""
+        return self.ids[domid] if domid in self.host else None
+
+    def _ids_args(self, data) -> dict:
+        """How a scan reads ids: not at all without them; else checking the held ones or not."""
+        if not self.with_ids:
+            return {}
+        return {"unique_id": self.unique_id, "check_ids": data.draw(st.booleans(), label="check")}
+
     @initialize(
         start=st.dictionaries(
             DOMIDS, st.tuples(HANDLES, CPU, st.none() | REASONS, st.booleans()), max_size=6
         ),
         dying=st.sets(DOMIDS, max_size=2),
         seed=st.integers(0, 2**32 - 1),
+        with_ids=st.booleans(),
     )
-    def prime(self, start, dying, seed) -> None:
+    def prime(self, start, dying, seed, with_ids) -> None:
         self.rng = random.Random(seed)
+        self.with_ids = with_ids
         for domid, (handle, cpu, reason, paused) in start.items():
             flags = flags_of(reason, dying=domid in dying, paused=paused)
             self.host[domid] = DomainRecord(domid, flags, handle, cpu)
+            self._born(domid)
         records = list(self.host.values())
         self.rng.shuffle(records)
         buf, n = self._batch(records)
         for table in self.tables:
-            table.prime(buf, n, self.now)
+            table.prime(buf, n, self.now, unique_id=self.unique_id if with_ids else None)
         for row, snap in zip(self.ref.rows(), self.ref.snapshot(), strict=True):
             shut = row["reason"] if row["state"] == "shutdown" else False
             phase = "dead" if row["state"] == "dead" else "alive"
-            self.life[row["domid"]] = Life(row["uuid"], phase, shut, snap["paused"])
+            life = Life(row["uuid"], phase, shut, snap["paused"], snap.get("incarnation"))
+            self.life[row["domid"]] = life
+            assert (life.incarnation is not None) == with_ids
         self.take_checkpoint()
 
     def _pick(self, data, *, alive_only=False) -> int:
@@ -152,6 +184,7 @@ class ScannerMachine(RuleBasedStateMachine):
         free = [d for d in ALL_DOMIDS if d not in self.host]
         domid = data.draw(st.sampled_from(free), label="domid")
         self.host[domid] = DomainRecord(domid, flags_of(None, paused=paused), handle, cpu)
+        self._born(domid)
 
     @precondition(lambda self: self.host)
     @rule(
@@ -166,6 +199,18 @@ class ScannerMachine(RuleBasedStateMachine):
         domid = self._pick(data)
         flags = flags_of(reason, paused=paused)
         self.host[domid] = DomainRecord(domid, flags, handle, cpu)
+        self._born(domid)
+
+    @precondition(lambda self: self.host)
+    @rule(data=st.data(), ran=st.integers(0, 10**9), paused=st.booleans())
+    def reuse_unseen(self, data, ran, paused) -> None:
+        """The domain went and another with the same UUID took its domid, its cpu_time not
+        behind: nothing in the record shows it, only the unique id (where there is one)."""
+        domid = self._pick(data)
+        old = self.host[domid]
+        flags = flags_of(None, paused=paused)
+        self.host[domid] = DomainRecord(domid, flags, old.handle, old.cpu_time + ran)
+        self._born(domid)
 
     @precondition(lambda self: self.host)
     @rule(data=st.data())
@@ -269,10 +314,12 @@ class ScannerMachine(RuleBasedStateMachine):
             if rec is None:
                 if op == "create":
                     self.host[domid] = DomainRecord(domid, make_flags(), handle, 10)
+                    self._born(domid)
             elif op == "remove":
                 del self.host[domid]
             elif op == "reuse":
                 self.host[domid] = DomainRecord(domid, make_flags(), handle, 5)
+                self._born(domid)
             elif op == "dying":
                 self._set(domid, flags=rec.flags | DOMINF_DYING)
             elif op == "shutdown" and not rec.dying:
@@ -344,11 +391,15 @@ class ScannerMachine(RuleBasedStateMachine):
         life = self.life.get(e.domid)
         if e.kind == "new":
             assert life is None, f"new for domid {e.domid} while {life.phase}"
-            self.life[e.domid] = Life(e.uuid, "alive", paused=e.paused)
+            assert (e.incarnation is not None) == self.with_ids
+            if self.with_ids:  # read as the scan took it in: the host's id
+                assert e.incarnation == reference.incarnation_text(self.ids[e.domid])
+            self.life[e.domid] = Life(e.uuid, "alive", paused=e.paused, incarnation=e.incarnation)
             return
         assert not e.paused, "paused on an event other than new"
         assert life is not None, f"{e.kind} for unknown domid {e.domid}"
         assert e.uuid == life.uuid, f"{e.kind} of domid {e.domid} names another incarnation"
+        assert e.incarnation == life.incarnation, f"{e.kind} of {e.domid}: another incarnation"
         if e.kind == "shutdown":
             assert life.phase == "alive"
             assert life.shut is False, "a shutdown over another without `resumed`"
@@ -378,9 +429,12 @@ class ScannerMachine(RuleBasedStateMachine):
         records = data.draw(st.permutations(list(self.host.values())))
         buf, n = self._batch(records)
         self.now += step
-        self._compare(data, lambda table: table.diff(buf, n, self.now))
+        ids = self._ids_args(data)
+        self._compare(data, lambda table: table.diff(buf, n, self.now, **ids))
         # The table now is the host.
         rows = self.ref.rows()
+        if ids.get("check_ids"):  # every incarnation is the host's, reused domids included
+            assert {r["domid"]: r["unique_id"] for r in rows} == {d: self.ids[d] for d in self.host}
         assert [r["domid"] for r in rows] == sorted(self.host)
         for row in rows:
             rec = self.host[row["domid"]]
@@ -413,7 +467,7 @@ class ScannerMachine(RuleBasedStateMachine):
         now = {r["domid"]: r for r in self.ref.rows()}
         assert told.keys() == now.keys()
         for domid, row in now.items():
-            keys = ("uuid", "gen", "state", "reason_code")
+            keys = ("uuid", "gen", "state", "reason_code", "unique_id")
             assert [told[domid][k] for k in keys] == [row[k] for k in keys], domid
         assert [s["paused"] for s in ref.snapshot()] == [s["paused"] for s in self.ref.snapshot()]
         assert {d: r["name"] for d, r in told.items()} == self._names_told()
@@ -441,7 +495,11 @@ class ScannerMachine(RuleBasedStateMachine):
         records = [self.host[d] for d in sorted(self.host) if d >= domid][:most]
         buf, n = self._batch(records)
         self.now += step
-        self._compare(data, lambda table: table.diff_one(domid, buf, n, self.now))
+        ids = self._ids_args(data)
+        self._compare(data, lambda table: table.diff_one(domid, buf, n, self.now, **ids))
+        if ids.get("check_ids") and domid in self.host:
+            (row,) = [r for r in self.ref.rows() if r["domid"] == domid]
+            assert row["unique_id"] == self.ids[domid]
         row = [r for r in self.ref.rows() if r["domid"] == domid]
         assert bool(row) == (domid in self.host)
 
@@ -467,11 +525,12 @@ class ScannerMachine(RuleBasedStateMachine):
         assert len(buf) == len(records) * RECORD_SIZE
         before_fast, before_ref = self.fast.rows(), self.ref.rows()
         seq = self.ref.seq
+        ids = self._ids_args(data)
         for table in self.tables:
             with pytest.raises(ValueError, match="corrupt batch"):
-                table.diff(buf, count, self.now + 1)
+                table.diff(buf, count, self.now + 1, **ids)
             with pytest.raises(ValueError, match="corrupt batch"):
-                table.diff_one(0, buf, count, self.now + 1)
+                table.diff_one(0, buf, count, self.now + 1, **ids)
         assert self.fast.rows() == before_fast
         assert self.ref.rows() == before_ref
         assert self.fast.seq == self.ref.seq == seq
@@ -499,6 +558,7 @@ class ScannerMachine(RuleBasedStateMachine):
             assert rows[domid]["uuid"] == life.uuid
             assert (rows[domid]["state"] == "dead") == (life.phase == "dead")
             assert snap[domid]["paused"] == life.paused
+            assert snap[domid].get("incarnation") == life.incarnation
         assert self.ref.n_paused == sum(life.paused for life in self.life.values())
 
 
