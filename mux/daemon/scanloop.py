@@ -354,7 +354,7 @@ class ScanLoop:
         """The backend's unique_id, for the table: a failure leaves the id unknown (the
         next checking scan reads it) rather than the scan half done."""
         try:
-            return self.backend.unique_id(domid)  # type: ignore[attr-defined]
+            return self.backend.unique_id(domid)
         except HypervisorError as exc:
             self.stats.hypercall_errors += 1
             log.error("reading the unique id of domain %d failed (%s)", domid, exc)

@@ -84,6 +84,11 @@ class Backend(Protocol):
         backend learns that those domids changed."""
         ...
 
+    def unique_id(self, domid: int) -> int | None:
+        """Only with `unique_ids`: the 64-bit id of `domid`'s current incarnation, None when
+        it does not exist. Raises HypervisorError."""
+        ...
+
     def domain_count_hint(self) -> int:
         """How many domains exist now, roughly."""
         ...
