@@ -110,6 +110,7 @@ class Publisher:
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
         self.unsent = None
+        self.conn.defer_reading()  # its ack is read with the next wake-up (natsconn.py)
         return acks
 
     def take(self) -> list[Ack]:
@@ -126,7 +127,9 @@ class Publisher:
         acks = self.take()
         if self.conn.lost.is_set():
             raise NatsUnavailable("the NATS connection was lost")
-        if self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout:
+        # (while reading is deferred, a late ack may be one not read yet: not a timeout)
+        late = self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout
+        if late and not self.conn.reading_deferred:
             raise NatsUnavailable("JetStream did not acknowledge a publish in time")
         return acks
 
@@ -147,6 +150,11 @@ class Publisher:
         """time.monotonic() when the oldest message in flight went out (pending > 0)."""
         return self.inflight[0][0]
 
+    @property
+    def oldest_ack(self) -> asyncio.Future:
+        """The ack of the oldest message in flight (pending > 0): done when it came."""
+        return self.inflight[0][1]
+
     async def _wait_oldest(self) -> list[Ack]:
         """Wait for the oldest message in flight; its ack, or none when another task took
         it meanwhile (the keeper's check(): acks are taken in order either way)."""
@@ -154,7 +162,10 @@ class Publisher:
         sent, fut, _item = entry
         left = sent + self.timeout - time.monotonic()
         if not fut.done() and left > 0:
-            await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            with self.conn.acks_wanted():
+                await asyncio.wait(
+                    (fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
         if not self.inflight or self.inflight[0] is not entry:
             return []
         if not fut.done():
