@@ -18,7 +18,7 @@ def one_line(text: str) -> str:
 
 def test_a_server_that_wants_a_password_rejects_a_bridge_without_it(pool, tmp_path):
     nats = pool.nats(auth=("xenmux", "s3cret pass"))
-    a = pool.host("a", domains=2)
+    a = pool.shared_host("a")
     bare = pool.bridge(a, nats.url, ready=False, ok=(1,))
     assert bare.proc.wait(30) == 1
     line = one_line(bare.stderr())
@@ -89,7 +89,7 @@ def test_a_bridge_waits_for_nats_and_says_so_once(pool):
 
     pool.need_nats_server()
     port = free_port()
-    a = pool.host("a", domains=2)
+    a = pool.shared_host("a")
     bridge = pool.bridge(a, f"nats://127.0.0.1:{port}", ready=False)
     time.sleep(2.0)
     assert bridge.proc.poll() is None
