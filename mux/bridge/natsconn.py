@@ -142,9 +142,9 @@ class Connection:
     # budget is 250 us of CPU per event). So between publishes the socket may be left unread
     # (`defer_reading`): the acks wait in the kernel and are read with the next event's
     # wake-up, or by whoever waits for one (`acks_wanted`: every wait for an ack is in one,
-    # and the bridge's keeper takes them within a second). Meanwhile nothing else can come
-    # that matters: a session's API requests are made before its first publish, and the
-    # server's pings allow minutes.
+    # and the bridge's keeper takes them within a second, and reads on before it waits with
+    # no deadline: `read_on`). Meanwhile nothing else can come that matters: a session's API
+    # requests are made before its first publish, and the pings allow seconds.
 
     def _socket_transport(self) -> Any:
         """The asyncio transport under nats-py's TCP (or TLS) transport, or None."""
@@ -162,6 +162,11 @@ class Connection:
         if transport is not None:
             transport.pause_reading()
             self._deferred = True
+
+    def read_on(self) -> None:
+        """Read what the server sends as it comes again (until the next defer_reading): for
+        a wait with no deadline, so that nothing, the server's pings included, waits on it."""
+        self._resume_reading()
 
     def _resume_reading(self) -> None:
         if self._deferred:

@@ -45,6 +45,7 @@ FLUSH_GAP = 1.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STOP_GRACE = 2.0  # on SIGTERM: how long to wait for acks and the last bucket flush
+ACK_READ = 0.1  # how long acks left unread in the socket take to be read once wanted
 
 
 @dataclass
@@ -236,6 +237,7 @@ class Bridge:
             self._acked(await asyncio.wait_for(pub.drain(), STOP_GRACE))
             async with self._table_lock:
                 await asyncio.wait_for(self._flush(table), STOP_GRACE)
+                await asyncio.wait_for(table.settle(), STOP_GRACE)
 
     async def _take_events(self, pub: Publisher, table: TableWriter) -> None:
         while True:
@@ -260,6 +262,16 @@ class Bridge:
             while True:
                 now = time.monotonic()
                 deadline = None
+                if pub.pending and pub.oldest_sent + ACK_TIMEOUT <= now:
+                    # Late, or only not read yet: read, and check() says which.
+                    with pub.conn.acks_wanted():
+                        await asyncio.wait(
+                            (lost, pub.oldest_ack),
+                            timeout=ACK_READ,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        self._acked(pub.check())
+                    continue
                 if self._dirty or self.stream_seq != flushed_seq:
                     deadline = self._flush_due(table, self._changed_at)
                 elif pub.pending:
@@ -279,6 +291,7 @@ class Bridge:
                 if pub.pending:
                     deadline = min(deadline or math.inf, pub.oldest_sent + ACK_TIMEOUT)
                 if deadline is None:
+                    pub.conn.read_on()  # a flush's checkpoint ack, the pings: not left unread
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
@@ -362,6 +375,7 @@ class Bridge:
         self.history, self.seq = resync.history, resync.seq
         self.stats.acked_seq = resync.seq
         await table.rewrite(rows, self.present, self._checkpoint())
+        await table.settle()  # stored before the resync counts as done
         self.rows, self.present = rows, set(rows)
         self._dirty.clear()
         self.resyncing = False

@@ -13,8 +13,9 @@ there are nearly as many rows as events). Its ack says the rows are stored too: 
 stores one connection's messages to a stream in the order sent, and a row is lost only
 with the connection or the stream's leader, within microseconds of the checkpoint sent
 after it, which is then lost too (the same argument as the events': mux/bridge/publisher.py).
-An unacknowledged checkpoint ends the session, and every session starts by writing the
-host's whole table.
+A flush does not wait for that ack either: the next flush takes it first (a wake-up saved
+per flush). An unacknowledged checkpoint ends the session, and every session starts by
+writing the host's whole table.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class TableWriter:
         await self._write(dict(sorted(values.items())), checkpoint)
 
     async def _write(self, values: dict[int, dict | None], checkpoint: dict) -> None:
+        # The last flush's checkpoint first: its ack has long been in (a failed one ends the
+        # session here); this flush's is taken by the next one, or by settle().
+        await self.settle()
         self.last_flush = time.monotonic()
         publish = self.conn.nc.publish
         try:
@@ -75,6 +79,9 @@ class TableWriter:
             _encode({"host": self.host_name, **checkpoint, "time": time.time()}),
         )
         self.stats.kv_writes += 1
+
+    async def settle(self) -> None:
+        """Wait for the last checkpoint's ack: the flushes so far are stored."""
         await self.publisher.drain()
 
     def close(self) -> None:
