@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -134,60 +133,6 @@ class Connection:
         self.js = nc.jetstream(timeout=timeout)
         self.jsm = nc.jsm(timeout=timeout)
         self.lost = lost
-        self._deferred = False  # reading paused by defer_reading()
-        self._wanted = 0  # tasks waiting for something from the server: reading must go on
-
-    # A publisher's acks come back a millisecond after each publish; read at once, each one
-    # is a wake-up of the process of its own (as costly as the event's own: the bridge's
-    # budget is 250 us of CPU per event). So between publishes the socket may be left unread
-    # (`defer_reading`): the acks wait in the kernel and are read with the next event's
-    # wake-up, or by whoever waits for one (`acks_wanted`: every wait for an ack is in one,
-    # and the bridge's keeper takes them within a second, and reads on before it waits with
-    # no deadline: `read_on`). Meanwhile nothing else can come that matters: a session's API
-    # requests are made before its first publish, and the pings allow seconds.
-
-    def _socket_transport(self) -> Any:
-        """The asyncio transport under nats-py's TCP (or TLS) transport, or None."""
-        io_writer = getattr(getattr(self.nc, "_transport", None), "_io_writer", None)
-        transport = getattr(io_writer, "transport", None)
-        if transport is None or transport.is_closing():
-            return None
-        return transport
-
-    def defer_reading(self) -> None:
-        """Leave what the server sends unread until someone wants it (no one does now)."""
-        if self._deferred or self._wanted:
-            return
-        transport = self._socket_transport()
-        if transport is not None:
-            transport.pause_reading()
-            self._deferred = True
-
-    def read_on(self) -> None:
-        """Read what the server sends as it comes again (until the next defer_reading): for
-        a wait with no deadline, so that nothing, the server's pings included, waits on it."""
-        self._resume_reading()
-
-    def _resume_reading(self) -> None:
-        if self._deferred:
-            self._deferred = False
-            transport = self._socket_transport()
-            if transport is not None:
-                transport.resume_reading()
-
-    @contextlib.contextmanager
-    def acks_wanted(self):
-        """While in it, the socket is read as it should be."""
-        self._wanted += 1
-        self._resume_reading()
-        try:
-            yield
-        finally:
-            self._wanted -= 1
-
-    @property
-    def reading_deferred(self) -> bool:
-        return self._deferred
 
     @property
     def server(self) -> str:

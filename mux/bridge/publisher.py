@@ -110,7 +110,6 @@ class Publisher:
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
         self.unsent = None
-        self.conn.defer_reading()  # its ack is read with the next wake-up (natsconn.py)
         return acks
 
     def take(self) -> list[Ack]:
@@ -127,9 +126,7 @@ class Publisher:
         acks = self.take()
         if self.conn.lost.is_set():
             raise NatsUnavailable("the NATS connection was lost")
-        # (while reading is deferred, a late ack may be one not read yet: not a timeout)
-        late = self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout
-        if late and not self.conn.reading_deferred:
+        if self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout:
             raise NatsUnavailable("JetStream did not acknowledge a publish in time")
         return acks
 
@@ -162,10 +159,7 @@ class Publisher:
         sent, fut, _item = entry
         left = sent + self.timeout - time.monotonic()
         if not fut.done() and left > 0:
-            with self.conn.acks_wanted():
-                await asyncio.wait(
-                    (fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
+            await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
         if not self.inflight or self.inflight[0] is not entry:
             return []
         if not fut.done():

@@ -45,7 +45,6 @@ FLUSH_GAP = 1.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STOP_GRACE = 2.0  # on SIGTERM: how long to wait for acks and the last bucket flush
-ACK_READ = 0.1  # how long acks left unread in the socket take to be read once wanted
 
 
 @dataclass
@@ -262,36 +261,24 @@ class Bridge:
             while True:
                 now = time.monotonic()
                 deadline = None
-                if pub.pending and pub.oldest_sent + ACK_TIMEOUT <= now:
-                    # Late, or only not read yet: read, and check() says which.
-                    with pub.conn.acks_wanted():
-                        await asyncio.wait(
-                            (lost, pub.oldest_ack),
-                            timeout=ACK_READ,
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
-                        self._acked(pub.check())
-                    continue
                 if self._dirty or self.stream_seq != flushed_seq:
                     deadline = self._flush_due(table, self._changed_at)
                 elif pub.pending:
                     # Nothing to flush until the acks come: wait until a flush could be due,
-                    # then for the oldest ack (read now: mux/bridge/natsconn.py).
+                    # then for the oldest ack.
                     due = self._flush_due(table, pub.oldest_sent)
                     if due <= now:
-                        with pub.conn.acks_wanted():
-                            await asyncio.wait(
-                                (lost, pub.oldest_ack),
-                                timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
-                                return_when=asyncio.FIRST_COMPLETED,
-                            )
+                        await asyncio.wait(
+                            (lost, pub.oldest_ack),
+                            timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                         self._acked(pub.check())
                         continue
                     deadline = due
                 if pub.pending:
                     deadline = min(deadline or math.inf, pub.oldest_sent + ACK_TIMEOUT)
                 if deadline is None:
-                    pub.conn.read_on()  # a flush's checkpoint ack, the pings: not left unread
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
