@@ -598,12 +598,14 @@ def params_for(
     quick: bool, seconds: float | None, rate: float | None, outage: float | None = None
 ) -> PoolParams:
     if quick:
+        # A smoke run (make test runs it: tests/pool/test_pool_bench_smoke.py): every phase,
+        # briefly.
         return PoolParams(
-            latency_seconds=1.5,
+            latency_seconds=1.0,
             latency_rate=5,
-            churn_seconds=1.5,
+            churn_seconds=1.0,
             churn_rate=10.0,
-            outage_seconds=2.0 if outage is None else outage,
+            outage_seconds=1.0 if outage is None else outage,
         )
     p = PoolParams()
     if seconds:

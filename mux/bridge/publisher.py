@@ -147,6 +147,11 @@ class Publisher:
         """time.monotonic() when the oldest message in flight went out (pending > 0)."""
         return self.inflight[0][0]
 
+    @property
+    def oldest_ack(self) -> asyncio.Future:
+        """The ack of the oldest message in flight (pending > 0): done when it came."""
+        return self.inflight[0][1]
+
     async def _wait_oldest(self) -> list[Ack]:
         """Wait for the oldest message in flight; its ack, or none when another task took
         it meanwhile (the keeper's check(): acks are taken in order either way)."""

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -33,10 +34,14 @@ from mux.bridge.tasks import cancel
 
 log = logging.getLogger("xenmux.bridge")
 
-# The bucket is flushed IDLE_FLUSH after the events pause, and while they flow at least every
-# BUSY_FLUSH: under load a row changed many times is written once (the stream is the record).
+# The bucket is flushed IDLE_FLUSH after the events pause, and while they flow at most
+# BUSY_FLUSH after a change; but never sooner than FLUSH_GAP after the last flush: a row
+# changed many times is written once, and a host with sparse events (each a wake-up of its
+# own) does not pay a flush, its wake-up and its ack for every one (the stream is the
+# record, the bucket the view).
 IDLE_FLUSH = 0.2
 BUSY_FLUSH = 1.0
+FLUSH_GAP = 1.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 STOP_GRACE = 2.0  # on SIGTERM: how long to wait for acks and the last bucket flush
@@ -73,7 +78,10 @@ class Bridge:
         self.rows: dict[int, dict] = {}  # the host's table as the acknowledged stream says
         self.present: set[int] = set()  # the host's row keys in the bucket
         self._dirty: set[int] = set()  # rows changed since the last bucket flush
+        self._changed_at = 0.0  # time.monotonic() of the first change since that flush
         self._last_event = 0.0  # time.monotonic() of the last event from the daemon
+        # The payload's end: the event's JSON with `"host"` spliced in before its last brace.
+        self._host_tail = f',"host":{json.dumps(cfg.host_name)}}}'
         self._table_lock = asyncio.Lock()  # one writer of the bucket at a time
         self._activity = asyncio.Event()  # set at every event: the keeper has work again
 
@@ -228,6 +236,7 @@ class Bridge:
             self._acked(await asyncio.wait_for(pub.drain(), STOP_GRACE))
             async with self._table_lock:
                 await asyncio.wait_for(self._flush(table), STOP_GRACE)
+                await asyncio.wait_for(table.settle(), STOP_GRACE)
 
     async def _take_events(self, pub: Publisher, table: TableWriter) -> None:
         while True:
@@ -242,38 +251,57 @@ class Bridge:
                 self._acked(await self._publish(pub, self.feed.history, item))
 
     async def _keep(self, pub: Publisher, table: TableWriter) -> None:
-        """Acks taken while events are quiet, a lost connection noticed, the bucket flushed:
-        IDLE_FLUSH after the events pause, and at least every BUSY_FLUSH while they flow.
-        It sleeps until the next of those deadlines (or an ack's timeout), and with nothing
-        to do until the next event: every wake-up of a Python process costs CPU."""
+        """Acks taken while events are quiet, a lost connection noticed, the bucket flushed
+        when _flush_due says. It sleeps until the next of those deadlines (or an ack's
+        timeout), and with nothing to do until the next event: every wake-up of a Python
+        process costs CPU, so acks in flight are taken only when a flush could be due."""
         flushed_seq = self.stream_seq
         lost = asyncio.ensure_future(pub.conn.lost.wait())
         try:
             while True:
+                now = time.monotonic()
                 deadline = None
                 if self._dirty or self.stream_seq != flushed_seq:
-                    deadline = min(self._last_event + IDLE_FLUSH, table.last_flush + BUSY_FLUSH)
+                    deadline = self._flush_due(table, self._changed_at)
+                elif pub.pending:
+                    # Nothing to flush until the acks come: wait until a flush could be due,
+                    # then for the oldest ack.
+                    due = self._flush_due(table, pub.oldest_sent)
+                    if due <= now:
+                        await asyncio.wait(
+                            (lost, pub.oldest_ack),
+                            timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        self._acked(pub.check())
+                        continue
+                    deadline = due
                 if pub.pending:
-                    timeout_at = pub.oldest_sent + ACK_TIMEOUT
-                    deadline = timeout_at if deadline is None else min(deadline, timeout_at)
+                    deadline = min(deadline or math.inf, pub.oldest_sent + ACK_TIMEOUT)
                 if deadline is None:
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
                     woke.cancel()
                 else:
-                    await asyncio.wait((lost,), timeout=max(0.0, deadline - time.monotonic()))
+                    await asyncio.wait((lost,), timeout=max(0.0, deadline - now))
                 self._acked(pub.check())
                 self.stats.daemon_seq = self.feed.handed
                 if not self._dirty and self.stream_seq == flushed_seq:
                     continue
-                now = time.monotonic()
-                if now - self._last_event >= IDLE_FLUSH or now - table.last_flush >= BUSY_FLUSH:
+                if time.monotonic() >= self._flush_due(table, self._changed_at):
                     async with self._table_lock:
                         await self._flush(table)
                     flushed_seq = self.stream_seq
         finally:
             lost.cancel()
+
+    def _flush_due(self, table: TableWriter, changed_at: float) -> float:
+        """When the bucket should be flushed for changes since `changed_at`: IDLE_FLUSH after
+        the last event, BUSY_FLUSH after the change if events keep coming, and not before
+        FLUSH_GAP after the last flush."""
+        settle = min(self._last_event + IDLE_FLUSH, changed_at + BUSY_FLUSH)
+        return max(settle, table.last_flush + FLUSH_GAP)
 
     async def _publish(self, pub: Publisher, history: str, event: dict) -> list[Ack]:
         if event.get("missed"):
@@ -283,7 +311,10 @@ class Bridge:
                 event = {**event, "name": row["name"]}
         else:
             msg_id = names.event_msg_id(history, event["seq"])
-        payload = json.dumps({**event, "host": self.cfg.host_name}, separators=(",", ":"))
+        if "host" in event:  # not a daemon's frame: no key may appear twice
+            payload = json.dumps({**event, "host": self.cfg.host_name}, separators=(",", ":"))
+        else:
+            payload = json.dumps(event, separators=(",", ":"))[:-1] + self._host_tail
         return await pub.send(
             names.event_subject(self.host, event["domid"], event["event"]),
             payload.encode(),
@@ -306,6 +337,8 @@ class Bridge:
             if not event.get("missed"):
                 self.seq = event["seq"]
                 self.stats.acked_seq = event["seq"]
+            if not self._dirty:
+                self._changed_at = time.monotonic()
             self._dirty.add(event["domid"])
 
     async def _resync(self, resync: Resync, pub: Publisher, table: TableWriter) -> None:
@@ -329,6 +362,7 @@ class Bridge:
         self.history, self.seq = resync.history, resync.seq
         self.stats.acked_seq = resync.seq
         await table.rewrite(rows, self.present, self._checkpoint())
+        await table.settle()  # stored before the resync counts as done
         self.rows, self.present = rows, set(rows)
         self._dirty.clear()
         self.resyncing = False
@@ -336,12 +370,16 @@ class Bridge:
 
     async def _flush(self, table: TableWriter) -> None:
         dirty, self._dirty = self._dirty, set()
+        write = set()
         for domid in dirty:
             if domid in self.rows:
                 self.present.add(domid)
-            else:
+                write.add(domid)
+            elif domid in self.present:
                 self.present.discard(domid)
-        await table.flush(self.rows, dirty, self._checkpoint())
+                write.add(domid)
+            # else: a domain that came and went between two flushes: nothing to delete
+        await table.flush(self.rows, write, self._checkpoint())
 
     def _checkpoint(self) -> dict:
         return {"history": self.history, "seq": self.seq, "stream_seq": self.stream_seq}

@@ -6,6 +6,16 @@ mux/bridge/service.py), and ends with the host's checkpoint, `<host>.checkpoint`
 `{"history", "seq", "stream_seq"}`: every event of this host up to that stream message is in
 the rows. A reader that wants the table exactly as of now replays the host's stream
 messages after the checkpoint onto the rows (mux/bridge/position.py, mux/bridge/reader.py).
+
+Only the checkpoint is acknowledged: the rows before it go out without a reply subject, so
+that a flush costs one ack, not one per row (each is a wake-up and a parse, and under churn
+there are nearly as many rows as events). Its ack says the rows are stored too: JetStream
+stores one connection's messages to a stream in the order sent, and a row is lost only
+with the connection or the stream's leader, within microseconds of the checkpoint sent
+after it, which is then lost too (the same argument as the events': mux/bridge/publisher.py).
+A flush does not wait for that ack either: the next flush takes it first (a wake-up saved
+per flush). An unacknowledged checkpoint ends the session, and every session starts by
+writing the host's whole table.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import json
 import time
 
 from mux.bridge import names
-from mux.bridge.natsconn import Connection
+from mux.bridge.natsconn import Connection, NatsUnavailable
 from mux.bridge.publisher import Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import KV_DELETE, KV_OPERATION, kv_subject
@@ -30,6 +40,7 @@ class TableWriter:
     def __init__(
         self, conn: Connection, bucket: str, host: str, host_name: str, stats: BridgeStats
     ) -> None:
+        self.conn = conn
         self.bucket = bucket
         self.host = host
         self.host_name = host_name
@@ -48,24 +59,30 @@ class TableWriter:
         await self._write(dict(sorted(values.items())), checkpoint)
 
     async def _write(self, values: dict[int, dict | None], checkpoint: dict) -> None:
+        # The last flush's checkpoint first: its ack has long been in (a failed one ends the
+        # session here); this flush's is taken by the next one, or by settle().
+        await self.settle()
         self.last_flush = time.monotonic()
-        for domid, row in values.items():
-            subject = kv_subject(self.bucket, names.row_key(self.host, domid))
-            if row is None:
-                await self._put(subject, b"", {KV_OPERATION: KV_DELETE})
-            else:
-                await self._put(subject, _encode(row), None)
-        await self.publisher.drain()
-        await self._put(
+        publish = self.conn.nc.publish
+        try:
+            for domid, row in values.items():
+                subject = kv_subject(self.bucket, names.row_key(self.host, domid))
+                if row is None:
+                    await publish(subject, b"", headers={KV_OPERATION: KV_DELETE})
+                else:
+                    await publish(subject, _encode(row))
+                self.stats.kv_writes += 1
+        except Exception as exc:
+            raise NatsUnavailable(f"a bucket write failed: {exc or type(exc).__name__}") from None
+        await self.publisher.send(
             kv_subject(self.bucket, names.checkpoint_key(self.host)),
             _encode({"host": self.host_name, **checkpoint, "time": time.time()}),
-            None,
         )
-        await self.publisher.drain()
-
-    async def _put(self, subject: str, payload: bytes, headers: dict | None) -> None:
-        await self.publisher.send(subject, payload, headers)
         self.stats.kv_writes += 1
+
+    async def settle(self) -> None:
+        """Wait for the last checkpoint's ack: the flushes so far are stored."""
+        await self.publisher.drain()
 
     def close(self) -> None:
         self.publisher.close()

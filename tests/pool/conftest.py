@@ -2,9 +2,17 @@
 
     def test_x(pool):
         nats = pool.nats()                       # one nats-server on 127.0.0.1
-        a, b = pool.host("a"), pool.host("b")    # sim + daemon + the host's own event log
+        a, b = pool.shared_host("a"), pool.shared_host("b.pool.example")
         pool.bridge(a, nats.url)                 # xenmux bridge for host a
         watch = pool.watch(nats.url)             # xenmux pool watch --since 1, to a file
+
+A host (sim + daemon + the host's own event log) takes seconds to start, a nats-server a
+tenth of one: so every test has servers of its own, and the hosts "a" and "b.pool.example"
+are started once for all the tests here (`shared_host`; `host` starts one for the test
+alone, with daemon options of its own). A test's first bridge for a host, on a fresh
+stream, starts from the daemon's snapshot: the host's own log is compared from there
+(`Host.since`). Tests leave the shared hosts' domains as they find them or create their
+own; none relies on another's.
 
 Every process is stopped by its PID at teardown (the bridges and watchers with SIGTERM, and
 each must exit 0), every server's store is removed, and each server is checked to listen
@@ -16,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +34,7 @@ from pathlib import Path
 
 import pytest
 from daemonhelpers import DaemonHandle, start_daemon, until
-from simhelpers import REPO, SimHandle, sim_command, terminate
+from simhelpers import REPO, SimHandle, short_dir, sim_command, start_sim, terminate
 
 from mux.bench.natsserver import (
     NatsServer,
@@ -84,9 +94,14 @@ class Host:
     daemon: DaemonHandle
     log: Proc  # `xenmux watch` against the daemon: the host's own record of its events
     daemon_args: tuple[str, ...] = ()
+    # The daemon's seq of the snapshot the test's first bridge started from: the pool has
+    # the host's events after it (None: no bridge yet in this test).
+    since: int | None = None
 
     def own_events(self) -> list[dict]:
-        return [e for e in self.log.lines() if not e.get("missed")]
+        """The host's own log from where the test's pool stream starts."""
+        since = self.since or 0
+        return [e for e in self.log.lines() if not e.get("missed") and e.get("seq", 0) > since]
 
     def restart_daemon(self, *, kill: bool = False) -> None:
         if kill:
@@ -102,10 +117,14 @@ class Host:
 DAEMON_ARGS = ("--shutdown-poll", "0.05", "--full-scan", "5")
 
 
+SNAPSHOT_LINE = re.compile(r"daemon snapshot at \S+:(\d+)")
+
+
 class Pool:
-    def __init__(self, workdir: Path, sim_factory) -> None:
+    def __init__(self, workdir: Path, sim_factory, shared: SharedHosts | None = None) -> None:
         self.workdir = workdir
         self.sim_factory = sim_factory
+        self.shared = shared
         self.servers: list[NatsServer] = []
         self.hosts: list[Host] = []
         self.procs: list[Proc] = []
@@ -161,6 +180,13 @@ class Pool:
         until(lambda: daemon.stats()["subscribers"] >= 1, timeout=20)
         return host
 
+    def shared_host(self, name: str) -> Host:
+        """One of the hosts every test here shares (started at its first use)."""
+        assert self.shared is not None
+        host = self.shared.get(name)
+        host.since = None
+        return host
+
     # -- commands --------------------------------------------------------------------------
 
     def start(self, args: list[str], name: str, env=None, **kw) -> Proc:
@@ -197,6 +223,12 @@ class Pool:
                 timeout=30,
             )
             assert proc.proc.poll() is None, proc.stderr()
+            if host.since is None:
+                # On a fresh stream it starts from the daemon's snapshot (logged before the
+                # table is written).
+                found = SNAPSHOT_LINE.search(proc.stderr())
+                assert found, proc.stderr()
+                host.since = int(found.group(1))
         return proc
 
     def watch(self, urls: str, *extra: str) -> Proc:
@@ -255,9 +287,51 @@ class Pool:
         return errors
 
 
+class SharedHosts:
+    """The hosts every test of tests/pool shares, by name; stopped once they are all done."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.sims: list[SimHandle] = []
+        self.dirs: list[Path] = []
+        self.pool = Pool(workdir, self._sim)
+        self.by_name: dict[str, Host] = {}
+
+    def _sim(self, domains: int) -> SimHandle:
+        directory = short_dir(self.workdir, f"sim{len(self.sims)}")
+        self.dirs.append(directory)
+        handle = start_sim(directory, domains)
+        self.sims.append(handle)
+        return handle
+
+    def get(self, name: str) -> Host:
+        if name not in self.by_name:
+            self.by_name[name] = self.pool.host(name)
+        return self.by_name[name]
+
+    def close(self) -> list[str]:
+        errors = self.pool.close()
+        for handle in self.sims:
+            try:
+                handle.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        return errors
+
+
+@pytest.fixture(scope="package")
+def shared_hosts(tmp_path_factory):
+    shared = SharedHosts(tmp_path_factory.mktemp("pool-hosts"))
+    yield shared
+    errors = shared.close()
+    assert not errors, errors
+
+
 @pytest.fixture
-def pool(tmp_path, sim_factory):
-    p = Pool(tmp_path, sim_factory)
+def pool(tmp_path, sim_factory, shared_hosts):
+    p = Pool(tmp_path, sim_factory, shared_hosts)
     yield p
     errors = p.close()
     assert not errors, errors
@@ -384,6 +458,21 @@ def _first_difference(a: list, b: list) -> str:
         if x != y:
             return f"at {i}: pool {x} != host {y} (pool has {len(a)}, host {len(b)})"
     return f"pool has {len(a)} events, the host {len(b)}"
+
+
+def until_exactly_once(read, hosts: list[Host], timeout: float = 30.0) -> list[dict]:
+    """`read()`'s events once each host's are exactly its own log (asserted at the
+    deadline): a host's log may still be taking its last events when its churn is over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = read()
+        try:
+            assert_exactly_once(events, hosts)
+            return events
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def wait_for_pool(watch: Proc, hosts: list[Host], timeout: float = 30.0) -> list[dict]:

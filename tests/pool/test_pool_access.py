@@ -18,22 +18,23 @@ def one_line(text: str) -> str:
 
 def test_a_server_that_wants_a_password_rejects_a_bridge_without_it(pool, tmp_path):
     nats = pool.nats(auth=("xenmux", "s3cret pass"))
-    a = pool.host("a", domains=2)
+    a = pool.shared_host("a")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    good = tmp_path / "password"
+    good.write_text("s3cret pass\n")
+    os.chmod(good, 0o600)
+    # The three at once (each is a process start).
     bare = pool.bridge(a, nats.url, ready=False, ok=(1,))
+    bad = pool.bridge(
+        a, nats.url, "--user", "xenmux", "--password-file", str(wrong), ready=False, ok=(1,)
+    )
+    bridge = pool.bridge(a, nats.url, "--user", "xenmux", "--password-file", str(good), ready=False)
     assert bare.proc.wait(30) == 1
     line = one_line(bare.stderr())
     assert line.startswith("xenmux bridge: NATS at ") and "refused" in line, line
     assert "Authorization Violation" in line
-    wrong = tmp_path / "wrong"
-    wrong.write_text("nope\n")
-    bad = pool.bridge(
-        a, nats.url, "--user", "xenmux", "--password-file", str(wrong), ready=False, ok=(1,)
-    )
     assert bad.proc.wait(30) == 1 and "refused" in bad.stderr()
-    good = tmp_path / "password"
-    good.write_text("s3cret pass\n")
-    os.chmod(good, 0o600)
-    bridge = pool.bridge(a, nats.url, "--user", "xenmux", "--password-file", str(good), ready=False)
     keys = lambda: bucket_keys(nats.url, user="xenmux", password="s3cret pass")  # noqa: E731
     until(lambda: any(k.endswith(".checkpoint") for k in keys()), timeout=30)
     assert bridge.proc.poll() is None
@@ -47,6 +48,7 @@ def test_a_server_that_wants_a_password_rejects_a_bridge_without_it(pool, tmp_pa
 
 
 def test_bad_options_get_one_line(pool, tmp_path):
+    cases = []
     for args, expect in (
         (("bridge", "--nats", "127.0.0.1:4222"), "give a URL such as nats://"),
         (("bridge", "--nats", "nats://127.0.0.1:1", "--user", "u"), "go together"),
@@ -59,12 +61,14 @@ def test_bad_options_get_one_line(pool, tmp_path):
         (("pool", "watch", "--nats", "nats://127.0.0.1:1", "--since", "soon"), "--since 'soon'"),
         (("pool", "watch", "--nats", "nats://127.0.0.1:1", "--events", "boom"), "unknown event"),
     ):
-        got = pool.run(*args, timeout=30)
-        assert got.returncode in (1, 2), (args, got.returncode)
-        assert expect in one_line(got.stderr), (args, got.stderr)
+        cases.append((args, expect))
     # Nothing listens there: pool domains says so at once, with the reason.
+    nowhere = ("pool", "domains", "--nats", "nats://127.0.0.1:1")
     t = time.monotonic()
-    got = pool.run("pool", "domains", "--nats", "nats://127.0.0.1:1")
+    *done, got = pool.run_all(*(args for args, _ in cases), nowhere, timeout=30)
+    for (args, expect), result in zip(cases, done, strict=True):
+        assert result.returncode in (1, 2), (args, result.returncode)
+        assert expect in one_line(result.stderr), (args, result.stderr)
     assert got.returncode == 1 and time.monotonic() - t < 15
     assert "cannot reach NATS at nats://127.0.0.1:1: connection refused" in one_line(got.stderr)
 
@@ -89,7 +93,7 @@ def test_a_bridge_waits_for_nats_and_says_so_once(pool):
 
     pool.need_nats_server()
     port = free_port()
-    a = pool.host("a", domains=2)
+    a = pool.shared_host("a")
     bridge = pool.bridge(a, f"nats://127.0.0.1:{port}", ready=False)
     time.sleep(2.0)
     assert bridge.proc.poll() is None

@@ -16,6 +16,7 @@ from conftest import (
     bucket_values,
     daemon_rows,
     stream_messages,
+    until_exactly_once,
     wait_for_pool,
 )
 from daemonhelpers import until
@@ -37,11 +38,10 @@ def churn(pool, host, seconds: float, rate: int = 40, seed: int = 1):
 
 def settle(pool, url: str, hosts, watch) -> list[dict]:
     """Once churn is over: the pool has caught up, and the bucket is every daemon's table."""
-    lines = wait_for_pool(watch, hosts, timeout=60)
+    wait_for_pool(watch, hosts, timeout=60)
     time.sleep(0.5)  # anything extra (a duplicate) would have arrived by now
-    lines = watch.lines()
-    assert_exactly_once(lines, hosts)
-    assert_exactly_once(stream_messages(url), hosts)
+    lines = until_exactly_once(watch.lines, hosts)
+    until_exactly_once(lambda: stream_messages(url), hosts)
     deadline = time.monotonic() + 30
     while True:
         diff = bucket_difference(url, hosts)
@@ -68,7 +68,7 @@ def bucket_difference(url: str, hosts) -> dict:
 
 def test_nats_server_killed_and_restarted_mid_stream(pool):
     nats = pool.nats()
-    hosts = [pool.host("a"), pool.host("b")]
+    hosts = [pool.shared_host("a"), pool.shared_host("b.pool.example")]
     watch = pool.watch(nats.url, "--since", "1")
     bridges = [pool.bridge(h, nats.url) for h in hosts]
     durable = pool.watch(nats.url, "--since", "1", "--durable", "ops")
@@ -93,7 +93,7 @@ def test_nats_server_killed_and_restarted_mid_stream(pool):
 def test_cluster_node_killed_under_a_replicated_stream(pool):
     servers = pool.cluster(3)
     urls = ",".join(s.url for s in servers)
-    hosts = [pool.host("a"), pool.host("b")]
+    hosts = [pool.shared_host("a"), pool.shared_host("b.pool.example")]
     bridges = [pool.bridge(h, urls) for h in hosts]
     watch = pool.watch(urls, "--since", "1")
     info = stream_info(servers[0].url)
@@ -154,7 +154,7 @@ def test_bridge_killed_mid_publish_and_a_daemon_restarted_under_its_bridge(pool)
     """Host a's bridge is SIGKILLed mid-publish and restarted; host b's daemon is restarted
     (SIGTERM, then SIGKILL) under its bridge. Both resume by cursor (`since`)."""
     nats = pool.nats()
-    a, b = pool.host("a"), pool.host("b")
+    a, b = pool.shared_host("a"), pool.shared_host("b.pool.example")
     watch = pool.watch(nats.url, "--since", "1")
     killed, kept = pool.bridge(a, nats.url), pool.bridge(b, nats.url)
     churners = [churn(pool, h, 3, rate=60, seed=20 + i) for i, h in enumerate((a, b))]
@@ -170,7 +170,7 @@ def test_bridge_killed_mid_publish_and_a_daemon_restarted_under_its_bridge(pool)
     assert "daemon snapshot" not in restarted.stderr(), restarted.stderr()
     # What changed while b's daemon was down came after its restart as `late` events, in
     # the pool as on the host; b's bridge took a snapshot only at its first start.
-    assert any(e.get("late") for e in lines if e["host"] == "b"), [brief(e) for e in lines]
+    assert any(e.get("late") for e in lines if e["host"] == b.name), [brief(e) for e in lines]
     assert kept.proc.poll() is None, kept.stderr()
     assert kept.stderr().count("daemon snapshot") == 1, kept.stderr()
 
@@ -180,13 +180,15 @@ def test_after_a_gap_the_bucket_is_the_daemons_snapshot(pool):
     cursor with a gap and a snapshot; the stream gets events made up (`missed`) for what
     changed, the bucket the whole snapshot, then the live events follow."""
     nats = pool.nats()
-    a = pool.host("a", daemon_args=("--journal-max-bytes", "16384", "--checkpoint-interval", "0.2"))
+    a = pool.host(
+        "gap", daemon_args=("--journal-max-bytes", "16384", "--checkpoint-interval", "0.2")
+    )
     watch = pool.watch(nats.url, "--since", "1")
     bridge = pool.bridge(a, nats.url)
     assert churn(pool, a, 1, rate=20, seed=40).proc.wait(60) == 0
     wait_for_pool(watch, [a])
     assert bridge.stop() == 0
-    before = bucket_values(nats.url)[checkpoint_key(encode_host("a"))]["seq"]
+    before = bucket_values(nats.url)[checkpoint_key(encode_host(a.name))]["seq"]
     assert churn(pool, a, 3, rate=60, seed=41).proc.wait(60) == 0
     with a.daemon.client() as c:
         assert c.hello()["oldest_seq"] > before + 1  # the journal no longer reaches back
@@ -205,7 +207,7 @@ def test_after_a_gap_the_bucket_is_the_daemons_snapshot(pool):
 
     assert until(pool_has_them, timeout=30) == own
     missed = [e for e in watch.lines() if e.get("missed")]
-    assert missed and all(e["host"] == "a" for e in missed)
+    assert missed and all(e["host"] == a.name for e in missed)
     deadline = time.monotonic() + 30
     while diff := bucket_difference(nats.url, [a]):
         assert time.monotonic() < deadline, f"the bucket is not the daemon's table: {diff}"
