@@ -34,6 +34,12 @@ FETCH_BATCH = 256
 IDLE = 1.0  # how long one wait for messages lasts before the connection is checked
 BACKOFF_MAX = 2.0
 LINGER_MARGIN = 0.25
+# How long the server waits before it redelivers what a durable fetched and did not
+# acknowledge. A clean stop gives those back (nak) at once; a reader SIGKILLed, or cut off by
+# a server restart, cannot, and the server's default (30 s) was a 30 s hole in the output.
+# Each message is acknowledged as soon as it is printed, so 5 s is long; a redelivery of one
+# printed meanwhile is recognised by its sequence and only acknowledged.
+ACK_WAIT = 5.0
 
 
 @dataclass
@@ -126,7 +132,7 @@ class Follower:
         sub = await self._subscribe(conn)
         # A durable's messages handed over and not yet done, and those of its batch not yet
         # handed over: given back (nak) when the session ends, so that the next reader gets
-        # them at once instead of after the server's ack wait (30 s).
+        # them at once instead of after the server's ack wait (ACK_WAIT).
         undone: collections.deque[Message] = collections.deque()
         batch: list = []
         # Until when the server may still hold the last fetch's pull request: a message given
@@ -202,7 +208,9 @@ class Follower:
         if self.durable:
             # A durable keeps its place on the server; where it starts counts only the
             # first time it is made.
-            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, **self._policy())
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT, **self._policy()
+            )
             return await conn.js.pull_subscribe(
                 self.subject, durable=self.durable, stream=self.stream, config=config
             )
