@@ -166,6 +166,7 @@ class ScanLoop:
         self._failure: Exception | None = None
         self._hold_off = False
         self._finisher: asyncio.Task | None = None  # the awaited rest of such a scan
+        self._running = False  # between start() and stop(): scans in the callback allowed
         self._pending_full: str | None = None
         self._pending_domids: set[int] = set()
         self._fired_at: float | None = None  # monotonic time of the oldest unserved firing
@@ -231,7 +232,7 @@ class ScanLoop:
         self._deferred = False
         if self._pending_full is None and not self._pending_domids:
             return
-        if self._hold_off or self._task is None or not self._lock.try_acquire():
+        if not self._running or self._hold_off or not self._lock.try_acquire():
             self._wake.set()
             return
         rest = failure = None
@@ -320,10 +321,14 @@ class ScanLoop:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")
+        self._running = True
         self._arm_full_scan()
         self._arm_poll()
 
     async def stop(self) -> None:
+        # No scan after this, in the callback either: the table must not move past what the
+        # journal holds once the daemon stops (its last checkpoint follows).
+        self._running = False
         for h in (self._poll_handle, self._full_handle):
             if h is not None:
                 h.cancel()

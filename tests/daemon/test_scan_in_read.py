@@ -211,6 +211,22 @@ def test_names_of_new_domains_are_waited_for_under_the_lock():
     asyncio.run(main())
 
 
+def test_no_scan_in_the_callback_once_the_loop_is_stopped():
+    """After stop() (the daemon's shutdown: its final checkpoint follows) a late firing
+    moves nothing: the table stays where the journal is."""
+
+    async def main():
+        rig = _Rig()
+        await rig.loop.stop()
+        rig.host.records = _host({1})
+        rig.proto.data_received(_firing())
+        await asyncio.sleep(0.01)
+        assert rig.published.batches == [] and rig.host.scans == 1  # prime only
+        assert rig.loop.table.seq == 0
+
+    asyncio.run(main())
+
+
 def test_the_lock_hands_over_in_order_and_is_never_overtaken():
     async def main():
         lock = ScanLock()
