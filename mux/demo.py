@@ -334,6 +334,8 @@ class View:
 def _fmt(v) -> str:
     if v is None:
         return "-"
+    if v == "+Inf":
+        return ">max"
     return f"<={v * 1e6:.0f}us" if v < 1e-3 else f"<={v * 1e3:.1f}ms"
 
 

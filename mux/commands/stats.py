@@ -20,8 +20,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _us(v) -> str:
     if v is None:
         return "-"
-    if v == float("inf"):
-        return "> 1 s"
+    if v == "+Inf":
+        return "above the largest bucket"
     return f"<= {v * 1e6:.3g} us" if v < 1e-3 else f"<= {v * 1e3:.3g} ms"
 
 

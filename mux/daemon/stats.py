@@ -148,13 +148,19 @@ class HistogramReading:
         return float("inf")  # pragma: no cover - the last bucket holds every observation
 
     def summary(self) -> dict:
-        """What the `stats` reply shows of a histogram."""
+        """What the `stats` reply shows of a histogram. A quantile above the largest bound
+        is "+Inf", Prometheus's name for that bucket: JSON has no infinity, and the reply
+        must encode (a stalled scan of a SIGSTOPped daemon made `stats` fail)."""
         return {
             "count": self.count,
             "sum": round(self.sum, 6),
-            "p50_le": self.quantile(0.5),
-            "p99_le": self.quantile(0.99),
+            "p50_le": _json_bound(self.quantile(0.5)),
+            "p99_le": _json_bound(self.quantile(0.99)),
         }
+
+
+def _json_bound(bound: float | None) -> float | str | None:
+    return "+Inf" if bound == float("inf") else bound
 
 
 class _Folder:

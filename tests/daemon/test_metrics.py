@@ -288,3 +288,14 @@ def test_small_parts():
         parse_addr("localhost")
     assert DURATION_BUCKETS[0] <= 1e-6 and DURATION_BUCKETS[-1] >= 50e-3
     assert list(DURATION_BUCKETS) == sorted(DURATION_BUCKETS)
+
+
+def test_a_quantile_above_the_largest_bucket_still_encodes():
+    h = Histogram()
+    h.observe(DURATION_BUCKETS[-1] * 10)  # a scan stalled past every bucket
+    summary = h.read().summary()
+    assert summary["p50_le"] == summary["p99_le"] == "+Inf"
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    h.observe(DURATION_BUCKETS[0] / 2)
+    h.observe(DURATION_BUCKETS[0] / 2)
+    assert h.read().summary()["p50_le"] == DURATION_BUCKETS[0]
