@@ -162,3 +162,19 @@ def brief(events: list[dict]) -> list[tuple]:
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def processes_mentioning(path: str) -> list[str]:
+    """Command lines of live processes that mention `path` (a leak of the harness)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found

@@ -18,26 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from daemonhelpers import processes_mentioning
 
 from mux.bench.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.slow
-
-
-def _processes_under(path: str) -> list[str]:
-    """Command lines of live processes that mention `path` (a leak of the harness)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if path in cmd:
-            found.append(f"{pid}: {cmd}")
-    return found
 
 
 @pytest.fixture
@@ -110,7 +95,7 @@ def test_quick_bench_runs_every_scenario_for_every_model(short_tmp, tmp_path):
         assert list(Path(out).glob("cpu-*.png")) and list(Path(out).glob("latency-*.png"))
 
     assert os.listdir(short_tmp) == [], "the harness left files behind"
-    assert _processes_under(short_tmp) == []
+    assert processes_mentioning(short_tmp) == []
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import tempfile
 
 import pytest
 from conftest import Pool
+from daemonhelpers import processes_mentioning
 
 
 @pytest.fixture
@@ -27,22 +28,6 @@ def short_tmp():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _processes_under(path: str) -> list[str]:
-    """Command lines of live processes that mention `path` (a leak of the harness)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if path in cmd:
-            found.append(f"{pid}: {cmd}")
-    return found
 
 
 def test_quick_pool_bench_delivers_every_event_once(short_tmp, tmp_path):
@@ -68,4 +53,4 @@ def test_quick_pool_bench_delivers_every_event_once(short_tmp, tmp_path):
     assert row["burst"]["events"] > 0, row  # every guest shut down and destroyed
     assert "2 x 50:" in proc.stdout and "lost=0 duplicates=0" in proc.stdout, proc.stdout
     assert os.listdir(short_tmp) == [], "the harness left files behind"
-    assert _processes_under(short_tmp) == []
+    assert processes_mentioning(short_tmp) == []
