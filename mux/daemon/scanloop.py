@@ -27,10 +27,9 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
-from mux.daemon.aio import ScanLock, cancel_and_wait
+from mux.daemon.aio import cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
 from mux.daemon.watcher import INTRODUCE, Firing, Identity
@@ -122,16 +121,6 @@ class FiringAccounts:
         return out
 
 
-_NOTHING = object()  # _scan_locked: nothing was pending
-
-
-def _answer(waiters: list[asyncio.Future], n_events: int) -> None:
-    """Tell each rescan() waiting on this scan how many events it produced."""
-    for w in waiters:
-        if not w.done():
-            w.set_result(n_events)
-
-
 class ScanLoop:
     NAME_TIMEOUT = 0.5  # a slow xenstored must not hold back death events for long
     RETRY_MIN = 0.05
@@ -160,17 +149,8 @@ class ScanLoop:
         self.shutdown_poll = shutdown_poll
         self.full_scan_interval = full_scan
         self.name_reader = name_reader
-        self._lock = ScanLock()
+        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        # Between begin_firings and end_firings requests do not wake the task: the firings
-        # of one read are scanned at its end, in the reading callback (end_firings).
-        self._deferred = False
-        # A scan in the reading callback failed: the task handles the failure as its own
-        # (`_failure`), and serves every request until one of its scans succeeds.
-        self._failure: Exception | None = None
-        self._hold_off = False
-        self._finisher: asyncio.Task | None = None  # the awaited rest of such a scan
-        self._running = False  # between start() and stop(): scans in the callback allowed
         self._pending_full: str | None = None
         self._pending_domids: set[int] = set()
         self._fired_at: float | None = None  # monotonic time of the oldest unserved firing
@@ -209,8 +189,7 @@ class ScanLoop:
             self._fired_at = fired_at
         if firing is not None:
             self._firings.append(firing)
-        if not self._deferred:
-            self._wake.set()
+        self._wake.set()
 
     def request_domid(
         self, domid: int, fired_at: float | None = None, firing: Firing | None = None
@@ -220,60 +199,6 @@ class ScanLoop:
             self._fired_at = fired_at
         if firing is not None:
             self._firings.append(firing)
-        if not self._deferred:
-            self._wake.set()
-
-    def begin_firings(self) -> None:
-        """The requests until end_firings() are the firings of one xenstore read: they
-        coalesce as those of one scan, and end_firings() serves them."""
-        self._deferred = True
-
-    def end_firings(self) -> None:
-        """Serve the pending requests now, in the caller's (reading) callback, when no scan
-        holds the lock and the task is not retrying after a failure; else wake the task.
-
-        What a scan must wait for (names of new domains, what xenstore holds of a domain
-        a firing named) goes on in a task that keeps the lock, as the task's scan would."""
-        self._deferred = False
-        if self._pending_full is None and not self._pending_domids:
-            return
-        if not self._running or self._hold_off or not self._lock.try_acquire():
-            self._wake.set()
-            return
-        rest = failure = None
-        try:
-            rest = self._scan_locked()  # not _NOTHING: something was pending
-        except Exception as exc:
-            failure = exc
-        finally:
-            if rest is None:
-                self._lock.release()
-        if failure is not None:
-            self._hand_to_task(failure)
-        elif rest is None:
-            self._arm_poll()
-        else:  # it keeps the lock until its rest is done
-            self._finisher = asyncio.get_running_loop().create_task(
-                self._finish_scan(rest), name="scan-finish"
-            )
-
-    async def _finish_scan(self, rest: Coroutine[Any, Any, None]) -> None:
-        done = False
-        try:
-            await rest
-            done = True
-        except Exception as exc:
-            self._hand_to_task(exc)
-        finally:
-            self._lock.release()
-        if done:
-            self._arm_poll()
-
-    def _hand_to_task(self, exc: Exception) -> None:
-        """The task's failure handling (count, log, back off, retry), for a scan that ran
-        outside it."""
-        self._failure = exc
-        self._hold_off = True
         self._wake.set()
 
     async def rescan(self, trigger: str = TRIGGER_RESCAN) -> int:
@@ -326,18 +251,13 @@ class ScanLoop:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")
-        self._running = True
         self._arm_full_scan()
         self._arm_poll()
 
     async def stop(self) -> None:
-        # No scan after this, in the callback either: the table must not move past what the
-        # journal holds once the daemon stops (its last checkpoint follows).
-        self._running = False
         for h in (self._poll_handle, self._full_handle):
             if h is not None:
                 h.cancel()
-        await cancel_and_wait(self._finisher)
         await cancel_and_wait(self._task)
         for w in self._waiters:
             if not w.done():
@@ -348,12 +268,8 @@ class ScanLoop:
             await self._wake.wait()
             self._wake.clear()
             try:
-                failure, self._failure = self._failure, None
-                if failure is not None:
-                    raise failure
                 await self.scan_pending()
                 self._retry_delay = self.RETRY_MIN
-                self._hold_off = False
             except HypervisorError as exc:
                 self.stats.hypercall_errors += 1
                 log.error(
@@ -374,71 +290,37 @@ class ScanLoop:
 
     async def scan_pending(self) -> None:
         async with self._lock:
-            rest = self._scan_locked()
-            if rest is _NOTHING:
+            trigger = self._pending_full
+            domids = self._pending_domids
+            fired_at = self._fired_at
+            waiters = self._waiters
+            firings = self._firings
+            if trigger is None and not domids:
                 return
-            if rest is not None:
-                await rest
+            if trigger is None and self._cheaper_in_full(len(domids)):
+                trigger = TRIGGER_DEPTH
+            if trigger is not None:
+                # A failing hypercall raises before the table changed, with every request
+                # still pending, so the retry serves them.
+                events = self._full(trigger, check_ids=self._checks_ids(trigger, firings))
+                self._take_pending()
+            else:
+                self._take_pending()
+                introduced = {f.domid for f in firings if f.path == INTRODUCE}
+                events, complete = self._targeted(domids, check=introduced)
+                if not complete:  # the full scan it asked for serves these firings
+                    self._firings[:0] = firings
+                    firings = []
+            await self._publish(events, fired_at)
+            if firings:
+                try:
+                    await self._settle(firings, events)
+                except Exception:  # the accounting must not cost the scans
+                    log.exception("settling %d firings failed", len(firings))
+            for w in waiters:
+                if not w.done():
+                    w.set_result(len(events))
         self._arm_poll()
-
-    def _scan_locked(self):
-        """One scan of what is pending, under the lock: _NOTHING when nothing was; None
-        when it is done; else the coroutine that finishes it (names to wait for, or what
-        xenstore holds of a domain), to be awaited under the same lock."""
-        trigger = self._pending_full
-        domids = self._pending_domids
-        fired_at = self._fired_at
-        waiters = self._waiters
-        firings = self._firings
-        if trigger is None and not domids:
-            return _NOTHING
-        if trigger is None and self._cheaper_in_full(len(domids)):
-            trigger = TRIGGER_DEPTH
-        if trigger is not None:
-            # A failing hypercall raises before the table changed, with every request
-            # still pending, so the retry serves them.
-            events = self._full(trigger, check_ids=self._checks_ids(trigger, firings))
-            self._take_pending()
-        else:
-            self._take_pending()
-            introduced = {f.domid for f in firings if f.path == INTRODUCE}
-            events, complete = self._targeted(domids, check=introduced)
-            if not complete:  # the full scan it asked for serves these firings
-                self._firings[:0] = firings
-                firings = []
-        news = [ev for ev in events if ev.kind == NEW] if events else []
-        if news and self.name_reader is not None:
-            return self._named_rest(events, news, fired_at, firings, waiters)
-        self._deliver(events, news, fired_at)
-        return self._after_publish(events, firings, waiters)
-
-    async def _named_rest(self, events, news, fired_at, firings, waiters) -> None:
-        await self.fill_names(news)
-        self._deliver(events, news, fired_at)
-        rest = self._after_publish(events, firings, waiters)
-        if rest is not None:
-            await rest
-
-    def _after_publish(self, events, firings, waiters):
-        """Settle the firings and answer the rescans; a coroutine if the settling must
-        ask xenstore (to be awaited under the lock), else None."""
-        if firings:
-            try:
-                rest = self._settle(firings, events)
-            except Exception:  # the accounting must not cost the scans
-                log.exception("settling %d firings failed", len(firings))
-                rest = None
-            if rest is not None:
-                return self._settled_rest(rest, len(firings), events, waiters)
-        _answer(waiters, len(events))
-        return None
-
-    async def _settled_rest(self, rest, n_firings: int, events, waiters) -> None:
-        try:
-            await rest
-        except Exception:  # the accounting must not cost the scans
-            log.exception("settling %d firings failed", n_firings)
-        _answer(waiters, len(events))
 
     def _cheaper_in_full(self, pending: int) -> bool:
         """Whether one full scan costs less than `pending` targeted scans, as measured.
@@ -541,12 +423,6 @@ class ScanLoop:
         news = [ev for ev in events if ev.kind == NEW]
         if news and self.name_reader is not None:
             await self.fill_names(news)
-        self._deliver(events, news, fired_at)
-
-    def _deliver(self, events: list, news: list, fired_at: float | None) -> None:
-        """Hand a scan's events (names filled where they could be) to the publisher."""
-        if not events:
-            return
         self.accounts.saw(news, time.monotonic())
         self.fanout.publish(events)  # which counts them by kind (Fanout.events_by_kind)
         if fired_at is not None:
@@ -554,28 +430,17 @@ class ScanLoop:
 
     # -- what the firings found ----------------------------------------------------------
 
-    def _settle(self, firings: list[Firing], events: list):
-        """Count the firings this scan found nothing for; report the transient domains.
-        Returns the coroutine that does it when xenstore must be asked first, else None."""
-        unexplained = self.accounts.unexplained(firings, events, self.table, time.monotonic())
+    async def _settle(self, firings: list[Firing], events: list) -> None:
+        """Count the firings this scan found nothing for; report the transient domains."""
+        table = self.table
+        unexplained = self.accounts.unexplained(firings, events, table, time.monotonic())
         if not unexplained:
-            return None
+            return
         # A domain named by an @introduceDomain, gone and never reported: what does
         # xenstore still hold of it? (libxl removes the nodes before it destroys the
         # domain, xenopsd after: docs/protocol.md.)
         asked = {f.domid: f for f in unexplained if f.path == INTRODUCE and f.domid is not None}
-        if asked:
-            return self._settle_asked(unexplained, asked, events)
-        self._settle_known(unexplained, {}, events)
-        return None
-
-    async def _settle_asked(self, unexplained, asked, events) -> None:
-        self._settle_known(unexplained, await self._identities(asked), events)
-
-    def _settle_known(
-        self, unexplained: list[Firing], identities: dict[int, Identity | None], events: list
-    ) -> None:
-        table = self.table
+        identities = await self._identities(asked) if asked else {}
         reported = {(ev.domid, ev.uuid) for ev in events}
         pairs: list = []
         paired: set[int] = set()

@@ -152,7 +152,6 @@ class Daemon:
             request_domid=self.scanloop.request_domid,
             use_depth=config.use_depth,
             timeouts=config.xenstore_timeouts,
-            firing_batch=self.scanloop,
         )
         requests = RequestContext(
             instance=self.instance,
