@@ -19,7 +19,6 @@ from conftest import (
     until_exactly_once,
     wait_for_pool,
 )
-from daemonhelpers import until
 from simhelpers import sim_command
 
 from mux.bridge.names import checkpoint_key, encode_host
@@ -198,14 +197,18 @@ def test_after_a_gap_the_bucket_is_the_daemons_snapshot(pool):
     ]
     assert churn(pool, a, 1, rate=20, seed=42).proc.wait(60) == 0
     # Every event the daemon sent before the bridge stopped and after the snapshot, once,
-    # in order; what came between is in the stream as made-up events.
-    own = [brief(e) for e in a.own_events() if not before < e["seq"] <= snapshot_seq]
+    # in order; what came between is in the stream as made-up events. The host's log is read
+    # again at every look: its last `released` may still be on its way when the churn exits.
+    def own() -> list[tuple]:
+        return [brief(e) for e in a.own_events() if not before < e["seq"] <= snapshot_seq]
 
-    def pool_has_them():
-        got = [brief(e) for e in watch.lines() if not e.get("missed")]
-        return got if len(got) >= len(own) else None
+    def pooled() -> list[tuple]:
+        return [brief(e) for e in watch.lines() if not e.get("missed")]
 
-    assert until(pool_has_them, timeout=30) == own
+    deadline = time.monotonic() + 30
+    while (got := pooled()) != (mine := own()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert got == mine
     missed = [e for e in watch.lines() if e.get("missed")]
     assert missed and all(e["host"] == a.name for e in missed)
     deadline = time.monotonic() + 30
