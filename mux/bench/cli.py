@@ -175,6 +175,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="measure nothing: rebuild results.md and the plots from --out DIR/results.json",
     )
     p.add_argument(
+        "--merge",
+        type=_dirs,
+        metavar="DIR,...",
+        help="measure nothing: write into --out the results of several runs, each of other "
+        "sizes or xenstoreds (a full run measured in parts)",
+    )
+    p.add_argument(
         "--keep-temp",
         action="store_true",
         help="keep the temporary directory of the run, for debugging the harness",
@@ -237,19 +244,35 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Linux {platform.release()}"
 
 
+def _dirs(text: str) -> list[str]:
+    dirs = [d for d in text.split(",") if d]
+    if not dirs:
+        raise argparse.ArgumentTypeError("expected results directories, comma-separated")
+    return dirs
+
+
 def _report_only(args: argparse.Namespace) -> int:
     from mux.bench import report
+    from mux.bench.merge import MergeError, merge
 
-    path = os.path.join(args.out, "results.json")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        print(f"xenmux bench: cannot read {path}: {exc}", file=sys.stderr)
-        return 1
-    written = report.write(args.out, data["rows"], data["meta"])
+    if args.merge:
+        try:
+            rows, meta = merge(args.merge)
+        except MergeError as exc:
+            print(f"xenmux bench: {exc}", file=sys.stderr)
+            return 1
+    else:
+        path = os.path.join(args.out, "results.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"xenmux bench: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+        rows, meta = data["rows"], data["meta"]
+    written = report.write(args.out, rows, meta)
     if not args.no_plots:
-        pngs, skipped = report.plots(args.out, data["rows"])
+        pngs, skipped = report.plots(args.out, rows)
         written += pngs
         if skipped:
             print(f"xenmux bench: {skipped}", file=sys.stderr)
@@ -258,7 +281,7 @@ def _report_only(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.report_only:
+    if args.report_only or args.merge:
         return _report_only(args)
     if args.pool:
         from mux.bench.pool import run as run_pool

@@ -196,6 +196,7 @@ def test_after_a_gap_the_bucket_is_the_daemons_snapshot(pool):
         int(m) for m in re.findall(r"daemon snapshot at \w+:(\d+)", restarted.stderr())
     ]
     assert churn(pool, a, 1, rate=20, seed=42).proc.wait(60) == 0
+
     # Every event the daemon sent before the bridge stopped and after the snapshot, once,
     # in order; what came between is in the stream as made-up events. The host's log is read
     # again at every look: its last `released` may still be on its way when the churn exits.
