@@ -191,11 +191,8 @@ def classify(truth: Truth, faults: Iterable[Fault], margin: int, end: int) -> di
         for i, dom in enumerate(incs):
             if dom.domid == 0:
                 continue
-            until = dom.gone if dom.gone is not None else end
-            if visible(dom.born, until, blind) < margin:
-                out[dom.inc] = UNOBSERVABLE
-                continue
-            out[dom.inc] = OBSERVABLE
+            # Decided first: a daemon that saw one that was brief (unobservable) takes its
+            # rebirth for it just the same, and then cannot announce the rebirth.
             nxt = incs[i + 1] if i + 1 < len(incs) else None
             if (
                 nxt is not None
@@ -204,6 +201,9 @@ def classify(truth: Truth, faults: Iterable[Fault], margin: int, end: int) -> di
                 and visible(dom.died, nxt.born, blind) < margin
             ):
                 out[dom.inc] = INDISTINGUISHABLE
+                continue
+            until = dom.gone if dom.gone is not None else end
+            out[dom.inc] = OBSERVABLE if visible(dom.born, until, blind) >= margin else UNOBSERVABLE
     return out
 
 

@@ -160,6 +160,7 @@ class ScanLoop:
         self._poll_handle: asyncio.TimerHandle | None = None
         self._full_handle: asyncio.TimerHandle | None = None
         self._retry_delay = self.RETRY_MIN
+        self._retrying = False  # its scans fail: subscribes leave them to its backoff
         self._dead_seen = 0
         self._dead_delay = shutdown_poll
         self.full_cost = _Cost(20e-6)
@@ -216,6 +217,15 @@ class ScanLoop:
         Creation fires nothing, so requested domids the table lacks are first asked of the
         hypervisor (and announced if found) before the snapshot calls them absent."""
         async with self._lock:
+            # After a restart every subscriber comes back at once: a firing's scan queued
+            # behind them all would wait seconds. The first of them serves it.
+            if not self._retrying and (self._pending_full is not None or self._pending_domids):
+                try:
+                    await self._scan_locked()
+                except HypervisorError as exc:  # still pending: the scan loop retries it
+                    self._retrying = True
+                    self.stats.hypercall_errors += 1
+                    log.error("domain-info hypercall failed (%s); the scan loop retries", exc)
             if domids is not None:
                 unknown = {d for d in domids if d not in self.table}
                 if unknown:
@@ -270,7 +280,9 @@ class ScanLoop:
             try:
                 await self.scan_pending()
                 self._retry_delay = self.RETRY_MIN
+                self._retrying = False
             except HypervisorError as exc:
+                self._retrying = True
                 self.stats.hypercall_errors += 1
                 log.error(
                     "domain-info hypercall failed (%s); retrying in %.2f s",
@@ -290,37 +302,41 @@ class ScanLoop:
 
     async def scan_pending(self) -> None:
         async with self._lock:
-            trigger = self._pending_full
-            domids = self._pending_domids
-            fired_at = self._fired_at
-            waiters = self._waiters
-            firings = self._firings
-            if trigger is None and not domids:
-                return
-            if trigger is None and self._cheaper_in_full(len(domids)):
-                trigger = TRIGGER_DEPTH
-            if trigger is not None:
-                # A failing hypercall raises before the table changed, with every request
-                # still pending, so the retry serves them.
-                events = self._full(trigger, check_ids=self._checks_ids(trigger, firings))
-                self._take_pending()
-            else:
-                self._take_pending()
-                introduced = {f.domid for f in firings if f.path == INTRODUCE}
-                events, complete = self._targeted(domids, check=introduced)
-                if not complete:  # the full scan it asked for serves these firings
-                    self._firings[:0] = firings
-                    firings = []
-            await self._publish(events, fired_at)
-            if firings:
-                try:
-                    await self._settle(firings, events)
-                except Exception:  # the accounting must not cost the scans
-                    log.exception("settling %d firings failed", len(firings))
-            for w in waiters:
-                if not w.done():
-                    w.set_result(len(events))
+            await self._scan_locked()
         self._arm_poll()
+
+    async def _scan_locked(self) -> None:
+        """What scan_pending does, the lock held (by it, or by a subscribe)."""
+        trigger = self._pending_full
+        domids = self._pending_domids
+        fired_at = self._fired_at
+        waiters = self._waiters
+        firings = self._firings
+        if trigger is None and not domids:
+            return
+        if trigger is None and self._cheaper_in_full(len(domids)):
+            trigger = TRIGGER_DEPTH
+        if trigger is not None:
+            # A failing hypercall raises before the table changed, with every request
+            # still pending, so the retry serves them.
+            events = self._full(trigger, check_ids=self._checks_ids(trigger, firings))
+            self._take_pending()
+        else:
+            self._take_pending()
+            introduced = {f.domid for f in firings if f.path == INTRODUCE}
+            events, complete = self._targeted(domids, check=introduced)
+            if not complete:  # the full scan it asked for serves these firings
+                self._firings[:0] = firings
+                firings = []
+        await self._publish(events, fired_at)
+        if firings:
+            try:
+                await self._settle(firings, events)
+            except Exception:  # the accounting must not cost the scans
+                log.exception("settling %d firings failed", len(firings))
+        for w in waiters:
+            if not w.done():
+                w.set_result(len(events))
 
     def _cheaper_in_full(self, pending: int) -> bool:
         """Whether one full scan costs less than `pending` targeted scans, as measured.
