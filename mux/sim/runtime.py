@@ -29,12 +29,10 @@ import sys
 from collections.abc import Iterable
 
 from mux.records import SHUTDOWN_SUSPEND, parse_reason, reason_name
-from mux.sim.backend import ARMED
 from mux.sim.changes import ChangeServer, bind_seqpacket
-from mux.sim.churn import Churn
 from mux.sim.guests import ToolstackBook, check_settings
 from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
-from mux.sim.paths import sim_paths
+from mux.sim.paths import ARMED, sim_paths
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
 from mux.sim.xenstored import Xenstored, serve_unix
@@ -632,6 +630,9 @@ class Sim:
         return {"domids": self.toolstack.reintroduce(list(self.hv.domains.values()))}
 
     async def _op_churn(self, req):
+        # Imported here: a sim started for the harness, which never churns, does not pay for it.
+        from mux.sim.churn import Churn
+
         churn = Churn(
             self.host,
             self.busy,
