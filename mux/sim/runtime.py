@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import mmap
@@ -646,6 +647,19 @@ class Sim:
         return await churn.run(float(req.get("seconds", 10)), float(req.get("rate", 10)))
 
 
+def _build_frozen(sim: Sim) -> None:
+    """Build the host with the cyclic collector off, then freeze what was built: the domains
+    and their nodes live as long as the process, and the collections their allocation set
+    off scanned the growing heap again and again (a third of the build's CPU at 4,000 and
+    32,000 domains); frozen, no later collection scans them either (on the change path)."""
+    gc.disable()
+    try:
+        sim.build()
+    finally:
+        gc.enable()
+    gc.freeze()
+
+
 def _install_loop_policy() -> None:
     try:
         import uvloop
@@ -702,7 +716,7 @@ def main(
         print(f"xenmux sim: {exc}", file=sys.stderr)
         return 1
     try:
-        sim.build()
+        _build_frozen(sim)
         _install_loop_policy()
         return asyncio.run(run_sim(sim))
     except SimError as exc:
