@@ -16,20 +16,15 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import struct
 
 from mux.hypervisor.base import Capabilities, ChangedCallback, HypervisorError
 from mux.records import RECORD_SIZE
 from mux.sim import _simfast
-from mux.sim.paths import sim_paths
+from mux.sim.paths import ARMED, sim_paths
 from mux.sim.shm import UniqueIds
 
 _OFF_COUNT = _simfast.SHM_OFF_COUNT
 _SLACK = 256  # records of room the scan buffer keeps beyond the table's count
-
-# Failures of the domain-info call armed by the simulated host (`sim-ctl fail-hypercalls`):
-# DIR/hypercall-faults holds, at offset 0, how many it has armed so far.
-ARMED = struct.Struct("<Q")
 
 
 class ArmedFailures:

@@ -21,12 +21,15 @@ import os
 import time
 
 from mux.records import REASON_CODES
-from mux.sim.ctl import ACTIONS, GUEST_ACTIONS, SETTING_KEYS
 from mux.sim.host import Domain, SimError, SimHost, parse_uuid
 
 
 def check_settings(settings: dict | None) -> dict[str, str]:
     """The on_* settings of a create request, checked (SimError names the bad one)."""
+    # The action names come with mux.act's policy, imported at the first use: every sim
+    # process imports this module, and few of them ever see a setting or a guest action.
+    from mux.sim.ctl import ACTIONS, SETTING_KEYS
+
     out = {}
     for key, value in (settings or {}).items():
         if key not in SETTING_KEYS:
@@ -88,6 +91,8 @@ class ToolstackBook:
     def guest(self, domid: int, what: str) -> Domain:
         """The guest shuts itself down (`poweroff`, `reboot`, `crash`, `watchdog`,
         `soft_reset`): the domain stays shut down until a toolstack acts."""
+        from mux.sim.ctl import GUEST_ACTIONS  # at the first use, as in check_settings
+
         if what not in GUEST_ACTIONS:
             raise SimError(f"a guest can {', '.join(GUEST_ACTIONS)}, not {what!r}")
         [dom] = self.host.shutdown(domid, REASON_CODES[what])

@@ -62,6 +62,8 @@ _REWRITE_THRESHOLD = 32
 
 GUEST_PAGES = 262144  # 1 GiB of 4 KiB pages
 
+_TRUTH_PARTS_MAX = 64  # the truth log's cache of line heads and tails (steps x reasons)
+
 
 class SimError(Exception):
     """An operation the host refuses (the message is shown to the user as is)."""
@@ -84,6 +86,9 @@ class Domain:
     pause_count: int = 0
     # The handle's text, made once: the truth log writes it at every step.
     _uuid: str | None = field(default=None, init=False, repr=False)
+    # The truth log's identity of this incarnation (its line's domid, uuid and inc), made
+    # once per handle, for the same reason.
+    _truth_id: str | None = field(default=None, init=False, repr=False)
 
     @property
     def uuid(self) -> str:
@@ -95,6 +100,14 @@ class Domain:
         """A new UUID in place (xc_domain_sethandle, as libxl's rename does)."""
         self.handle = handle
         self._uuid = None
+        self._truth_id = None
+
+    @property
+    def truth_id(self) -> str:
+        """`"domid":D,"uuid":"U","inc":I`, the part of a truth-log line naming this domain."""
+        if self._truth_id is None:
+            self._truth_id = f'"domid":{self.domid},"uuid":"{self.uuid}","inc":{self.incarnation}'
+        return self._truth_id
 
     @property
     def shutdown(self) -> bool:
@@ -160,6 +173,7 @@ class TruthLog:
         self._fd: int | None = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644
         )
+        self._parts: dict[tuple, tuple[str, str]] = {}  # a step's line head and tail
 
     @staticmethod
     def clock() -> tuple[int, float]:
@@ -173,16 +187,23 @@ class TruthLog:
         mono, wall = at
         # Formatted by hand, json.dumps only for the values: a step's line is written on the
         # host's per-change path, where a dict through json.dumps cost tens of microseconds.
-        # The step and the keys are this module's identifiers.
-        tail = "".join(f',"{k}":{json.dumps(v)}' for k, v in extra.items()) + "}\n"
-        head = f'{{"step":"{step}","domid":'
-        lines = []
-        for dom in doms:
-            name = f',"name":{json.dumps(dom.name)}' if step == "create" else ""
-            lines.append(
-                f'{head}{dom.domid},"uuid":"{dom.uuid}","inc":{dom.incarnation},'
-                f'"mono":{mono},"wall":{wall!r}{name}{tail}'
-            )
+        # The step and the keys are this module's identifiers; a step's head and tail (its
+        # extras: a shutdown's reason) repeat, so they are made once.
+        key = (step, *extra.items())
+        parts = self._parts.get(key)
+        if parts is None:
+            tail = "".join(f',"{k}":{json.dumps(v)}' for k, v in extra.items()) + "}\n"
+            parts = (f'{{"step":"{step}",', tail)
+            if len(self._parts) < _TRUTH_PARTS_MAX:  # a rename's old_uuid is new each time
+                self._parts[key] = parts
+        head, tail = parts
+        stamp = f',"mono":{mono},"wall":{wall!r}'
+        if step == "create":
+            lines = [
+                f'{head}{dom.truth_id}{stamp},"name":{json.dumps(dom.name)}{tail}' for dom in doms
+            ]
+        else:
+            lines = [f"{head}{dom.truth_id}{stamp}{tail}" for dom in doms]
         if lines:
             os.write(self._fd, "".join(lines).encode())
 

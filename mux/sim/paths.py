@@ -7,7 +7,13 @@ simulated host's files through `sim_paths(DIR)`; no other module spells a file n
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
+
+# DIR/hypercall-faults holds, at offset 0, how many failures of the domain-info call the
+# simulated host has armed so far (`sim-ctl fail-hypercalls`); the sim writes it, the sim
+# backend reads it.
+ARMED = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
