@@ -12,7 +12,6 @@ status 1 when any notification was lost or a run failed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -253,23 +252,17 @@ def _dirs(text: str) -> list[str]:
 
 def _report_only(args: argparse.Namespace) -> int:
     from mux.bench import report
-    from mux.bench.merge import MergeError, merge
+    from mux.bench.merge import MergeError, load, merge
 
-    if args.merge:
-        try:
+    try:
+        if args.merge:
             rows, meta = merge(args.merge)
-        except MergeError as exc:
-            print(f"xenmux bench: {exc}", file=sys.stderr)
-            return 1
-    else:
-        path = os.path.join(args.out, "results.json")
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            print(f"xenmux bench: cannot read {path}: {exc}", file=sys.stderr)
-            return 1
-        rows, meta = data["rows"], data["meta"]
+        else:
+            data = load(args.out)
+            rows, meta = data["rows"], data["meta"]
+    except MergeError as exc:
+        print(f"xenmux bench: {exc}", file=sys.stderr)
+        return 1
     written = report.write(args.out, rows, meta)
     if not args.no_plots:
         pngs, skipped = report.plots(args.out, rows)

@@ -16,18 +16,8 @@ class MergeError(Exception):
     """A part that cannot be read or that overlaps another."""
 
 
-def _key(row: dict) -> tuple:
-    return (
-        row["xenstored"],
-        row["n"],
-        row["scenario"],
-        row["model"],
-        row.get("variant"),
-        row.get("connections"),
-    )
-
-
-def _load(directory: str) -> dict:
+def load(directory: str) -> dict:
+    """The results.json of one run in `directory`."""
     path = os.path.join(directory, "results.json")
     try:
         with open(path) as f:
@@ -63,7 +53,7 @@ def merge(parts: list[str]) -> tuple[list[dict], dict]:
     seen: dict[tuple, str] = {}
     dates: list[str] = []
     for part in parts:
-        data = _load(part)
+        data = load(part)
         part_meta = data["meta"]
         _same_comparison(data["rows"], part, seen)
         rows += data["rows"]
@@ -88,8 +78,6 @@ def merge(parts: list[str]) -> tuple[list[dict], dict]:
         )
         meta["notes"] += part_meta.get("notes", [])
         meta["acting"] += part_meta.get("acting") or []
-    if len(set(_key(r) for r in rows)) != len(rows):
-        raise MergeError("a row appears in more than one part")
     meta["date"] = dates[0] if len(set(dates)) == 1 else f"{min(dates)} to {max(dates)}"
     meta["merged_from"] = len(parts)
     return rows, meta
