@@ -1,7 +1,7 @@
 """`xenmux`: the one entry point. Each command lives in the module that owns its job.
 
 A command module provides `configure(parser)` to declare its arguments and `run(args) -> int`
-for its exit status (or raises mux.commands.reach.CommandError: one line on stderr, and its
+for its exit status (or raises mux.commands.failure.CommandError: one line on stderr, and its
 status). Modules are imported only when their command runs, so `xenmux wait` does not pay
 for the daemon's or the simulator's imports. docs/commands.md describes every command.
 """
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     module, parser = _command(name)
     args = parser.parse_args(argv[1:])
-    from mux.commands.reach import CommandError
+    from mux.commands.failure import CommandError
 
     try:
         return int(module.run(args) or 0)

@@ -10,7 +10,7 @@ import logging
 import os
 
 from mux.cli import add_socket_argument
-from mux.commands.reach import EXIT_USAGE, CommandError
+from mux.commands.failure import EXIT_USAGE, CommandError
 
 # serve's option checks, so that both commands refuse the same bad values in the same words
 from mux.logsetup import setup_logging

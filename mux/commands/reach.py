@@ -12,19 +12,9 @@ from typing import TypeVar
 from mux.client import Client, XenmuxError
 from mux.client.session import REQUEST_TIMEOUT, Outage, retryable
 from mux.client.wire import Deadline
+from mux.commands.failure import CommandError
 
 T = TypeVar("T")
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """Ends a command: `xenmux COMMAND: message` on stderr, and `status`."""
-
-    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def add_request_timeout(p: argparse.ArgumentParser) -> None:

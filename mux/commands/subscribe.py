@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from mux.client import Cursor, Subscription, XenmuxError
 from mux.client.wire import Deadline
-from mux.commands.reach import EXIT_ERROR, EXIT_USAGE, CommandError, ask_retrying, retry_notice
+from mux.commands.failure import EXIT_ERROR, EXIT_USAGE, CommandError
+from mux.commands.reach import ask_retrying, retry_notice
 from mux.commands.targets import needs_table, resolve, targets_of
 from mux.protocol import ERR_BAD_CURSOR, ERR_BAD_DOMID, ERR_BAD_REQUEST
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from mux.commands.reach import EXIT_USAGE, CommandError
+from mux.commands.failure import EXIT_USAGE, CommandError
 from mux.protocol import DEAD
 from mux.records import DOMID_FIRST_RESERVED
 

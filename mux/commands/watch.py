@@ -15,8 +15,8 @@ from mux.cli import add_socket_argument
 from mux.client import Cursor, Subscription, XenmuxError
 from mux.client.wire import Deadline
 from mux.commands.eventview import EventPrinter
+from mux.commands.failure import EXIT_USAGE, CommandError
 from mux.commands.output import JSON, add_output_arguments
-from mux.commands.reach import EXIT_USAGE, CommandError
 from mux.commands.subscribe import start
 from mux.commands.targets import add_target_arguments
 from mux.protocol import DEFAULT_KINDS, EVENT_KINDS
