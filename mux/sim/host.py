@@ -63,6 +63,7 @@ _REWRITE_THRESHOLD = 32
 GUEST_PAGES = 262144  # 1 GiB of 4 KiB pages
 
 _TRUTH_PARTS_MAX = 64  # the truth log's cache of line heads and tails (steps x reasons)
+_TRUTH_UNREPEATED = frozenset({"rename"})  # steps whose extras are new every time
 
 
 class SimError(Exception):
@@ -194,7 +195,9 @@ class TruthLog:
         if parts is None:
             tail = "".join(f',"{k}":{json.dumps(v)}' for k, v in extra.items()) + "}\n"
             parts = (f'{{"step":"{step}",', tail)
-            if len(self._parts) < _TRUTH_PARTS_MAX:  # a rename's old_uuid is new each time
+            # A rename's old_uuid never repeats: caching its parts would only fill the cache
+            # and leave the reasons that do repeat uncached.
+            if step not in _TRUTH_UNREPEATED and len(self._parts) < _TRUTH_PARTS_MAX:
                 self._parts[key] = parts
         head, tail = parts
         stamp = f',"mono":{mono},"wall":{wall!r}'

@@ -153,3 +153,21 @@ def test_the_sim_process_writes_its_truth_and_keeps_it(sim_factory):
     assert log[4] == {**log[4], "domid": 2, "reason": "crash", "inc": 2}
     handle.stop()
     assert read_truth(path) == log  # kept after the sim stopped, and nothing more in it
+
+
+def test_renames_do_not_crowd_the_reasons_out_of_the_line_cache(host):
+    # Each rename's old_uuid is new, so its line is made fresh every time; the shutdown
+    # reasons, which repeat on every change of a churn, stay cached however many renames
+    # came first, and every line still says what happened.
+    h, paths = host
+    [dom] = h.create(count=1)
+    at = TruthLog.clock()
+    olds = [f"00000000-0000-0000-0000-{n:012d}" for n in range(100)]
+    for old in olds:
+        h.hv.truth.record("rename", [dom], at, old_uuid=old)
+    h.shutdown(dom.domid, records.SHUTDOWN_CRASH)
+    renames = [e for e in read_truth(paths.truth) if e["step"] == "rename"]
+    assert [e["old_uuid"] for e in renames] == olds
+    assert read_truth(paths.truth)[-1]["reason"] == "crash"
+    assert ("shutdown", ("reason", "crash")) in h.hv.truth._parts
+    assert not any(key[0] == "rename" for key in h.hv.truth._parts)
