@@ -455,7 +455,13 @@ class _Checker:
             # frame that would have announced it (docs/protocol.md, "Slow subscribers in
             # `latest` mode"): the death names the incarnation itself.
             folded = self.seq_per_domid and kind == "death"
-            untold = cur is not None and self.classes.get(incs[cur].inc) == INDISTINGUISHABLE
+            # Untold only through a chain of rebirths no record could show: from the one in
+            # view to this one, each indistinguishable from the next.
+            untold = (
+                cur is not None
+                and cur < idx
+                and all(self.classes.get(incs[j].inc) == INDISTINGUISHABLE for j in range(cur, idx))
+            )
             if not folded and not untold:
                 self.flag(ORDER, f"{kind} of an incarnation never announced", incs[idx], item.t)
             self.reach(domid, idx, "skipped")

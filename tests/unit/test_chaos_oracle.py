@@ -412,6 +412,32 @@ def test_a_rebirth_no_record_could_show_excuses_an_unobservable_first_one_too():
     assert v.incarnations == {"unobservable": 1, "observable": 1}
 
 
+def test_an_untold_rebirth_excuses_only_the_next_incarnation():
+    """Domain 1 (U1) dies at 10 s and is built again with U1 at 11 s while the daemon is
+    stopped (the second is indistinguishable from the first); the second dies at 20 s with
+    the daemon up, and a third is built with U1 at 22 s. A death of the third with no `new`
+    before it is not excused by the first rebirth: the second's death and the third's
+    `new` were both there to be told."""
+    h = Host()
+    first = h.create(0, 1, U1)
+    h.destroy(10, first)
+    second = h.create(11, 1, U1)
+    h.destroy(20, second)
+    third = h.create(22, 1, U1)
+    h.destroy(30, third)
+    stop = [Fault("stop", 9 * S, 12 * S, True)]
+    assert classify(h.truth(), stop, S, END) == {
+        first: "indistinguishable",
+        second: "observable",
+        third: "observable",
+    }
+    told = [relist(1, [row(1, U1)]), ev(30.01, 5, "death", 1, U1, time=30.005)]
+    v = check(h.truth(), stop, [sub(told)], end=END)
+    assert kinds(v) == {"order": 1, "lost": 1}
+    assert [x.inc for x in v.violations if x.kind == "order"] == [third]
+    assert [x.inc for x in v.violations if x.kind == "lost"] == [second]
+
+
 def test_client_library_missed_deaths_need_a_real_gap():
     truth = crash_host().truth()
     start = relist(1, [row(1, U1)], space="a")
