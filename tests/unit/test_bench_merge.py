@@ -71,3 +71,19 @@ def test_a_directory_without_results_is_named(tmp_path):
     assert done.returncode == 1
     assert f"cannot read {empty}/results.json" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_two_parts_measuring_acting_at_one_size_are_refused(tmp_path):
+    _, parts = _split_by_xenstored(tmp_path)
+    acting = [
+        {"scenario": "acting", "n": 100, "model": m, "measured": True} for m in ("mux", "libxl")
+    ]
+    for part in parts[:2]:
+        data = json.loads((part / "results.json").read_text())
+        data["meta"]["acting"] = acting
+        (part / "results.json").write_text(json.dumps(data))
+    out = tmp_path / "merged"
+    done = _bench("--merge", f"{parts[0]},{parts[1]}", "--out", str(out))
+    assert done.returncode == 1
+    assert f"{parts[1]} and {parts[0]} both measured acting at N=100" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
