@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
+from acthelpers import act_command
 from daemonhelpers import start_daemon, until
-from simhelpers import REPO, short_dir, sim_command, start_sim, terminate
+from simhelpers import REPO, short_dir, start_sim, terminate
 
 from mux.sim.paths import sim_paths
 
@@ -74,20 +75,6 @@ class ActHandle:
     def stop(self) -> int:
         terminate(self.proc, "act", 15)
         return self.proc.returncode
-
-
-def act_command(sim_dir: Path, sock: str, *extra: str) -> list[str]:
-    return [
-        *sim_command(),
-        "act",
-        "--toolstack",
-        "sim",
-        "--sim-dir",
-        str(sim_dir),
-        "--socket",
-        sock,
-        *extra,
-    ]
 
 
 class Host:

@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections import Counter
 
-from conftest import act_command
+from acthelpers import act_command
 from daemonhelpers import until
 from simhelpers import REPO
 
