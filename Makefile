@@ -17,7 +17,7 @@ BUILD_PKGS := python3-venv python3-dev gcc libc6-dev
 # tests, PEP 517's frontend for the packaging tests, and zsh for the completion test.
 TEST_PKGS := xenstore-utils libxen-dev socat python3-build zsh
 
-.PHONY: run test lint bench chaos build build-deps test-deps deb-peers clean man completion
+.PHONY: run test lint bench bench-full chaos build build-deps test-deps deb-peers clean man completion
 
 # apt-get install of the packages of $(1) that dpkg does not list as installed; nothing
 # else. Off Debian (no dpkg-query) it says what to install and goes on.
@@ -79,6 +79,30 @@ lint: build
 
 bench: build test-deps deb-peers
 	$(BIN)/python -m pytest -q bench --benchmark-only
+
+# The harness's full run (about an hour on two quiet cores), in three parts that are merged
+# into one table: a part that completed is kept, so an interrupted run resumes at the next
+# part (`make bench-full` again). Copy $(BENCH_OUT)'s results.md, results.json and plots
+# to bench/results/ to publish them. bench/README.md has the figures and how to read them.
+BENCH_OUT   ?= xenmux-bench
+BENCH_PARTS := $(BENCH_OUT)/parts/small $(BENCH_OUT)/parts/4000 $(BENCH_OUT)/parts/32000
+
+bench-full: $(BENCH_PARTS:%=%/results.json)
+	$(BIN)/xenmux bench --merge $(subst $(eval) ,$(comma),$(BENCH_PARTS)) --out $(BENCH_OUT)
+
+$(BENCH_OUT)/parts/small/results.json: | build test-deps deb-peers
+	$(BIN)/xenmux bench --sizes 100,1000 --daemon-sizes "" --out $(@D).partial
+	rm -rf $(@D) && mv $(@D).partial $(@D)
+
+$(BENCH_OUT)/parts/4000/results.json: | build test-deps deb-peers
+	$(BIN)/xenmux bench --sizes 4000 --daemon-sizes "" --out $(@D).partial
+	rm -rf $(@D) && mv $(@D).partial $(@D)
+
+$(BENCH_OUT)/parts/32000/results.json: | build test-deps deb-peers
+	$(BIN)/xenmux bench --sizes "" --daemon-sizes 32000 --out $(@D).partial
+	rm -rf $(@D) && mv $(@D).partial $(@D)
+
+comma := ,
 
 # Five minutes of churn and faults on a simulated host of 1,000 domains, checked by the
 # oracle (docs/chaos.md); `make test` runs a 30-second one.
