@@ -73,6 +73,39 @@ class ConnectionContext:
 class ClientConnection(asyncio.Protocol):
     """One subscriber or tool. Also the Fanout's subscriber: `send_frame` is the hot path."""
 
+    # Thousands of these live for as long as their subscribers: no instance dict.
+    __slots__ = (
+        "_drained",
+        "_finishing",
+        "_flush_due",
+        "_folded_seen",
+        "_linger",
+        "_lingering",
+        "bad_lines",
+        "buf",
+        "closing",
+        "ctx",
+        "eof",
+        "gid",
+        "held",
+        "high_water",
+        "last_out",
+        "lines",
+        "lost",
+        "may_rescan",
+        "mode_latest",
+        "pending_in",
+        "pid",
+        "privileged",
+        "reading",
+        "replay",
+        "task",
+        "transport",
+        "uid",
+        "wild_mask",
+        "write_paused",
+    )
+
     def __init__(self, ctx: ConnectionContext) -> None:
         self.ctx = ctx
         self.high_water = ctx.high_water
@@ -87,7 +120,9 @@ class ClientConnection(asyncio.Protocol):
         self.replay: Replay | None = None  # the replay being written
         self.last_out: object = None  # what the last event written carried: its seq
         self.buf = bytearray()
-        self.lines: deque[bytes] = deque()
+        # Lines read and not yet answered: a deque only while there are some (a subscriber
+        # sends one request and then only reads; an idle deque is 600 bytes).
+        self.lines: deque[bytes] | tuple[()] = ()
         self.pending_in = 0  # bytes of the lines read and not yet answered
         self.reading = True
         self.eof = False
@@ -150,7 +185,7 @@ class ClientConnection(asyncio.Protocol):
             self._linger = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        self.lines.clear()
+        self.lines = ()
         self.buf = bytearray()
         self.pending_in = 0
         log.debug("client gone: pid=%d", self.pid)
@@ -207,6 +242,8 @@ class ClientConnection(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------
 
     def _queue_line(self, line: bytes) -> None:
+        if not self.lines:
+            self.lines = deque()
         self.lines.append(line)
         self.pending_in += len(line)
 
@@ -232,6 +269,8 @@ class ClientConnection(asyncio.Protocol):
                 self._finish(LINGER)  # half-closed: every request it sent is answered
         finally:
             self.task = None
+            if not self.lines:
+                self.lines = ()
 
     async def _output_drained(self) -> None:
         if self._drained is None:

@@ -60,6 +60,10 @@ log = logging.getLogger("xenmux.watch")
 RELEASE = wire.SPECIAL_RELEASE
 INTRODUCE = wire.SPECIAL_INTRODUCE
 TOKEN = "xenmux"
+# Name reads kept in flight at start-up: deep enough to keep xenstored's pipe full, few
+# enough that 32,000 domains do not mean 32,000 tasks, futures and pending replies at once
+# (that was most of the daemon's peak memory, and the pymalloc arenas it touched stayed).
+NAMES_IN_FLIGHT = 64
 # hello's `xenstored_flavour`: the server flavour, told from its answers (see above).
 FLAVOUR_C = "c"
 FLAVOUR_OXENSTORED = "oxenstored"
@@ -344,8 +348,17 @@ class Watcher:
             return None
 
     async def read_all_names(self, domids: list[int]) -> dict[int, str]:
-        names = await asyncio.gather(*(self.read_name(d) for d in domids))
-        return {d: n for d, n in zip(domids, names, strict=True) if n is not None}
+        names: dict[int, str] = {}
+        todo = iter(domids)  # shared: each reader takes the next domid when its reply is in
+
+        async def reader() -> None:
+            for d in todo:
+                name = await self.read_name(d)
+                if name is not None:
+                    names[d] = name
+
+        await asyncio.gather(*(reader() for _ in range(min(NAMES_IN_FLIGHT, len(domids)))))
+        return names
 
     async def read_identity(self, domid: int) -> Identity | None:
         """The name and UUID xenstore still holds for `domid` (/local/domain/D/name and
