@@ -1,10 +1,15 @@
-"""Fan-out: domid -> subscribers, each event encoded once and the same bytes written to all."""
+"""Fan-out: domid -> subscribers, each event encoded once and the same bytes written to all.
+
+The loop over the subscribers is `mux._fast.fan_out`: a subscriber whose `direct` is its
+transport (nothing held back) gets the frame written there with no Python run for it; any
+other takes its own `send_frame`, where its bounds and backlog are."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from mux._fast import fan_out
 from mux.protocol import KIND_BITS
 
 
@@ -20,6 +25,10 @@ class Event(Protocol):
 
 class Subscriber(Protocol):
     wild_mask: int
+    # The transport a frame may be written to as it is, when nothing is held back for this
+    # subscriber (then `last_out` is set to the event, as send_frame would); else None.
+    direct: object | None
+    last_out: object
 
     def send_frame(self, frame: bytes, event: Event) -> None:
         """Queue `event`'s frame. The event comes along for what is rare: a subscriber cut
@@ -83,28 +92,9 @@ class Fanout:
 
     def publish(self, events: Sequence[Event]) -> int:
         """Send each event to every interested subscriber; returns frames written."""
-        sent = 0
-        wild = self.wild
-        by_domid = self.by_domid
         kind_counts = self.kind_counts
         for ev in events:
-            bit = KIND_BITS[ev.kind]
-            kind_counts[bit] += 1
-            frame = None
-            targets = by_domid.get(ev.domid)
-            if targets:
-                for sub, mask in tuple(targets.items()):
-                    if (mask | sub.wild_mask) & bit:
-                        if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame, ev)
-                        sent += 1
-            if wild:
-                for sub in tuple(wild):
-                    if sub.wild_mask & bit and not (targets and sub in targets):
-                        if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame, ev)
-                        sent += 1
+            kind_counts[KIND_BITS[ev.kind]] += 1
+        sent = fan_out(events, self.by_domid, self.wild, KIND_BITS)
         self.frames_sent += sent
         return sent
