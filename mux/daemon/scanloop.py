@@ -6,6 +6,11 @@ asks for a targeted scan of it; when more targeted scans are pending than a full
 (both costs measured as we go), they collapse into one full scan. A backend with a feed of
 changed domids (`Capabilities.changed_feed`) asks for targeted scans the same way.
 
+The firings of one xenstore read are scanned at its end in the reading callback
+(`begin_firings`/`end_firings`), except inside a burst: a firing less than `burst_window`
+after a firing's scan ended waits for one held scan at that scan's end plus the window, with
+every firing meanwhile (serve --burst-window, docs/operations.md).
+
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
 snapshot and lets the subscriber register under the lock every scan holds, so no event
 falls between the two.
