@@ -57,7 +57,7 @@ log = logging.getLogger("xenmux.scan")
 
 # serve --burst-window: chosen by the mass shutdown at 5,000 changes/s (bench/README.md,
 # "The daemon's path per firing").
-DEFAULT_BURST_WINDOW = 0.006
+DEFAULT_BURST_WINDOW = 0.004
 
 NameReader = Callable[[int], Awaitable[str | None]]
 # Called with (snapshot rows, seq) while no scan can run: see ScanLoop.subscribe.
