@@ -52,7 +52,7 @@ from mux.xenstore.client import XenstoreProtocol
 N_DOMAINS = 1000
 RECORDING = {"stats", "st", "kind_counts", "frames_sent"}  # what recording statements touch
 HOT_PATH = {
-    ScanLoop: ("_full", "probe", "_publish"),
+    ScanLoop: ("_full", "probe", "_deliver"),
     Fanout: ("publish",),
     Watcher: ("_on_watch",),
 }
@@ -168,11 +168,13 @@ class MemoryBackend:
 
 
 class NullSubscriber:
-    __slots__ = ("fd", "wild_mask")
+    __slots__ = ("direct", "fd", "last_out", "wild_mask")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.wild_mask = 0
+        self.direct = None  # every frame through send_frame
+        self.last_out = None
 
     def send_frame(self, frame: bytes, event, _write=os.write) -> None:
         _write(self.fd, frame)
@@ -354,11 +356,17 @@ def test_recording_costs_the_hot_path_a_few_percent(benchmark):
 
 
 def _callgrind(variant: str, scenario: str, iterations: int) -> int:
-    """Instructions of one run, all threads, less those of memcpy: valgrind counts each byte
-    of a `rep movsb` copy (the 112 KB of records per scan) as an instruction."""
+    """Instructions of one run (see callgrind_instructions)."""
+    return callgrind_instructions([__file__, "--run", variant, scenario, str(iterations)])
+
+
+def callgrind_instructions(argv: list[str]) -> int:
+    """Instructions of `python ARGV` under callgrind, all threads, less those of memcpy:
+    valgrind counts each byte of a `rep movsb` copy (the 112 KB of records per scan) as an
+    instruction."""
     out = Path(f"/tmp/xenmux-callgrind.{os.getpid()}")
     env = dict(os.environ, PYTHONHASHSEED="0")
-    cmd = [sys.executable, __file__, "--run", variant, scenario, str(iterations)]
+    cmd = [sys.executable, *argv]
     try:
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],

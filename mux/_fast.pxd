@@ -151,3 +151,11 @@ cdef class Xenctrl:
 
     cdef long _call(self, uint32_t first, unsigned int max_domains,
                     unsigned char *dst) except -1
+
+
+# The xenstore wire (fastcore/xswire.pxi): xs_wire.h's header size and payload limit, and
+# XS_WATCH_EVENT's number (mux/xenstore/wire.py, checked against xs_wire.h by its tests).
+cdef enum:
+    XS_HEADER_SIZE = 16
+    XS_PAYLOAD_MAX = 4096
+    XS_TYPE_WATCH_EVENT = 15

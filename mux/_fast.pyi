@@ -142,3 +142,27 @@ class Xenctrl:
     def close(self) -> None: ...
     def __enter__(self) -> Xenctrl: ...
     def __exit__(self, *exc: object) -> None: ...
+
+class XsReader:
+    """mux.xenstore.wire.FrameReader in C (the client's reader of xenstore frames)."""
+
+    on_watch: Callable[[str, str], object] | None
+    dispatched: int
+    def __init__(
+        self,
+        on_watch: Callable[[str, str], object] | None,
+        on_reply: Callable[[int, int, bytes], object],
+        on_watch_error: Callable[[str, str], object],
+    ) -> None: ...
+    @property
+    def buffered(self) -> bytes: ...
+    def stop(self) -> None: ...
+    def feed(self, data: bytes) -> None: ...
+
+def fan_out(
+    events: Iterable[object],
+    by_domid: dict[int, tuple[tuple[object, int], ...]],
+    wild: set[object],
+    subscriptions: dict[object, set[int]],
+    kind_bits: dict[str, int],
+) -> int: ...

@@ -11,8 +11,10 @@ Xen header) and calls `xc_domain_getinfolist` with the GIL released, straight in
 caller's buffer; `Xenctrl.scan_all` pages through every domain in one C loop.
 
 One extension built from its concerns (mux/fastcore/): the record layout and its import
-guard, the events and their frames, the table and its diff, the libxenctrl binding. The C
-helpers and the layout's numbers are in fastcore/xm_helpers.h and fastcore/xm_record.h.
+guard, the events and their frames, the table and its diff, the libxenctrl binding, and the
+daemon's path per firing: the xenstore client's frame reader (xswire.pxi) and the fan-out's
+inner loop (fanout.pxi). The C helpers and the layout's numbers are
+in fastcore/xm_helpers.h and fastcore/xm_record.h.
 """
 
 cimport cython
@@ -33,3 +35,5 @@ include "fastcore/records.pxi"
 include "fastcore/events.pxi"
 include "fastcore/table.pxi"
 include "fastcore/xenctrl.pxi"
+include "fastcore/xswire.pxi"
+include "fastcore/fanout.pxi"

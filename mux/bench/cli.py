@@ -23,7 +23,7 @@ import time
 
 from mux.bench.acting import ACTING
 from mux.bench.scenarios import PER_DOMAIN, QUADRATIC, SCENARIOS, TITLES
-from mux.options import count, option
+from mux.options import count, option, seconds
 from mux.sim.xenstored.rules import XEN_VERSIONS
 
 XENSTORED_KINDS = ("sim", "c-xenstored", "oxenstored")
@@ -145,6 +145,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="PER_S",
         help="changes per second raised in the mass shutdown; 0: each as soon as the host "
         "applied the one before (default: %(default)s)",
+    )
+    p.add_argument(
+        "--burst-window",
+        type=seconds(positive=False),
+        metavar="S",
+        help="the daemon's serve --burst-window (default: serve's own)",
     )
     p.add_argument("--migrate-fraction", type=float, help="share of the domains migrated (0.10)")
     p.add_argument(
@@ -365,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
             xs_version=args.xs_version,
             seed=args.seed,
             tmp_root=tmp_root,
+            burst_window=args.burst_window,
         )
         progress = Progress(len(plans))
         order = {id(plan): i for i, plan in enumerate(plans)}

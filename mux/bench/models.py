@@ -198,8 +198,16 @@ class MuxModel(Model):
     name = "mux"
     sees_resume = True
 
-    def __init__(self, *args, per_conn: int = 0, conns_per_proc: int = 0, **kw) -> None:
+    def __init__(
+        self,
+        *args,
+        per_conn: int = 0,
+        conns_per_proc: int = 0,
+        burst_window: float | None = None,
+        **kw,
+    ) -> None:
         super().__init__(*args, **kw)
+        self.burst_window = burst_window
         self.socket_path = os.path.join(self.workdir, "xenmux.sock")
         self.daemon: int | None = None
         self.per_conn = per_conn
@@ -228,6 +236,8 @@ class MuxModel(Model):
             "--log-level",
             "warning",
         )
+        if self.burst_window is not None:
+            argv += ["--burst-window", repr(self.burst_window)]
         log = os.path.join(self.workdir, "daemon.log")
         self.daemon = self.procs.spawn(argv, name="xenmux serve", stderr=log)
         wait_for_socket(self.socket_path, self.procs, self.daemon, "xenmux serve", timeout, log)

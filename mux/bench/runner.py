@@ -58,6 +58,7 @@ class Env:
     seed: int = 1
     real: object | None = None  # realxs.RealXenstored factory, when measuring against one
     tmp_root: str | None = None
+    burst_window: float | None = None  # the daemon's serve --burst-window (None: its default)
     notes: list[str] = field(default_factory=list)
 
 
@@ -155,6 +156,7 @@ def run(env: Env, plan: Plan) -> dict:
                 workdir,
                 per_conn=plan.per_conn,
                 conns_per_proc=plan.conns_per_proc,
+                burst_window=env.burst_window,
                 **common,
             )
             model.start_daemon(sim_dir, max_clients=plan.n + 256, timeout=60 * scale)

@@ -85,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         "buf",
         "closing",
         "ctx",
+        "direct",
         "eof",
         "gid",
         "held",
@@ -114,8 +115,10 @@ class ClientConnection(asyncio.Protocol):
         self.mode_latest = False  # set by subscribe: coalesce rather than cut off
         self.closing = False
         self.lost = False
-        # Output waiting for the peer; None while it goes straight to the transport.
+        # Output waiting for the peer; None while it goes straight to the transport, which
+        # is then `direct` too (where the fan-out writes frames itself): see _set_held.
         self.held: Backlog | None = None
+        self.direct: asyncio.Transport | None = None
         self.write_paused = False
         self.replay: Replay | None = None  # the replay being written
         self.last_out: object = None  # what the last event written carried: its seq
@@ -142,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.direct = transport
         transport.set_write_buffer_limits(high=TRANSPORT_HIGH, low=TRANSPORT_LOW)
         ctx = self.ctx
         try:
@@ -231,7 +235,7 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.held is None:
-            self.held = Backlog()
+            self._set_held(Backlog())
             self._folded_seen = 0
             self._update_reading()
 
@@ -319,6 +323,11 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._hold(frame, event)
 
+    def _set_held(self, held: Backlog | None) -> None:
+        """Output held back from here (None: straight to the transport again)."""
+        self.held = held
+        self.direct = self.transport if held is None else None
+
     def write_obj(self, obj: dict) -> None:
         """A reply (or any frame that is not an event), after what is already queued."""
         if self.closing or self.transport is None:
@@ -341,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
             Replay(replay).close()
             return
         if self.held is None:
-            self.held = Backlog()
+            self._set_held(Backlog())
             self._folded_seen = 0
             self._update_reading()
         self.held.add_replay(replay)
@@ -402,7 +411,7 @@ class ClientConnection(asyncio.Protocol):
                 self.last_out = out
         caught_up = held is not None and not held and self.replay is None
         if caught_up and not self.write_paused and not self.closing:
-            self.held = None  # straight to the transport again
+            self._set_held(None)  # straight to the transport again
             self._wake()
             self._update_reading()
 
@@ -454,7 +463,7 @@ class ClientConnection(asyncio.Protocol):
         if self.replay is not None:
             self.replay.close()
             self.replay = None
-        self.held = Backlog()  # closed: nothing more is held (see _hold)
+        self._set_held(Backlog())  # closed: nothing more is held (see _hold)
         self._wake()
 
     # -- closing -------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Fan-out: domid -> subscribers, each event encoded once and the same bytes written to all."""
+"""Fan-out: domid -> subscribers, each event encoded once and the same bytes written to all.
+
+The loop over the subscribers is `mux._fast.fan_out`: a subscriber whose `direct` is its
+transport (nothing held back) gets the frame written there with no Python run for it; any
+other takes its own `send_frame`, where its bounds and backlog are."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from mux._fast import fan_out
 from mux.protocol import KIND_BITS
 
 
@@ -20,6 +25,10 @@ class Event(Protocol):
 
 class Subscriber(Protocol):
     wild_mask: int
+    # The transport a frame may be written to as it is, when nothing is held back for this
+    # subscriber (then `last_out` is set to the event, as send_frame would); else None.
+    direct: object | None
+    last_out: object
 
     def send_frame(self, frame: bytes, event: Event) -> None:
         """Queue `event`'s frame. The event comes along for what is rare: a subscriber cut
@@ -97,33 +106,9 @@ class Fanout:
 
     def publish(self, events: Sequence[Event]) -> int:
         """Send each event to every interested subscriber; returns frames written."""
-        sent = 0
-        wild = self.wild
-        by_domid = self.by_domid
-        subscriptions = self.subscriptions
         kind_counts = self.kind_counts
         for ev in events:
-            bit = KIND_BITS[ev.kind]
-            kind_counts[bit] += 1
-            frame = None
-            # The tuple is replaced, never changed, when a send makes a subscriber go away.
-            targets = by_domid.get(ev.domid)
-            if targets:
-                for sub, mask in targets:
-                    if (mask | sub.wild_mask) & bit:
-                        if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame, ev)
-                        sent += 1
-            if wild:
-                for sub in tuple(wild):
-                    # Named too: it was sent the frame above, or its own mask refused it.
-                    if sub.wild_mask & bit and not (
-                        targets and ev.domid in subscriptions.get(sub, ())
-                    ):
-                        if frame is None:
-                            frame = ev.frame()
-                        sub.send_frame(frame, ev)
-                        sent += 1
+            kind_counts[KIND_BITS[ev.kind]] += 1
+        sent = fan_out(events, self.by_domid, self.wild, self.subscriptions, KIND_BITS)
         self.frames_sent += sent
         return sent

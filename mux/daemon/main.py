@@ -15,6 +15,7 @@ import sys
 
 from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
 from mux.daemon.journal import MIN_MAX_BYTES
+from mux.daemon.scanloop import DEFAULT_BURST_WINDOW
 from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
 from mux.daemon.watcher import DEFAULT_RESUMED_POLL, XenstoreTimeouts
 from mux.hypervisor import backend_names
@@ -82,6 +83,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=0.25,
         metavar="S",
         help="poll period while a domain sits shut down (resumes fire nothing)",
+    )
+    p.add_argument(
+        "--burst-window",
+        type=seconds(positive=False),
+        default=DEFAULT_BURST_WINDOW,
+        metavar="S",
+        help="a firing less than S seconds after a firing's scan ended is part of a burst: "
+        "its scan waits until S after that one, and every firing meanwhile joins it (up to S "
+        "more latency inside a burst, none for an isolated change); 0: every firing scanned "
+        "at once (default: %(default)s)",
     )
     p.add_argument(
         "--resumed-poll",
@@ -244,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             socket_path=args.socket,
             xenstore_path=args.xenstore or backend.xenstore_path or default_xenstore_path(),
             shutdown_poll=args.shutdown_poll,
+            burst_window=args.burst_window,
             full_scan=args.full_scan,
             socket_gid=args.socket_group,
             allow_rescan_gid=args.allow_rescan_group,

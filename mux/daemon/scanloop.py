@@ -6,6 +6,11 @@ asks for a targeted scan of it; when more targeted scans are pending than a full
 (both costs measured as we go), they collapse into one full scan. A backend with a feed of
 changed domids (`Capabilities.changed_feed`) asks for targeted scans the same way.
 
+The firings of one xenstore read are scanned at its end in the reading callback
+(`begin_firings`/`end_firings`), except inside a burst: a firing less than `burst_window`
+after a firing's scan ended waits for one held scan at that scan's end plus the window, with
+every firing meanwhile (serve --burst-window, docs/operations.md).
+
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
 snapshot and lets the subscriber register under the lock every scan holds, so no event
 falls between the two.
@@ -27,9 +32,10 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
-from mux.daemon.aio import cancel_and_wait
+from mux.daemon.aio import ScanLock, cancel_and_wait
 from mux.daemon.fanout import Fanout
 from mux.daemon.stats import Stats
 from mux.daemon.watcher import INTRODUCE, Firing, Identity
@@ -48,6 +54,10 @@ from mux.protocol import (
 )
 
 log = logging.getLogger("xenmux.scan")
+
+# serve --burst-window: chosen by the mass shutdown at 5,000 changes/s (bench/README.md,
+# "The daemon's path per firing").
+DEFAULT_BURST_WINDOW = 0.004
 
 NameReader = Callable[[int], Awaitable[str | None]]
 # Called with (snapshot rows, seq) while no scan can run: see ScanLoop.subscribe.
@@ -121,6 +131,16 @@ class FiringAccounts:
         return out
 
 
+_NOTHING = object()  # _scan_locked: nothing was pending
+
+
+def _answer(waiters: list[asyncio.Future], n_events: int) -> None:
+    """Tell each rescan() waiting on this scan how many events it produced."""
+    for w in waiters:
+        if not w.done():
+            w.set_result(n_events)
+
+
 class ScanLoop:
     NAME_TIMEOUT = 0.5  # a slow xenstored must not hold back death events for long
     RETRY_MIN = 0.05
@@ -136,6 +156,7 @@ class ScanLoop:
         shutdown_poll: float = 0.25,
         full_scan: float = 30.0,
         name_reader: NameReader | None = None,
+        burst_window: float = DEFAULT_BURST_WINDOW,
     ) -> None:
         if not backend.capabilities.full_scan:
             raise ValueError(
@@ -149,8 +170,24 @@ class ScanLoop:
         self.shutdown_poll = shutdown_poll
         self.full_scan_interval = full_scan
         self.name_reader = name_reader
-        self._lock = asyncio.Lock()
+        self.burst_window = burst_window
+        self._lock = ScanLock()
         self._wake = asyncio.Event()
+        # Between begin_firings and end_firings requests do not wake the task: the firings
+        # of one read are scanned at its end, in the reading callback (end_firings).
+        self._deferred = False
+        # A scan in the reading callback failed: the task handles the failure as its own
+        # (`_failure`), and serves every request until one of its scans succeeds
+        # (`_retrying`; a subscribe leaves a failing scan to the task's backoff too).
+        self._failure: Exception | None = None
+        self._retrying = False
+        # The burst hold: when the last scan that served a firing ended (time.monotonic:
+        # uvloop's clock counts whole milliseconds, as coarse as the window), and the timer
+        # of the held scan that serves the firings of a burst at once.
+        self._firing_scan_end = float("-inf")
+        self._held: asyncio.TimerHandle | None = None
+        self._finisher: asyncio.Task | None = None  # the awaited rest of such a scan
+        self._running = False  # between start() and stop(): scans in the callback allowed
         self._pending_full: str | None = None
         self._pending_domids: set[int] = set()
         self._fired_at: float | None = None  # monotonic time of the oldest unserved firing
@@ -160,7 +197,6 @@ class ScanLoop:
         self._poll_handle: asyncio.TimerHandle | None = None
         self._full_handle: asyncio.TimerHandle | None = None
         self._retry_delay = self.RETRY_MIN
-        self._retrying = False  # its scans fail: subscribes leave them to its backoff
         self._dead_seen = 0
         self._dead_delay = shutdown_poll
         self.full_cost = _Cost(20e-6)
@@ -190,7 +226,8 @@ class ScanLoop:
             self._fired_at = fired_at
         if firing is not None:
             self._firings.append(firing)
-        self._wake.set()
+        if not self._deferred:
+            self._wake.set()
 
     def request_domid(
         self, domid: int, fired_at: float | None = None, firing: Firing | None = None
@@ -200,6 +237,81 @@ class ScanLoop:
             self._fired_at = fired_at
         if firing is not None:
             self._firings.append(firing)
+        if not self._deferred:
+            self._wake.set()
+
+    def begin_firings(self) -> None:
+        """The requests until end_firings() are the firings of one xenstore read: they
+        coalesce as those of one scan, and end_firings() serves them."""
+        self._deferred = True
+
+    def end_firings(self) -> None:
+        """Serve the pending requests now, in the caller's (reading) callback, when no scan
+        holds the lock and the task is not retrying after a failure; else wake the task.
+
+        What a scan must wait for (names of new domains, what xenstore holds of a domain
+        a firing named) goes on in a task that keeps the lock, as the task's scan would."""
+        self._deferred = False
+        if self._pending_full is None and not self._pending_domids:
+            return
+        if self._held is not None:  # the held scan serves these too
+            return
+        if self.burst_window > 0:
+            # A firing this soon after a firing's scan is part of a burst (a mass shutdown,
+            # C xenstored's firing per domain): scanning each at once would scan as often as
+            # it fires. Its scan waits until burst_window after the last one ended, and
+            # every firing meanwhile joins it. The time is fixed now, so firings that keep
+            # coming never push it later.
+            wait = self._firing_scan_end + self.burst_window - time.monotonic()
+            if wait > 0:
+                self._held = asyncio.get_running_loop().call_later(wait, self._release_held)
+                return
+        self._serve_now()
+
+    def _release_held(self) -> None:
+        self._held = None
+        if self._pending_full is not None or self._pending_domids:
+            self._serve_now()
+
+    def _serve_now(self) -> None:
+        """Scan what is pending here, in a callback, or hand it to the task."""
+        if not self._running or self._retrying or not self._lock.try_acquire():
+            self._wake.set()
+            return
+        rest = failure = None
+        try:
+            rest = self._scan_locked()  # not _NOTHING: something was pending
+        except Exception as exc:
+            failure = exc
+        finally:
+            if rest is None:
+                self._lock.release()
+        if failure is not None:
+            self._hand_to_task(failure)
+        elif rest is None:
+            self._arm_poll()
+        else:  # it keeps the lock until its rest is done
+            self._finisher = asyncio.get_running_loop().create_task(
+                self._finish_scan(rest), name="scan-finish"
+            )
+
+    async def _finish_scan(self, rest: Coroutine[Any, Any, None]) -> None:
+        done = False
+        try:
+            await rest
+            done = True
+        except Exception as exc:
+            self._hand_to_task(exc)
+        finally:
+            self._lock.release()
+        if done:
+            self._arm_poll()
+
+    def _hand_to_task(self, exc: Exception) -> None:
+        """The task's failure handling (count, log, back off, retry), for a scan that ran
+        outside it."""
+        self._failure = exc
+        self._retrying = True
         self._wake.set()
 
     async def rescan(self, trigger: str = TRIGGER_RESCAN) -> int:
@@ -221,7 +333,7 @@ class ScanLoop:
             # behind them all would wait seconds. The first of them serves it.
             if not self._retrying and (self._pending_full is not None or self._pending_domids):
                 try:
-                    await self._scan_locked()
+                    await self._scan_whole_locked()
                 except HypervisorError as exc:  # still pending: the scan loop retries it
                     self._retrying = True
                     self.stats.hypercall_errors += 1
@@ -261,13 +373,19 @@ class ScanLoop:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scan-loop")
+        self._running = True
         self._arm_full_scan()
         self._arm_poll()
 
     async def stop(self) -> None:
-        for h in (self._poll_handle, self._full_handle):
+        # No scan after this, in the callback either: the table must not move past what the
+        # journal holds once the daemon stops (its last checkpoint follows).
+        self._running = False
+        for h in (self._poll_handle, self._full_handle, self._held):
             if h is not None:
                 h.cancel()
+        self._held = None
+        await cancel_and_wait(self._finisher)
         await cancel_and_wait(self._task)
         for w in self._waiters:
             if not w.done():
@@ -278,6 +396,9 @@ class ScanLoop:
             await self._wake.wait()
             self._wake.clear()
             try:
+                failure, self._failure = self._failure, None
+                if failure is not None:
+                    raise failure
                 await self.scan_pending()
                 self._retry_delay = self.RETRY_MIN
                 self._retrying = False
@@ -302,18 +423,31 @@ class ScanLoop:
 
     async def scan_pending(self) -> None:
         async with self._lock:
-            await self._scan_locked()
+            if not await self._scan_whole_locked():
+                return
         self._arm_poll()
 
-    async def _scan_locked(self) -> None:
-        """What scan_pending does, the lock held (by it, or by a subscribe)."""
+    async def _scan_whole_locked(self) -> bool:
+        """_scan_locked and its rest, the lock held (by scan_pending or a subscribe);
+        False when nothing was pending."""
+        rest = self._scan_locked()
+        if rest is _NOTHING:
+            return False
+        if rest is not None:
+            await rest
+        return True
+
+    def _scan_locked(self):
+        """One scan of what is pending, under the lock: _NOTHING when nothing was; None
+        when it is done; else the coroutine that finishes it (names to wait for, or what
+        xenstore holds of a domain), to be awaited under the same lock."""
         trigger = self._pending_full
         domids = self._pending_domids
         fired_at = self._fired_at
         waiters = self._waiters
         firings = self._firings
         if trigger is None and not domids:
-            return
+            return _NOTHING
         if trigger is None and self._cheaper_in_full(len(domids)):
             trigger = TRIGGER_DEPTH
         if trigger is not None:
@@ -328,15 +462,41 @@ class ScanLoop:
             if not complete:  # the full scan it asked for serves these firings
                 self._firings[:0] = firings
                 firings = []
-        await self._publish(events, fired_at)
+        if fired_at is not None:
+            self._firing_scan_end = time.monotonic()
+        news = [ev for ev in events if ev.kind == NEW] if events else []
+        if news and self.name_reader is not None:
+            return self._named_rest(events, news, fired_at, firings, waiters)
+        self._deliver(events, news, fired_at)
+        return self._after_publish(events, firings, waiters)
+
+    async def _named_rest(self, events, news, fired_at, firings, waiters) -> None:
+        await self.fill_names(news)
+        self._deliver(events, news, fired_at)
+        rest = self._after_publish(events, firings, waiters)
+        if rest is not None:
+            await rest
+
+    def _after_publish(self, events, firings, waiters):
+        """Settle the firings and answer the rescans; a coroutine if the settling must
+        ask xenstore (to be awaited under the lock), else None."""
         if firings:
             try:
-                await self._settle(firings, events)
+                rest = self._settle(firings, events)
             except Exception:  # the accounting must not cost the scans
                 log.exception("settling %d firings failed", len(firings))
-        for w in waiters:
-            if not w.done():
-                w.set_result(len(events))
+                rest = None
+            if rest is not None:
+                return self._settled_rest(rest, len(firings), events, waiters)
+        _answer(waiters, len(events))
+        return None
+
+    async def _settled_rest(self, rest, n_firings: int, events, waiters) -> None:
+        try:
+            await rest
+        except Exception:  # the accounting must not cost the scans
+            log.exception("settling %d firings failed", n_firings)
+        _answer(waiters, len(events))
 
     def _cheaper_in_full(self, pending: int) -> bool:
         """Whether one full scan costs less than `pending` targeted scans, as measured.
@@ -439,6 +599,12 @@ class ScanLoop:
         news = [ev for ev in events if ev.kind == NEW]
         if news and self.name_reader is not None:
             await self.fill_names(news)
+        self._deliver(events, news, fired_at)
+
+    def _deliver(self, events: list, news: list, fired_at: float | None) -> None:
+        """Hand a scan's events (names filled where they could be) to the publisher."""
+        if not events:
+            return
         self.accounts.saw(news, time.monotonic())
         self.fanout.publish(events)  # which counts them by kind (Fanout.events_by_kind)
         if fired_at is not None:
@@ -446,17 +612,28 @@ class ScanLoop:
 
     # -- what the firings found ----------------------------------------------------------
 
-    async def _settle(self, firings: list[Firing], events: list) -> None:
-        """Count the firings this scan found nothing for; report the transient domains."""
-        table = self.table
-        unexplained = self.accounts.unexplained(firings, events, table, time.monotonic())
+    def _settle(self, firings: list[Firing], events: list):
+        """Count the firings this scan found nothing for; report the transient domains.
+        Returns the coroutine that does it when xenstore must be asked first, else None."""
+        unexplained = self.accounts.unexplained(firings, events, self.table, time.monotonic())
         if not unexplained:
-            return
+            return None
         # A domain named by an @introduceDomain, gone and never reported: what does
         # xenstore still hold of it? (libxl removes the nodes before it destroys the
         # domain, xenopsd after: docs/protocol.md.)
         asked = {f.domid: f for f in unexplained if f.path == INTRODUCE and f.domid is not None}
-        identities = await self._identities(asked) if asked else {}
+        if asked:
+            return self._settle_asked(unexplained, asked, events)
+        self._settle_known(unexplained, {}, events)
+        return None
+
+    async def _settle_asked(self, unexplained, asked, events) -> None:
+        self._settle_known(unexplained, await self._identities(asked), events)
+
+    def _settle_known(
+        self, unexplained: list[Firing], identities: dict[int, Identity | None], events: list
+    ) -> None:
+        table = self.table
         reported = {(ev.domid, ev.uuid) for ev in events}
         pairs: list = []
         paired: set[int] = set()

@@ -32,7 +32,7 @@ from mux.daemon.journal import Journal
 from mux.daemon.listener import Listener
 from mux.daemon.metrics import MetricsServer, start_metrics
 from mux.daemon.requests import RequestContext, handle_line
-from mux.daemon.scanloop import ScanLoop
+from mux.daemon.scanloop import DEFAULT_BURST_WINDOW, ScanLoop
 from mux.daemon.sdnotify import StatusReporter, status_line
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
@@ -53,6 +53,7 @@ class Config:
     socket_path: str
     xenstore_path: str
     shutdown_poll: float = 0.25
+    burst_window: float = DEFAULT_BURST_WINDOW
     full_scan: float = 30.0
     socket_gid: int | None = None
     allow_rescan_gid: int | None = None
@@ -136,6 +137,7 @@ class Daemon:
             publisher,
             self.stats,
             shutdown_poll=config.shutdown_poll,
+            burst_window=config.burst_window,
             full_scan=config.full_scan,
             name_reader=self._read_name,
         )
@@ -153,6 +155,7 @@ class Daemon:
             request_domid=self.scanloop.request_domid,
             use_depth=config.use_depth,
             timeouts=config.xenstore_timeouts,
+            firing_batch=self.scanloop,
         )
         requests = RequestContext(
             instance=self.instance,

@@ -35,6 +35,7 @@ import time
 import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from mux.daemon.aio import cancel_and_wait
 from mux.daemon.stats import (
@@ -94,6 +95,16 @@ RequestFull = Callable[[str, float | None, Firing | None], None]
 RequestDomid = Callable[[int, float | None, Firing | None], None]
 
 
+class FiringBatch(Protocol):
+    """The scan loop's side of one xenstore read's firings (ScanLoop's two methods): the
+    requests between the two calls coalesce, and end_firings scans them at once where it
+    can, with no trip through the event loop between the firing and its scan."""
+
+    def begin_firings(self) -> None: ...
+
+    def end_firings(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class XenstoreTimeouts:
     """Seconds. `request`: the deadline of every request (`serve --xenstore-timeout`);
@@ -133,11 +144,15 @@ class Watcher:
         request_domid: RequestDomid,
         use_depth: bool = True,
         timeouts: XenstoreTimeouts | None = None,
+        firing_batch: FiringBatch | None = None,
     ) -> None:
         self.path = path
         self.stats = stats
         self.request_full = request_full
         self.request_domid = request_domid
+        # None: each request wakes the scan loop's task (requests then coalesce per turn).
+        self.firing_batch = firing_batch
+        self._batching = False
         self.use_depth = use_depth
         self.timeouts = timeouts or XenstoreTimeouts()
         self.client: XenstoreClient | None = None
@@ -176,6 +191,7 @@ class Watcher:
                 client = await XenstoreClient.connect(
                     self.path,
                     on_watch=self._on_watch,
+                    on_read_end=self._on_read_end,
                     request_timeout=self.timeouts.request,
                     abort_on_timeout=True,
                 )
@@ -320,6 +336,9 @@ class Watcher:
         base, _, rest = path.partition("/")
         if base not in WATCH_PATHS:
             return
+        if not self._batching and self.firing_batch is not None:
+            self._batching = True
+            self.firing_batch.begin_firings()
         self.stats.firings[base] += 1
         if not rest:
             if self._initial_due[base]:
@@ -335,6 +354,12 @@ class Watcher:
             self.request_full(TRIGGER_WATCH, now, Firing(base, None, self.read_identity))
             return
         self.request_domid(domid, now, Firing(base, domid, self.read_identity))
+
+    def _on_read_end(self) -> None:
+        """The read that brought firings is decoded: their scan, now."""
+        if self._batching:
+            self._batching = False
+            self.firing_batch.end_firings()  # type: ignore[union-attr]
 
     # -- reading the store ---------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """An asyncio client of xenstored: the real wire protocol, many requests in flight, watches.
 
 One connection (a Unix socket to xenstored, or the `/dev/xen/xenbus` character device) is
-driven by `XenstoreProtocol`, an `asyncio.Protocol` that cuts the byte stream into frames in
-`data_received`, resolves each reply's future by its `req_id` (replies may come in any order)
-and hands every `XS_WATCH_EVENT` to `on_watch` synchronously, without a trip through the
-event loop. `XenstoreClient` is the API on top: one coroutine per request type, named after
-libxenstore's calls.
+driven by `XenstoreProtocol`, an `asyncio.Protocol` whose reader (`mux._fast.XsReader`, the C
+twin of `wire.FrameReader`) cuts the byte stream into frames in `data_received`; the
+protocol resolves each reply's future by its `req_id` (replies may come in any order), and
+the reader hands every `XS_WATCH_EVENT` to `on_watch` synchronously, without a trip through
+the event loop. `on_read_end` follows a read that brought watch events, once they are all
+dispatched: what they asked for can be done there, coalesced, as one. `XenstoreClient` is
+the API on top: one coroutine per request type, named after libxenstore's calls.
 
 Failure rules (the daemon depends on them):
 - `XS_ERROR` replies raise `wire.XenstoreError` (errno and the name the server sent, plus the
@@ -33,6 +35,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from mux._fast import XsReader
 from mux.xenstore import wire
 from mux.xenstore.transport import open_transport
 
@@ -41,14 +44,13 @@ log = logging.getLogger(__name__)
 XENSTORED_SOCKET = "/var/run/xenstored/socket"
 XENBUS_DEVICE = "/dev/xen/xenbus"
 
-_HEADER_SIZE = wire.HEADER_SIZE
-_XS_WATCH_EVENT = int(wire.XS_WATCH_EVENT)
 _XS_ERROR = int(wire.XS_ERROR)
 _OK = b"OK\0"
 _ABANDONED_KEEP = 4096  # req_ids of given-up requests remembered, so late replies drop quietly
 _DIRECTORY_PART_RESTARTS = 16
 
 OnWatch = Callable[[str, str], Any]
+OnReadEnd = Callable[[], Any]
 OnLost = Callable[[BaseException | None], Any]
 
 
@@ -140,13 +142,14 @@ class XenstoreProtocol(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         on_watch: OnWatch | None = None,
         on_lost: OnLost | None = None,
+        on_read_end: OnReadEnd | None = None,
     ) -> None:
         self.path = path
-        self.on_watch = on_watch
         self.on_lost = on_lost
+        self.on_read_end = on_read_end
         self._loop = loop
         self._transport: asyncio.BaseTransport | None = None
-        self._buf = b""
+        self._reader = XsReader(on_watch, self._reply, self._watch_failed)
         # req_id -> (future, request type, request payload); the last two for error messages.
         self._pending: dict[int, tuple[asyncio.Future, int, bytes]] = {}
         self._abandoned: set[int] = set()
@@ -202,6 +205,14 @@ class XenstoreProtocol(asyncio.Protocol):
 
     # asyncio.Protocol -----------------------------------------------------------------------
 
+    @property
+    def on_watch(self) -> OnWatch | None:
+        return self._reader.on_watch
+
+    @on_watch.setter
+    def on_watch(self, cb: OnWatch | None) -> None:
+        self._reader.on_watch = cb
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
 
@@ -209,13 +220,21 @@ class XenstoreProtocol(asyncio.Protocol):
         self.last_received = self._loop.time()
         if self._error is not None:
             return
+        reader = self._reader
+        before = reader.dispatched
         try:
-            self._feed(data)
+            reader.feed(data)
         except wire.WireError as exc:
             self.protocol_error(str(exc))
         except Exception as exc:  # a bug of ours must not reach the loop's handler either
             log.exception("xenstore client: failure while reading from %s", self.path)
             self.protocol_error(f"client failure while decoding: {exc!r}")
+        finally:
+            if reader.dispatched != before and self.on_read_end is not None:
+                try:
+                    self.on_read_end()
+                except Exception:
+                    log.exception("on_read_end() raised")
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost reports it
@@ -240,36 +259,10 @@ class XenstoreProtocol(asyncio.Protocol):
 
     # Frames ---------------------------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
-        if self._buf:
-            data = self._buf + data
-        n = len(data)
-        off = 0
-        while n - off >= _HEADER_SIZE:
-            msg_type, req_id, _tx, length = wire.decode_header(data[off : off + _HEADER_SIZE])
-            end = off + _HEADER_SIZE + length
-            if end > n:
-                break
-            payload = data[off + _HEADER_SIZE : end]
-            off = end
-            if msg_type == _XS_WATCH_EVENT:
-                self._watch_event(payload)
-            else:
-                self._reply(msg_type, req_id, payload)
-            if self._error is not None:  # a callback closed us, or the frame was bad
-                self._buf = b""
-                return
-        self._buf = data[off:] if off else data
-
-    def _watch_event(self, payload: bytes) -> None:
-        path, token = wire.decode_watch_event(payload)
-        cb = self.on_watch
-        if cb is None:
-            return
-        try:
-            cb(path, token)
-        except Exception:
-            log.exception("on_watch(%r, %r) raised; event dropped", path, token)
+    @staticmethod
+    def _watch_failed(path: str, token: str) -> None:
+        """The reader's handler of an exception from on_watch (called inside it)."""
+        log.exception("on_watch(%r, %r) raised; event dropped", path, token)
 
     def _reply(self, msg_type: int, req_id: int, payload: bytes) -> None:
         entry = self._pending.pop(req_id, None)
@@ -340,6 +333,7 @@ class XenstoreProtocol(asyncio.Protocol):
 
     def _go_down(self, err: XenstoreConnectionError) -> None:
         self._error = err
+        self._reader.stop()  # the rest of a read being decoded is dropped
         pending, self._pending = self._pending, {}
         for fut, _t, _p in pending.values():
             if not fut.done():
@@ -387,6 +381,7 @@ class XenstoreClient:
         *,
         on_watch: OnWatch | None = None,
         on_lost: OnLost | None = None,
+        on_read_end: OnReadEnd | None = None,
         timeout: float = 5.0,
         request_timeout: float | None = None,
         abort_on_timeout: bool = False,
@@ -394,15 +389,17 @@ class XenstoreClient:
         """Connect to a xenstored Unix socket or to a character device such as /dev/xen/xenbus.
 
         `on_watch(path, token)` is called synchronously for every XS_WATCH_EVENT (keep it
-        short; coalesce elsewhere). `on_lost(exc)` is called once when the connection goes
-        away for any reason other than `close()`; `exc` is a `XenstoreConnectionError`
-        (`XenstoreProtocolError` for a misbehaving server). Either may be changed later
-        through the attributes of the same names. `request_timeout` is the default of
-        `request(timeout=...)`; None waits as long as the connection lives. With
-        `abort_on_timeout` a request that misses its deadline takes the connection down.
+        short; coalesce elsewhere); `on_read_end()` after a read that brought any, once they
+        are dispatched (where what they asked for can be done, coalesced). `on_lost(exc)`
+        is called once when the connection goes away for any reason other than `close()`;
+        `exc` is a `XenstoreConnectionError` (`XenstoreProtocolError` for a misbehaving
+        server). Either may be changed later through the attributes of the same names.
+        `request_timeout` is the default of `request(timeout=...)`; None waits as long as
+        the connection lives. With `abort_on_timeout` a request that misses its deadline
+        takes the connection down.
         """
         loop = asyncio.get_running_loop()
-        proto = XenstoreProtocol(path, loop, on_watch, on_lost)
+        proto = XenstoreProtocol(path, loop, on_watch, on_lost, on_read_end)
         try:
             async with asyncio.timeout(timeout):
                 await open_transport(loop, path, proto)

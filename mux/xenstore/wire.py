@@ -159,6 +159,72 @@ class IncompleteError(Exception):
 
 
 _VALID_TYPES = frozenset(int(t) for t in XsdSockmsgType)
+_WATCH_EVENT = int(XsdSockmsgType.XS_WATCH_EVENT)
+
+
+class FrameReader:
+    """The reading half of a connection's wire state machine: frames out of a byte stream.
+
+    `feed(data)` takes the bytes of one read, keeps an incomplete frame for the next, and
+    hands each whole frame on in order: an XS_WATCH_EVENT to `on_watch(path, token)` (an
+    exception it raises goes to `on_watch_error(path, token)`, called inside the handler,
+    and the next frame is read), any other to `on_reply(type, req_id, payload)`, whose
+    exceptions propagate. A malformed frame raises WireError. After `stop()` (the
+    connection went down, maybe in a callback) the rest of the read is dropped.
+    `dispatched` counts the watch events read so far.
+
+    This is the reference, the executable specification of `mux._fast.XsReader`, which the
+    client uses (the same frames, callbacks and errors: tests/unit/test_xswire.py).
+    """
+
+    __slots__ = ("_buf", "_on_reply", "_on_watch_error", "_stopped", "dispatched", "on_watch")
+
+    def __init__(self, on_watch, on_reply, on_watch_error) -> None:
+        self.on_watch = on_watch
+        self._on_reply = on_reply
+        self._on_watch_error = on_watch_error
+        self._buf = b""
+        self._stopped = False
+        self.dispatched = 0
+
+    @property
+    def buffered(self) -> bytes:
+        """The bytes of an incomplete frame, kept for the next read."""
+        return self._buf
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._buf = b""
+
+    def feed(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        if self._buf:
+            data = self._buf + data
+        n = len(data)
+        off = 0
+        while n - off >= HEADER_SIZE:
+            msg_type, req_id, _tx, length = decode_header(data[off : off + HEADER_SIZE])
+            end = off + HEADER_SIZE + length
+            if end > n:
+                break
+            payload = data[off + HEADER_SIZE : end]
+            off = end
+            if msg_type == _WATCH_EVENT:
+                path, token = decode_watch_event(payload)
+                self.dispatched += 1
+                cb = self.on_watch
+                if cb is not None:
+                    try:
+                        cb(path, token)
+                    except Exception:
+                        self._on_watch_error(path, token)
+            else:
+                self._on_reply(msg_type, req_id, payload)
+            if self._stopped:  # a callback took the connection down
+                self._buf = b""
+                return
+        self._buf = data[off:] if off else data
 
 
 # Payload codecs -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class Sub:
     def __init__(self, name: str, on_send=None) -> None:
         self.name = name
         self.wild_mask = 0
+        self.direct = None  # never written to directly: every frame goes through send_frame
         self.got: list[tuple[int, str, int]] = []
         self.on_send = on_send
 
