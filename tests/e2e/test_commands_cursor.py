@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 import pytest
@@ -73,12 +74,23 @@ def test_watch_since_replays_then_follows_and_prints_the_cursor_at_exit(double, 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_watch_prints_the_cursor_when_stopped_by_a_signal(double, procs, sig, status):
-    watcher = procs.start(xenmux(double, "watch", "-o", "table"))
+    # With the signal's default disposition, as from a terminal or systemd: a suite started
+    # in the background (`cmd &` in a script) would hand its children SIGINT ignored.
+    watcher = procs.start(
+        xenmux(double, "watch", "-o", "table"),
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),
+    )
     until(lambda: _subscribed(double))
     double.event("shutdown", 3, reason="crash")
     assert procs.read_lines(watcher, 2, timeout=10)[1].split()[1] == "1"  # header, row
     watcher.send_signal(sig)
-    assert watcher.wait(20) == status
+    try:
+        code = watcher.wait(20)
+    except subprocess.TimeoutExpired:
+        watcher.kill()
+        watcher.wait(10)
+        pytest.fail(f"watch ignored {sig.name} for 20 s; stderr: {watcher.stderr.read()!r}")
+    assert code == status
     stderr = watcher.stderr.read().decode()
     assert _cursor_line(stderr) == f"{double.history}:1"
     assert "Traceback" not in stderr
