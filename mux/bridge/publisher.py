@@ -110,6 +110,9 @@ class Publisher:
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
         self.unsent = None
+        # Its ack is taken when someone waits for one (the stall, the window, drain, the
+        # bridge's keeper before a flush): till then it stays in the kernel.
+        self.conn.hold_replies()
         return acks
 
     def take(self) -> list[Ack]:
@@ -159,7 +162,10 @@ class Publisher:
         sent, fut, _item = entry
         left = sent + self.timeout - time.monotonic()
         if not fut.done() and left > 0:
-            await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            with self.conn.reading():
+                await asyncio.wait(
+                    (fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
         if not self.inflight or self.inflight[0] is not entry:
             return []
         if not fut.done():

@@ -268,17 +268,22 @@ class Bridge:
                     # then for the oldest ack.
                     due = self._flush_due(table, pub.oldest_sent)
                     if due <= now:
-                        await asyncio.wait(
-                            (lost, pub.oldest_ack),
-                            timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
+                        with pub.conn.reading():
+                            await asyncio.wait(
+                                (lost, pub.oldest_ack),
+                                timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
+                                return_when=asyncio.FIRST_COMPLETED,
+                            )
                         self._acked(pub.check())
                         continue
                     deadline = due
                 if pub.pending:
                     deadline = min(deadline or math.inf, pub.oldest_sent + ACK_TIMEOUT)
                 if deadline is None:
+                    # Asleep until the next event: nothing may wait in the kernel meanwhile
+                    # (the last checkpoint's ack, the PONGs nats-py counts to call the
+                    # connection stale).
+                    pub.conn.release_replies()
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
