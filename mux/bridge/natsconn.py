@@ -131,6 +131,23 @@ def _why(exc: BaseException | None) -> str:
     return text.removeprefix("nats: ").strip("'") or type(exc).__name__
 
 
+def pub_command(
+    subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+) -> bytes:
+    """One message as the NATS protocol sends it (PUB, or HPUB with headers).
+
+    Built here rather than by nats-py's publish(), which validates every subject and header
+    and queues a flush per call: a third of the bridge's Python per event. Subjects and
+    header values here are the bridge's own (mux/bridge/names.py), tokens without spaces
+    or line ends."""
+    rep = b" " + reply.encode() if reply else b""
+    if not headers:
+        return b"PUB %b%b %d\r\n%b\r\n" % (subject.encode(), rep, len(payload), payload)
+    hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    size = len(hdr) + len(payload)
+    return b"HPUB %b%b %d %d\r\n%b%b\r\n" % (subject.encode(), rep, len(hdr), size, hdr, payload)
+
+
 def transport_socket(nc: Any) -> socket.socket | None:
     """The TCP socket under a nats-py connection (under TLS too), or None once closed.
 
@@ -162,6 +179,20 @@ class Connection:
         self.lost = lost
         self._readers = 0  # reading() blocks in progress: replies are not held meanwhile
         self._held = False
+
+    async def send(self, commands: bytes) -> None:
+        """Protocol commands (pub_command's, any number joined) sent after everything nats-py
+        queued before them, in its buffer and by its flusher, as publish() does. Raises
+        NatsUnavailable when the connection is gone.
+
+        With transport_socket, the only use of nats-py's private members (`_send_command`,
+        `_flush_queue`, `_flush_pending`); tests/pool/test_pool_natsconn.py checks them."""
+        nc = self.nc
+        if nc.is_closed or not nc.is_connected:
+            raise NatsUnavailable("the NATS connection was lost")
+        await nc._send_command(commands)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
 
     def hold_replies(self) -> None:
         """Leave what the server sends in the kernel until someone waits in reading()."""

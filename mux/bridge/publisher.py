@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mux.bridge.natsconn import Connection, NatsUnavailable
+from mux.bridge.natsconn import Connection, NatsUnavailable, pub_command
 
 WINDOW = 1024
 STALL = 0.25
@@ -102,9 +102,7 @@ class Publisher:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[n] = fut
         try:
-            await self.conn.nc.publish(
-                subject, payload, reply=f"{self._inbox}.{n}", headers=headers
-            )
+            await self.conn.send(pub_command(subject, payload, f"{self._inbox}.{n}", headers))
         except Exception as exc:
             self._waiting.pop(n, None)
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None

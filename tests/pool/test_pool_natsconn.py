@@ -16,7 +16,13 @@ import termios
 import pytest
 import uvloop
 
-from mux.bridge.natsconn import NatsOptions, connect, transport_socket
+from mux.bridge.natsconn import (
+    NatsOptions,
+    NatsUnavailable,
+    connect,
+    pub_command,
+    transport_socket,
+)
 
 
 def _queued(sock: socket.socket) -> int:
@@ -98,5 +104,41 @@ def test_a_hold_while_someone_reads_does_not_starve_them(pool, runner):
                 await _until(lambda: got == [b"x"])
         finally:
             await conn.close()
+
+    runner(run())
+
+
+@LOOPS
+def test_commands_sent_raw_arrive_as_nats_py_would_have_sent_them(pool, runner):
+    server = pool.nats()
+
+    async def run() -> None:
+        conn = await connect(NatsOptions([server.url]), "test")
+        try:
+            got = []
+
+            async def on_msg(msg) -> None:
+                got.append((msg.subject, msg.reply, dict(msg.headers or {}), msg.data))
+
+            await conn.nc.subscribe("t.raw.>", cb=on_msg)
+            # nats-py's own buffered command (this SUB) goes out first: the server sees the
+            # subscription before the messages, in one flush with them.
+            await conn.nc.subscribe("t.late", cb=on_msg)
+            await conn.send(
+                pub_command("t.raw.1", b'{"a":1}', "in.7", {"Nats-Msg-Id": "h:gap:3:u:death"})
+                + pub_command("t.raw.2", b"")
+                + pub_command("t.late", b"x", headers={"KV-Operation": "DEL"})
+            )
+            await conn.nc.flush()
+            await _until(lambda: len(got) == 3)
+            assert got == [
+                ("t.raw.1", "in.7", {"Nats-Msg-Id": "h:gap:3:u:death"}, b'{"a":1}'),
+                ("t.raw.2", "", {}, b""),
+                ("t.late", "", {"KV-Operation": "DEL"}, b"x"),
+            ]
+        finally:
+            await conn.close()
+        with pytest.raises(NatsUnavailable):
+            await conn.send(pub_command("t.raw.3", b"gone"))
 
     runner(run())
