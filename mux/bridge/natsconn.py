@@ -180,6 +180,11 @@ class Connection:
         self._readers = 0  # reading() blocks in progress: replies are not held meanwhile
         self._held = False
 
+    @property
+    def holding(self) -> bool:
+        """Whether replies may be waiting unread in the kernel."""
+        return self._held
+
     async def send(self, commands: bytes) -> None:
         """Protocol commands (pub_command's, any number joined) sent after everything nats-py
         queued before them, in its buffer and by its flusher, as publish() does. Raises
