@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -20,6 +23,10 @@ CONNECT_TIMEOUT = 2.0
 # JetStream API calls answer in milliseconds; one that waits longer is asking a server
 # without a leader (a cluster electing one): give up soon and try again.
 API_TIMEOUT = 2.0
+# While replies are held (Connection.hold_replies) the kernel keeps what the server sends
+# until this much has come: more than a full window of acks (mux/bridge/publisher.py), so
+# the bridge sleeps until someone waits for one.
+HELD_BYTES = 1 << 20
 
 
 class NatsMissing(Exception):
@@ -124,15 +131,105 @@ def _why(exc: BaseException | None) -> str:
     return text.removeprefix("nats: ").strip("'") or type(exc).__name__
 
 
+def pub_command(
+    subject: str, payload: bytes, reply: str = "", headers: dict[str, str] | None = None
+) -> bytes:
+    """One message as the NATS protocol sends it (PUB, or HPUB with headers).
+
+    Built here rather than by nats-py's publish(), which validates every subject and header
+    and queues a flush per call: a third of the bridge's Python per event. Subjects and
+    header values here are the bridge's own (mux/bridge/names.py), tokens without spaces
+    or line ends."""
+    rep = b" " + reply.encode() if reply else b""
+    if not headers:
+        return b"PUB %b%b %d\r\n%b\r\n" % (subject.encode(), rep, len(payload), payload)
+    hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    size = len(hdr) + len(payload)
+    return b"HPUB %b%b %d %d\r\n%b%b\r\n" % (subject.encode(), rep, len(hdr), size, hdr, payload)
+
+
+def transport_socket(nc: Any) -> socket.socket | None:
+    """The TCP socket under a nats-py connection (under TLS too), or None once closed.
+
+    The one place that reaches into nats-py's private attributes (`_transport`, its
+    TcpTransport's `_bare_io_writer`): tests/pool/test_pool_natsconn.py fails when a nats-py
+    release moves them, and pyproject pins the releases this was checked against."""
+    transport = getattr(nc, "_transport", None)
+    if transport is None:
+        return None
+    writer = getattr(transport, "_bare_io_writer", None)
+    return None if writer is None else writer.get_extra_info("socket")
+
+
 class Connection:
     """One NATS connection: `nc`, its JetStream contexts (`js` to publish and consume, `jsm`
-    for the API), and `lost`, set when it ends."""
+    for the API), and `lost`, set when it ends.
+
+    Replies (JetStream's acks) may be left in the kernel between the bridge's wake-ups: each
+    batch of acks read as it comes is a wake-up of its own, about 200 us of CPU here, as much
+    as an event's whole work. `hold_replies()` raises the socket's SO_RCVLOWAT so that the
+    loop is not woken for them; whoever waits for a reply does so inside `reading()`, which
+    lowers it (the kernel then wakes the loop at once for what is there). A lost connection
+    still wakes it (EOF and errors ignore the low-water mark)."""
 
     def __init__(self, nc: Any, timeout: float, lost: asyncio.Event) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.jsm = nc.jsm(timeout=timeout)
         self.lost = lost
+        self._readers = 0  # reading() blocks in progress: replies are not held meanwhile
+        self._held = False
+
+    @property
+    def holding(self) -> bool:
+        """Whether replies may be waiting unread in the kernel."""
+        return self._held
+
+    async def send(self, commands: bytes) -> None:
+        """Protocol commands (pub_command's, any number joined) sent after everything nats-py
+        queued before them, in its buffer and by its flusher, as publish() does. Raises
+        NatsUnavailable when the connection is gone.
+
+        With transport_socket, the only use of nats-py's private members (`_send_command`,
+        `_flush_queue`, `_flush_pending`); tests/pool/test_pool_natsconn.py checks them."""
+        nc = self.nc
+        if nc.is_closed or not nc.is_connected:
+            raise NatsUnavailable("the NATS connection was lost")
+        await nc._send_command(commands)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
+
+    def hold_replies(self) -> None:
+        """Leave what the server sends in the kernel until someone waits in reading()."""
+        if not self._held and not self._readers:
+            self._set_lowat(HELD_BYTES)
+
+    def release_replies(self) -> None:
+        """Read what the server sends as it comes again: before the bridge sleeps with no
+        deadline, so that nothing (a PONG, the last acks) waits in the kernel unread."""
+        if self._held:
+            self._set_lowat(1)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """While in this block, what the server sends is read as it comes."""
+        self._readers += 1
+        if self._held:
+            self._set_lowat(1)
+        try:
+            yield
+        finally:
+            self._readers -= 1
+
+    def _set_lowat(self, size: int) -> None:
+        sock = transport_socket(self.nc)
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+        except OSError:
+            return  # a closed socket: `lost` says so
+        self._held = size > 1
 
     @property
     def server(self) -> str:

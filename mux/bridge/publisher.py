@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mux.bridge.natsconn import Connection, NatsUnavailable
+from mux.bridge.natsconn import Connection, NatsUnavailable, pub_command
 
 WINDOW = 1024
 STALL = 0.25
 ACK_TIMEOUT = 5.0
+READ_GRACE = 0.05  # the least time a wait for an ack reads the socket before giving up
 NO_RESPONDERS = "503"  # the status a publish gets when no stream listens on its subject
 
 
@@ -102,14 +103,15 @@ class Publisher:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[n] = fut
         try:
-            await self.conn.nc.publish(
-                subject, payload, reply=f"{self._inbox}.{n}", headers=headers
-            )
+            await self.conn.send(pub_command(subject, payload, f"{self._inbox}.{n}", headers))
         except Exception as exc:
             self._waiting.pop(n, None)
             raise NatsUnavailable(f"publish failed: {exc or type(exc).__name__}") from None
         self.inflight.append((time.monotonic(), fut, item))
         self.unsent = None
+        # Its ack is taken when someone waits for one (the stall, the window, drain, the
+        # bridge's keeper before a flush): till then it stays in the kernel.
+        self.conn.hold_replies()
         return acks
 
     def take(self) -> list[Ack]:
@@ -126,7 +128,9 @@ class Publisher:
         acks = self.take()
         if self.conn.lost.is_set():
             raise NatsUnavailable("the NATS connection was lost")
-        if self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout:
+        # (judged only with the socket read: a held ack may be waiting in the kernel)
+        late = self.inflight and time.monotonic() - self.inflight[0][0] > self.timeout
+        if late and not self.conn.holding:
             raise NatsUnavailable("JetStream did not acknowledge a publish in time")
         return acks
 
@@ -157,9 +161,14 @@ class Publisher:
         it meanwhile (the keeper's check(): acks are taken in order either way)."""
         entry = self.inflight[0]
         sent, fut, _item = entry
-        left = sent + self.timeout - time.monotonic()
-        if not fut.done() and left > 0:
-            await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        # An ack may have waited in the kernel (held replies) past the timeout: it is read
+        # before the timeout is judged.
+        left = max(READ_GRACE, sent + self.timeout - time.monotonic())
+        if not fut.done():
+            with self.conn.reading():
+                await asyncio.wait(
+                    (fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
         if not self.inflight or self.inflight[0] is not entry:
             return []
         if not fut.done():

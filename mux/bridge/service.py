@@ -26,7 +26,7 @@ from mux.bridge import names, view
 from mux.bridge.feed import DaemonFeed, Resync
 from mux.bridge.natsconn import Connection, NatsOptions, NatsUnavailable, connect
 from mux.bridge.position import Position, load_position
-from mux.bridge.publisher import ACK_TIMEOUT, Ack, Publisher
+from mux.bridge.publisher import ACK_TIMEOUT, READ_GRACE, Ack, Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import StoreConfig, StoreError, ensure_bucket, ensure_stream
 from mux.bridge.table import TableWriter
@@ -268,21 +268,34 @@ class Bridge:
                     # then for the oldest ack.
                     due = self._flush_due(table, pub.oldest_sent)
                     if due <= now:
-                        await asyncio.wait(
-                            (lost, pub.oldest_ack),
-                            timeout=max(0.0, pub.oldest_sent + ACK_TIMEOUT - now),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
+                        with pub.conn.reading():
+                            await asyncio.wait(
+                                (lost, pub.oldest_ack),
+                                timeout=max(READ_GRACE, pub.oldest_sent + ACK_TIMEOUT - now),
+                                return_when=asyncio.FIRST_COMPLETED,
+                            )
                         self._acked(pub.check())
                         continue
                     deadline = due
                 if pub.pending:
                     deadline = min(deadline or math.inf, pub.oldest_sent + ACK_TIMEOUT)
                 if deadline is None:
+                    # Asleep until the next event: nothing may wait in the kernel meanwhile
+                    # (the last checkpoint's ack, the PONGs nats-py counts to call the
+                    # connection stale).
+                    pub.conn.release_replies()
                     self._activity.clear()
                     woke = asyncio.ensure_future(self._activity.wait())
                     await asyncio.wait((woke, lost), return_when=asyncio.FIRST_COMPLETED)
                     woke.cancel()
+                elif pub.pending and deadline >= pub.oldest_sent + ACK_TIMEOUT:
+                    # The oldest ack's timeout comes first: it is judged with the socket read.
+                    with pub.conn.reading():
+                        await asyncio.wait(
+                            (lost, pub.oldest_ack),
+                            timeout=max(READ_GRACE, deadline - now),
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
                 else:
                     await asyncio.wait((lost,), timeout=max(0.0, deadline - now))
                 self._acked(pub.check())

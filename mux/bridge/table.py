@@ -24,7 +24,7 @@ import json
 import time
 
 from mux.bridge import names
-from mux.bridge.natsconn import Connection, NatsUnavailable
+from mux.bridge.natsconn import Connection, NatsUnavailable, pub_command
 from mux.bridge.publisher import Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import KV_DELETE, KV_OPERATION, kv_subject
@@ -63,17 +63,21 @@ class TableWriter:
         # session here); this flush's is taken by the next one, or by settle().
         await self.settle()
         self.last_flush = time.monotonic()
-        publish = self.conn.nc.publish
-        try:
-            for domid, row in values.items():
-                subject = kv_subject(self.bucket, names.row_key(self.host, domid))
-                if row is None:
-                    await publish(subject, b"", headers={KV_OPERATION: KV_DELETE})
-                else:
-                    await publish(subject, _encode(row))
-                self.stats.kv_writes += 1
-        except Exception as exc:
-            raise NatsUnavailable(f"a bucket write failed: {exc or type(exc).__name__}") from None
+        commands = []
+        for domid, row in values.items():
+            subject = kv_subject(self.bucket, names.row_key(self.host, domid))
+            if row is None:
+                commands.append(pub_command(subject, b"", headers={KV_OPERATION: KV_DELETE}))
+            else:
+                commands.append(pub_command(subject, _encode(row)))
+        if commands:
+            try:
+                await self.conn.send(b"".join(commands))  # one buffer, however many rows
+            except Exception as exc:
+                raise NatsUnavailable(
+                    f"a bucket write failed: {exc or type(exc).__name__}"
+                ) from None
+            self.stats.kv_writes += len(commands)
         await self.publisher.send(
             kv_subject(self.bucket, names.checkpoint_key(self.host)),
             _encode({"host": self.host_name, **checkpoint, "time": time.time()}),
