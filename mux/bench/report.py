@@ -62,6 +62,18 @@ def _net(row: dict | None, host: dict | None):
     return row["cpu_ms_total"] - host["cpu_ms_total"]
 
 
+def _net_ratio(model_net, mux_net) -> str:
+    """The ratio of two costs above the bare host. A cost at or under the host's own is
+    within the noise of the host's run (measured apart, on a shared machine): no ratio."""
+    if model_net is None or mux_net is None:
+        return "—"
+    if mux_net <= 0:
+        return "— (mux within the host's noise)"
+    if model_net <= 0:
+        return "— (within the host's noise)"
+    return _ratio(model_net, mux_net)
+
+
 def _pairs(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
     out: dict[tuple, dict[str, dict]] = {}
     for row in rows:
@@ -107,8 +119,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             host = models.get("host")
             net = "—"
             if mon.get("measured", True):
-                net = _ratio(_net(mon, host), _net(mux, host))
-                if net != "—":
+                net = _net_ratio(_net(mon, host), _net(mux, host))
+                if not net.startswith("—"):
                     net += x
             lines.append(
                 f"| {xs} | {n:,} | {TITLES.get(sc, sc)} | {name} / mux | "
