@@ -80,8 +80,8 @@ lint: build
 bench: build test-deps deb-peers
 	$(BIN)/python -m pytest -q bench --benchmark-only
 
-# The harness's full run (about an hour on two quiet cores), in three parts that are merged
-# into one table: a part that completed is kept, so an interrupted run resumes at the next
+# The harness's full run (37 minutes on two quiet cores), in three parts merged into one
+# table: a part that completed is kept, so an interrupted run resumes at the next
 # part (`make bench-full` again). Copy $(BENCH_OUT)'s results.md, results.json and plots
 # to bench/results/ to publish them. bench/README.md has the figures and how to read them.
 BENCH_OUT   ?= xenmux-bench
