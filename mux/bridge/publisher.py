@@ -151,24 +151,24 @@ class Publisher:
         """time.monotonic() when the oldest message in flight went out (pending > 0)."""
         return self.inflight[0][0]
 
-    @property
-    def oldest_ack(self) -> asyncio.Future:
-        """The ack of the oldest message in flight (pending > 0): done when it came."""
-        return self.inflight[0][1]
+    async def wait_oldest_ack(self) -> None:
+        """Until the oldest message in flight (pending > 0) is acknowledged, its timeout
+        passes or the connection is lost, with the socket read meanwhile: an ack may have
+        waited in the kernel (held replies) past the timeout, so it is read, for at least
+        READ_GRACE, before the timeout is judged."""
+        sent, fut, _item = self.inflight[0]
+        if fut.done():
+            return
+        left = max(READ_GRACE, sent + self.timeout - time.monotonic())
+        with self.conn.reading():
+            await asyncio.wait((fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     async def _wait_oldest(self) -> list[Ack]:
         """Wait for the oldest message in flight; its ack, or none when another task took
         it meanwhile (the keeper's check(): acks are taken in order either way)."""
         entry = self.inflight[0]
-        sent, fut, _item = entry
-        # An ack may have waited in the kernel (held replies) past the timeout: it is read
-        # before the timeout is judged.
-        left = max(READ_GRACE, sent + self.timeout - time.monotonic())
-        if not fut.done():
-            with self.conn.reading():
-                await asyncio.wait(
-                    (fut, self._lost), timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
+        fut = entry[1]
+        await self.wait_oldest_ack()
         if not self.inflight or self.inflight[0] is not entry:
             return []
         if not fut.done():

@@ -26,7 +26,7 @@ from mux.bridge import names, view
 from mux.bridge.feed import DaemonFeed, Resync
 from mux.bridge.natsconn import Connection, NatsOptions, NatsUnavailable, connect
 from mux.bridge.position import Position, load_position
-from mux.bridge.publisher import ACK_TIMEOUT, READ_GRACE, Ack, Publisher
+from mux.bridge.publisher import ACK_TIMEOUT, Ack, Publisher
 from mux.bridge.stats import BridgeStats
 from mux.bridge.store import StoreConfig, StoreError, ensure_bucket, ensure_stream
 from mux.bridge.table import TableWriter
@@ -268,12 +268,7 @@ class Bridge:
                     # then for the oldest ack.
                     due = self._flush_due(table, pub.oldest_sent)
                     if due <= now:
-                        with pub.conn.reading():
-                            await asyncio.wait(
-                                (lost, pub.oldest_ack),
-                                timeout=max(READ_GRACE, pub.oldest_sent + ACK_TIMEOUT - now),
-                                return_when=asyncio.FIRST_COMPLETED,
-                            )
+                        await pub.wait_oldest_ack()
                         self._acked(pub.check())
                         continue
                     deadline = due
@@ -290,12 +285,7 @@ class Bridge:
                     woke.cancel()
                 elif pub.pending and deadline >= pub.oldest_sent + ACK_TIMEOUT:
                     # The oldest ack's timeout comes first: it is judged with the socket read.
-                    with pub.conn.reading():
-                        await asyncio.wait(
-                            (lost, pub.oldest_ack),
-                            timeout=max(READ_GRACE, deadline - now),
-                            return_when=asyncio.FIRST_COMPLETED,
-                        )
+                    await pub.wait_oldest_ack()
                 else:
                     await asyncio.wait((lost,), timeout=max(0.0, deadline - now))
                 self._acked(pub.check())
