@@ -29,9 +29,15 @@ def load(directory: str) -> dict:
     return data
 
 
-def _same_comparison(rows: list[dict], part: str, seen: dict[tuple, str]) -> None:
-    """Every (xenstored, N, scenario) in one part only: its models' ratios come from one run."""
+# The acting scenario runs on the sim's xenstored; its rows (in meta) name none.
+ACTING_XENSTORED = "sim"
+
+
+def _same_comparison(rows: list[dict], acting: list[dict], part: str, seen: dict) -> None:
+    """Every (xenstored, N, scenario) in one part only, the acting scenario's too: a row's
+    models (xl's monitors and serve + act, for acting) are compared within one run."""
     mine = {(r["xenstored"], r["n"], r["scenario"]) for r in rows}
+    mine |= {(ACTING_XENSTORED, r["n"], r["scenario"]) for r in acting}
     for group in sorted(mine, key=str):
         if group in seen:
             xs, n, sc = group
@@ -43,20 +49,6 @@ def _same_comparison(rows: list[dict], part: str, seen: dict[tuple, str]) -> Non
         seen[group] = part
 
 
-def _same_acting(rows: list[dict], part: str, seen: dict[int, str]) -> None:
-    """Every size of the acting scenario in one part only: its two models, xl's monitors and
-    serve + act, are compared within one run as the other scenarios' models are."""
-    mine = {r["n"] for r in rows}
-    for n in sorted(mine):
-        if n in seen:
-            raise MergeError(
-                f"{part} and {seen[n]} both measured acting at N={n}: "
-                "merge runs that measured different sizes"
-            )
-    for n in mine:
-        seen[n] = part
-
-
 def merge(parts: list[str]) -> tuple[list[dict], dict]:
     """The rows of every part and one meta: the first part's, with every part's date,
     xenstoreds, models, notes and acting rows."""
@@ -65,13 +57,11 @@ def merge(parts: list[str]) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     meta: dict = {}
     seen: dict[tuple, str] = {}
-    seen_acting: dict[int, str] = {}
     dates: list[str] = []
     for part in parts:
         data = load(part)
         part_meta = data["meta"]
-        _same_comparison(data["rows"], part, seen)
-        _same_acting(part_meta.get("acting") or [], part, seen_acting)
+        _same_comparison(data["rows"], part_meta.get("acting") or [], part, seen)
         rows += data["rows"]
         if not meta:
             meta = {k: v for k, v in part_meta.items() if k not in ("notes", "acting")}
