@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import bucket_keys
 from daemonhelpers import until
+from poolhelpers import bucket_keys
 
 
 def one_line(text: str) -> str:

@@ -16,8 +16,8 @@ import sys
 import tempfile
 
 import pytest
-from conftest import Pool
 from daemonhelpers import processes_mentioning
+from poolhelpers import Pool
 
 
 @pytest.fixture

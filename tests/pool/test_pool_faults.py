@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import (
+from poolhelpers import (
     assert_exactly_once,
     brief,
     bucket_rows,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import (
+from daemonhelpers import json_lines, until
+from poolhelpers import (
     bucket_rows,
     bucket_values,
     daemon_rows,
@@ -10,7 +11,6 @@ from conftest import (
     until_exactly_once,
     wait_for_pool,
 )
-from daemonhelpers import json_lines, until
 
 
 def every_kind(host) -> int:

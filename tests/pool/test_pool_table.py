@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import consumer_count, pool_vms
 from daemonhelpers import json_lines, until
+from poolhelpers import consumer_count, pool_vms
 
 
 def pool_domains(pool, url: str) -> list[dict]:
