@@ -25,6 +25,7 @@ Run (from the repository, after `make build`):
 
     .venv/bin/python bench/bench_dpath.py                 # CPU: firing (cold, b2b) + stages
     .venv/bin/python bench/bench_dpath.py --callgrind     # instructions (valgrind, minutes)
+    .venv/bin/python bench/bench_dpath.py --cold 60       # also each stage alone, cold
     .venv/bin/python -m pytest bench/bench_dpath.py       # the harness's self-check
 """
 
@@ -390,6 +391,36 @@ class Stages:
         return time.thread_time() - t0
 
 
+def cold_stages(names, rounds: int, gap: float) -> dict[str, float]:
+    """Each stage once, `gap` seconds after the last (the machine's other work in between,
+    as for an isolated firing): the median CPU of `rounds` such runs, per stage. Against the
+    hot figures this says where a cold firing's time goes: every stage, not one of them."""
+    import statistics
+
+    import uvloop
+
+    directory = tempfile.mkdtemp(prefix="xenmux-dpath-")
+
+    async def main() -> dict[str, float]:
+        stages = Stages(directory)
+        out = {}
+        try:
+            for name in names:
+                spent = []
+                for _ in range(rounds):
+                    await asyncio.sleep(gap)
+                    spent.append(await stages.run(name, 1))
+                out[name] = statistics.median(spent)
+        finally:
+            stages.path.journal.close()
+        return out
+
+    try:
+        return uvloop.run(main())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def stage(name: str, n: int) -> float:
     """CPU seconds per iteration of one stage (a fresh set of parts)."""
     import uvloop
@@ -453,6 +484,10 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--gap", type=float, default=20.0, help="ms between cold firings")
     ap.add_argument("--firings", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5, help="stages: best of this many")
+    ap.add_argument(
+        "--cold", type=int, default=0, metavar="N",
+        help="also each stage once per --gap, cold: the median of N such runs",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.callgrind:
         print("| stage | instructions per firing |")
@@ -482,6 +517,14 @@ def _main(argv: list[str]) -> None:
         n = 200 if name == "hop" else 2000
         best = min(stage(name, n) for _ in range(args.rounds))
         print(f"| {name} | {best * 1e6:.2f} us |", flush=True)
+    if args.cold and not args.no_stages:
+        names = [name for name in Stages.NAMES if name != "write"]  # write: a process each
+        cold = cold_stages(names, args.cold, args.gap / 1e3)
+        print(f"| stage | CPU, once every {args.gap:g} ms (median of {args.cold}, cold) |")
+        print("| --- | ---: |")
+        for name, spent in cold.items():
+            print(f"| {name} | {spent * 1e6:.1f} us |")
+        print(f"| sum | {sum(cold.values()) * 1e6:.1f} us |")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
