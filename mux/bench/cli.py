@@ -152,6 +152,18 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="the daemon's serve --burst-window (default: serve's own)",
     )
+    p.add_argument(
+        "--burst-window-max",
+        type=seconds(positive=False),
+        metavar="S",
+        help="the daemon's serve --burst-window-max (default: serve's own)",
+    )
+    p.add_argument(
+        "--burst-firings",
+        type=count(0),
+        metavar="N",
+        help="the daemon's serve --burst-firings (default: serve's own)",
+    )
     p.add_argument("--migrate-fraction", type=float, help="share of the domains migrated (0.10)")
     p.add_argument(
         "--per-conn",
@@ -372,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             tmp_root=tmp_root,
             burst_window=args.burst_window,
+            burst_window_max=args.burst_window_max,
+            burst_firings=args.burst_firings,
         )
         progress = Progress(len(plans))
         order = {id(plan): i for i, plan in enumerate(plans)}

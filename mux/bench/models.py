@@ -204,10 +204,14 @@ class MuxModel(Model):
         per_conn: int = 0,
         conns_per_proc: int = 0,
         burst_window: float | None = None,
+        burst_window_max: float | None = None,
+        burst_firings: int | None = None,
         **kw,
     ) -> None:
         super().__init__(*args, **kw)
         self.burst_window = burst_window
+        self.burst_window_max = burst_window_max
+        self.burst_firings = burst_firings
         self.socket_path = os.path.join(self.workdir, "xenmux.sock")
         self.daemon: int | None = None
         self.per_conn = per_conn
@@ -238,6 +242,10 @@ class MuxModel(Model):
         )
         if self.burst_window is not None:
             argv += ["--burst-window", repr(self.burst_window)]
+        if self.burst_window_max is not None:
+            argv += ["--burst-window-max", repr(self.burst_window_max)]
+        if self.burst_firings is not None:
+            argv += ["--burst-firings", str(self.burst_firings)]
         log = os.path.join(self.workdir, "daemon.log")
         self.daemon = self.procs.spawn(argv, name="xenmux serve", stderr=log)
         wait_for_socket(self.socket_path, self.procs, self.daemon, "xenmux serve", timeout, log)

@@ -59,6 +59,8 @@ class Env:
     real: object | None = None  # realxs.RealXenstored factory, when measuring against one
     tmp_root: str | None = None
     burst_window: float | None = None  # the daemon's serve --burst-window (None: its default)
+    burst_window_max: float | None = None  # and its --burst-window-max
+    burst_firings: int | None = None  # and its --burst-firings
     notes: list[str] = field(default_factory=list)
 
 
@@ -157,6 +159,8 @@ def run(env: Env, plan: Plan) -> dict:
                 per_conn=plan.per_conn,
                 conns_per_proc=plan.conns_per_proc,
                 burst_window=env.burst_window,
+                burst_window_max=env.burst_window_max,
+                burst_firings=env.burst_firings,
                 **common,
             )
             model.start_daemon(sim_dir, max_clients=plan.n + 256, timeout=60 * scale)

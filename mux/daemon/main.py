@@ -15,7 +15,11 @@ import sys
 
 from mux.daemon.durable import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_JOURNAL_MAX_BYTES
 from mux.daemon.journal import MIN_MAX_BYTES
-from mux.daemon.scanloop import DEFAULT_BURST_WINDOW
+from mux.daemon.scanloop import (
+    DEFAULT_BURST_FIRINGS,
+    DEFAULT_BURST_WINDOW,
+    DEFAULT_BURST_WINDOW_MAX,
+)
 from mux.daemon.statedir import BOOT_ID_PATH, DEFAULT_STATE_DIR
 from mux.daemon.watcher import DEFAULT_RESUMED_POLL, XenstoreTimeouts
 from mux.hypervisor import backend_names
@@ -90,9 +94,26 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_BURST_WINDOW,
         metavar="S",
         help="a firing less than S seconds after a firing's scan ended is part of a burst: "
-        "its scan waits until S after that one, and every firing meanwhile joins it (up to S "
-        "more latency inside a burst, none for an isolated change); 0: every firing scanned "
-        "at once (default: %(default)s)",
+        "its scan waits until S after that one, and every firing meanwhile joins it (more "
+        "latency inside a burst, none for an isolated change); 0: every firing scanned at "
+        "once (default: %(default)s)",
+    )
+    p.add_argument(
+        "--burst-window-max",
+        type=seconds(positive=False),
+        default=DEFAULT_BURST_WINDOW_MAX,
+        metavar="S",
+        help="each held scan of a burst doubles the window, up to S: a change inside a "
+        "burst waits at most S plus a scan (default: %(default)s)",
+    )
+    p.add_argument(
+        "--burst-firings",
+        type=count(0),
+        default=DEFAULT_BURST_FIRINGS,
+        metavar="N",
+        help="a held scan runs as soon as N firings wait for it, so a burst costs about a "
+        "scan per N firings, however fast they come; 0: only the window ends a hold "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--resumed-poll",
@@ -256,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
             xenstore_path=args.xenstore or backend.xenstore_path or default_xenstore_path(),
             shutdown_poll=args.shutdown_poll,
             burst_window=args.burst_window,
+            burst_window_max=args.burst_window_max,
+            burst_firings=args.burst_firings,
             full_scan=args.full_scan,
             socket_gid=args.socket_group,
             allow_rescan_gid=args.allow_rescan_group,

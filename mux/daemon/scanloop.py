@@ -9,7 +9,9 @@ changed domids (`Capabilities.changed_feed`) asks for targeted scans the same wa
 The firings of one xenstore read are scanned at its end in the reading callback
 (`begin_firings`/`end_firings`), except inside a burst: a firing less than `burst_window`
 after a firing's scan ended waits for one held scan at that scan's end plus the window, with
-every firing meanwhile (serve --burst-window, docs/operations.md).
+every firing meanwhile; each further hold of the same burst is twice as long, up to
+`burst_window_max`, and a hold ends as soon as `burst_firings` firings wait for it (serve
+--burst-window, --burst-window-max, --burst-firings; docs/operations.md).
 
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
 snapshot and lets the subscriber register under the lock every scan holds, so no event
@@ -58,6 +60,14 @@ log = logging.getLogger("xenmux.scan")
 # serve --burst-window: chosen by the mass shutdown at 5,000 changes/s (bench/README.md,
 # "The daemon's path per firing").
 DEFAULT_BURST_WINDOW = 0.004
+# serve --burst-window-max: each held scan in a row doubles the window up to this, so that a
+# burst that outlasts a few windows (C xenstored fires once per pass when slow, every 1-2 ms,
+# for as long as a mass shutdown lasts) costs a scan per this many seconds, not per window.
+DEFAULT_BURST_WINDOW_MAX = 0.032
+# serve --burst-firings: a held scan runs as soon as this many firings wait for it, so that a
+# fast burst (a firing every 0.2 ms) is not held for the whole grown window: a scan per this
+# many firings, whatever their rate, and at most a window's wait when they come slowly.
+DEFAULT_BURST_FIRINGS = 16
 
 NameReader = Callable[[int], Awaitable[str | None]]
 # Called with (snapshot rows, seq) while no scan can run: see ScanLoop.subscribe.
@@ -157,6 +167,8 @@ class ScanLoop:
         full_scan: float = 30.0,
         name_reader: NameReader | None = None,
         burst_window: float = DEFAULT_BURST_WINDOW,
+        burst_window_max: float = DEFAULT_BURST_WINDOW_MAX,
+        burst_firings: int = DEFAULT_BURST_FIRINGS,
     ) -> None:
         if not backend.capabilities.full_scan:
             raise ValueError(
@@ -171,6 +183,8 @@ class ScanLoop:
         self.full_scan_interval = full_scan
         self.name_reader = name_reader
         self.burst_window = burst_window
+        self.burst_window_max = max(burst_window, burst_window_max)
+        self.burst_firings = burst_firings
         self._lock = ScanLock()
         self._wake = asyncio.Event()
         # Between begin_firings and end_firings requests do not wake the task: the firings
@@ -186,6 +200,9 @@ class ScanLoop:
         # of the held scan that serves the firings of a burst at once.
         self._firing_scan_end = float("-inf")
         self._held: asyncio.TimerHandle | None = None
+        # The window the next firing is held for: burst_window, doubled by each held scan of
+        # a burst (up to burst_window_max), back to burst_window once a firing comes after it.
+        self._window = burst_window
         self._finisher: asyncio.Task | None = None  # the awaited rest of such a scan
         self._running = False  # between start() and stop(): scans in the callback allowed
         self._pending_full: str | None = None
@@ -255,17 +272,22 @@ class ScanLoop:
         if self._pending_full is None and not self._pending_domids:
             return
         if self._held is not None:  # the held scan serves these too
+            if self.burst_firings and len(self._firings) >= self.burst_firings:
+                self._held.cancel()
+                self._release_held()
             return
         if self.burst_window > 0:
             # A firing this soon after a firing's scan is part of a burst (a mass shutdown,
             # C xenstored's firing per domain): scanning each at once would scan as often as
             # it fires. Its scan waits until burst_window after the last one ended, and
             # every firing meanwhile joins it. The time is fixed now, so firings that keep
-            # coming never push it later.
-            wait = self._firing_scan_end + self.burst_window - time.monotonic()
+            # coming never push it later; the next hold of the same burst is twice as long.
+            wait = self._firing_scan_end + self._window - time.monotonic()
             if wait > 0:
                 self._held = asyncio.get_running_loop().call_later(wait, self._release_held)
+                self._window = min(self._window * 2, self.burst_window_max)
                 return
+            self._window = self.burst_window  # the burst, if any, is over
         self._serve_now()
 
     def _release_held(self) -> None:

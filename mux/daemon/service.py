@@ -32,7 +32,12 @@ from mux.daemon.journal import Journal
 from mux.daemon.listener import Listener
 from mux.daemon.metrics import MetricsServer, start_metrics
 from mux.daemon.requests import RequestContext, handle_line
-from mux.daemon.scanloop import DEFAULT_BURST_WINDOW, ScanLoop
+from mux.daemon.scanloop import (
+    DEFAULT_BURST_FIRINGS,
+    DEFAULT_BURST_WINDOW,
+    DEFAULT_BURST_WINDOW_MAX,
+    ScanLoop,
+)
 from mux.daemon.sdnotify import StatusReporter, status_line
 from mux.daemon.statedir import BOOT_ID_PATH
 from mux.daemon.stats import DaemonSnapshot, JournalReading, Stats
@@ -54,6 +59,8 @@ class Config:
     xenstore_path: str
     shutdown_poll: float = 0.25
     burst_window: float = DEFAULT_BURST_WINDOW
+    burst_window_max: float = DEFAULT_BURST_WINDOW_MAX
+    burst_firings: int = DEFAULT_BURST_FIRINGS
     full_scan: float = 30.0
     socket_gid: int | None = None
     allow_rescan_gid: int | None = None
@@ -138,6 +145,8 @@ class Daemon:
             self.stats,
             shutdown_poll=config.shutdown_poll,
             burst_window=config.burst_window,
+            burst_window_max=config.burst_window_max,
+            burst_firings=config.burst_firings,
             full_scan=config.full_scan,
             name_reader=self._read_name,
         )

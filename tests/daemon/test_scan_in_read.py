@@ -76,7 +76,13 @@ def _firing(path: str = wire.SPECIAL_RELEASE) -> bytes:
 
 
 class _Rig:
-    def __init__(self, name_reader=None, burst_window: float = 0.0) -> None:
+    def __init__(
+        self,
+        name_reader=None,
+        burst_window: float = 0.0,
+        burst_window_max: float = 0.0,
+        burst_firings: int = 0,
+    ) -> None:
         self.host = _Host()
         self.stats = Stats()
         self.published = _Published()
@@ -89,6 +95,8 @@ class _Rig:
             full_scan=0,
             name_reader=name_reader,
             burst_window=burst_window,
+            burst_window_max=burst_window_max,
+            burst_firings=burst_firings,
         )
         self.watcher = Watcher(
             "test",
@@ -300,6 +308,61 @@ def test_the_firings_of_a_burst_wait_for_one_held_scan_that_firings_never_push_b
             await asyncio.sleep(0.005)
         assert rig.kinds()[1:] == [[(SHUTDOWN, 2), (SHUTDOWN, 3)]]
         assert _scans(rig) == 2 and rig.loop._held is None
+        await rig.loop.stop()
+
+    asyncio.run(main())
+
+
+def test_a_long_burst_doubles_the_window_up_to_its_max_and_a_quiet_gap_resets_it():
+    async def main():
+        # A shutdown every 5 ms for 0.4 s: held for 10 ms a scan, about 40 scans; doubled
+        # (10, 20, 40, 80, 80 ... ms), fewer than 10. Every shutdown is still delivered.
+        rig = _Rig(burst_window=0.01, burst_window_max=0.08)
+        domids = range(100)
+        rig.host.records = _host(set(), domids)
+        rig.proto.data_received(_firing(wire.SPECIAL_INTRODUCE))
+        await asyncio.sleep(0.1)
+        start, scans = len(rig.published.batches), _scans(rig)
+        shut: set[int] = set()
+        for domid in range(1, 81):
+            shut.add(domid)
+            rig.host.records = _host(shut, domids)
+            rig.proto.data_received(_firing())
+            await asyncio.sleep(0.005)
+        for _ in range(100):
+            if rig.loop._held is None:
+                break
+            await asyncio.sleep(0.01)
+        delivered = [domid for batch in rig.kinds()[start:] for kind, domid in batch]
+        assert delivered == list(range(1, 81))
+        assert _scans(rig) - scans < 10
+        await asyncio.sleep(0.1)  # longer than the grown window: the burst is over
+        before = len(rig.published.batches)
+        rig.host.records = _host(shut | {90}, domids)
+        rig.proto.data_received(_firing())
+        assert rig.kinds()[before:] == [[(SHUTDOWN, 90)]]  # scanned at once, not held
+        rig.proto.data_received(_firing())  # right after it: held for the first window again
+        held = rig.loop._held
+        assert held is not None
+        assert held.when() - asyncio.get_running_loop().time() <= 0.011
+        await rig.loop.stop()
+
+    asyncio.run(main())
+
+
+def test_a_held_scan_runs_as_soon_as_burst_firings_wait_for_it():
+    async def main():
+        rig = _Rig(burst_window=60.0, burst_firings=3)
+        rig.host.records = _host({1})
+        rig.proto.data_received(_firing())
+        assert rig.kinds() == [[(SHUTDOWN, 1)]]
+        rig.host.records = _host({1, 2})
+        rig.proto.data_received(_firing() * 2)  # two firings wait: held (for a minute)
+        assert rig.loop._held is not None and len(rig.published.batches) == 1
+        rig.host.records = _host({1, 2, 3})
+        rig.proto.data_received(_firing())  # the third: scanned now, in this callback
+        assert rig.kinds()[1:] == [[(SHUTDOWN, 2), (SHUTDOWN, 3)]]
+        assert rig.loop._held is None and _scans(rig) == 2
         await rig.loop.stop()
 
     asyncio.run(main())
