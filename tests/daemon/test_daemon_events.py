@@ -164,8 +164,9 @@ def test_rescan_on_demand_reports_what_fired_nothing(sim, daemon_factory):
     assert d.stats()["scans"]["rescan"] == 1
 
 
-# (operation, events it must produce): each step is awaited before the next, so that
-# coalescing cannot merge steps and both modes must report exactly the same.
+# (operation, events it must produce): each step is awaited before the next, and no firing
+# is held for a burst (--burst-window 0), so that coalescing cannot merge steps and both
+# modes must report exactly the same, with a scan per step.
 _SCRIPT = [
     (lambda c: c.shutdown(1, "crash"), 1),
     (lambda c: c.destroy(1), 2),
@@ -180,7 +181,9 @@ _SCRIPT = [
 def test_xen_422_watch_depth_gives_the_same_events_as_417(sim, sim422, daemon_factory):
     results = {}
     for host in (sim, sim422):
-        d = daemon_factory(host, "--full-scan", "0", "--shutdown-poll", "0.05")
+        d = daemon_factory(
+            host, "--full-scan", "0", "--shutdown-poll", "0.05", "--burst-window", "0"
+        )
         with d.client() as c:
             hello = c.hello()
         with d.subscribe(None) as sub:
