@@ -124,6 +124,8 @@ cdef class DomainTable:
                            uint64_t cpu) noexcept
     cdef int _reason_gone(self, uint32_t domid, const dom_entry *e, double now) noexcept
     cdef object _suspend_fields(self, uint32_t domid, const dom_entry *e)
+    cdef DomainTable _frozen(self)
+    cdef list _dump_rows(self, unsigned int first, Py_ssize_t limit)
     cdef void _load_rows(self, list rows) except *
     cdef int _apply(self, uint32_t domid, const unsigned char *rec, double now,
                     list events, object unique_id) except -1

@@ -6,6 +6,8 @@ from typing import Literal
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
+from mux.reference import DumpBatches
+
 # mux.protocol.EVENT_KINDS
 Kind = Literal["new", "shutdown", "resumed", "death", "released", "paused", "unpaused"]
 State = Literal["running", "shutdown", "dead"]  # mux.protocol.DOMAIN_STATES
@@ -69,6 +71,8 @@ class DomainTable:
     def load(cls, dump: object, *, suspend_window: float = 0.25) -> DomainTable:
         """The table of a `dump()`; ValueError "bad table dump: ..." for a bad one."""
     def dump(self) -> dict[str, object]: ...
+    def dump_batches(self, batch: int = 512) -> DumpBatches:
+        """`dump()` as it is now, `batch` rows at a time, from a copy of the table."""
     @property
     def seq(self) -> int: ...
     @property

@@ -29,7 +29,7 @@ import json
 import math
 import time as _time
 import uuid as _uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -345,6 +345,17 @@ def check_domid(domid: object) -> int:
     return domid
 
 
+DUMP_BATCH = 512  # rows of a dump_batches() batch
+
+
+class DumpBatches(NamedTuple):
+    """A table's dump, read a batch of rows at a time: `head` is the dump without its
+    "rows", `batches` the rows in domid order, lists of at most the batch size."""
+
+    head: dict
+    batches: Iterator[list[dict]]
+
+
 class DomainTable:
     """The scanner's table of domains, keyed by domid."""
 
@@ -433,6 +444,14 @@ class DomainTable:
         ]
 
     # -- the journal's checkpoint -----------------------------------------------------------
+
+    def dump_batches(self, batch: int = DUMP_BATCH) -> DumpBatches:
+        """`dump()` as it is now, its rows `batch` at a time: the rows of the iterator are
+        the table's at this call, whatever the table does while it is read (the checkpoint
+        is encoded in a thread while scans go on)."""
+        whole = self.dump()
+        rows = whole.pop("rows")
+        return DumpBatches(whole, (rows[i : i + batch] for i in range(0, len(rows), batch)))
 
     def dump(self) -> dict:
         """Everything the diff needs to go on exactly as this table would, as JSON values."""

@@ -34,7 +34,7 @@ from mux.daemon.statedir import (
     StateDirError,
     read_boot_id,
 )
-from mux.reference import replay
+from mux.reference import DumpBatches, replay
 
 log = logging.getLogger("xenmux.state")
 
@@ -164,7 +164,7 @@ class Checkpointer:
             return
         if self.seq == self.table.seq and self.seq is not None:
             return
-        self._write(self.table.seq, self.table.dump())
+        self._write(self.table.seq, self.table.dump_batches())
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="checkpoints")
@@ -205,12 +205,12 @@ class Checkpointer:
         if seq == self.seq:
             journal.checkpointed(seq)
             return
-        dump = self.table.dump()
+        dump = self.table.dump_batches()
         state = self.state
         await asyncio.to_thread(state.statedir.write_checkpoint, state.history.history, seq, dump)
         self._written(seq)
 
-    def _write(self, seq: int, dump: dict) -> None:
+    def _write(self, seq: int, dump: dict | DumpBatches) -> None:
         self.state.statedir.write_checkpoint(self.state.history.history, seq, dump)
         self._written(seq)
 

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mux.daemon.paths import UnsafePathError, ensure_private_dir
+from mux.reference import DUMP_BATCH, DumpBatches
 
 log = logging.getLogger("xenmux.state")
 
@@ -234,9 +235,10 @@ class StateDir:
             raise CorruptState(f"its checkpoint belongs to history {doc.get('history')!r}")
         return Checkpoint(seq, table, st.st_mtime)
 
-    def write_checkpoint(self, history: str, seq: int, table: dict) -> None:
-        """Write the table's dump at `seq` whole, then rename it into place (any thread).
-        A checkpoint never replaces a newer one (a slow writer thread may come last)."""
+    def write_checkpoint(self, history: str, seq: int, table: dict | DumpBatches) -> None:
+        """Write the table's dump at `seq` (a whole `dump()`, or its `dump_batches()`)
+        whole, then rename it into place (any thread). A checkpoint never replaces a newer
+        one (a slow writer thread may come last)."""
         with self._write_lock:
             if seq < self._checkpoint_seq:
                 return
@@ -274,22 +276,27 @@ class StateDir:
             raise
 
 
-CHECKPOINT_BATCH = 512  # rows encoded at a time
-
-
-def _checkpoint_chunks(history: str, seq: int, table: dict) -> Iterator[bytes]:
+def _checkpoint_chunks(history: str, seq: int, table: dict | DumpBatches) -> Iterator[bytes]:
     """The checkpoint document, the bytes `json.dumps` (compact) would make of it, a batch of
     rows at a time: at 32,000 domains the whole text, once as a str and once encoded, was
-    15 MB of the daemon's peak. Between two batches the event loop's thread may take the GIL."""
-    head = dict(table)
-    rows = head.pop("rows")
+    15 MB of the daemon's peak, and the rows as dicts as much again (`dump_batches` makes
+    them a batch at a time). Between two batches the event loop's thread may take the GIL."""
+    if isinstance(table, dict):
+        head = dict(table)
+        rows = head.pop("rows")
+        batches: Iterable[list[dict]] = (
+            rows[i : i + DUMP_BATCH] for i in range(0, len(rows), DUMP_BATCH)
+        )
+    else:
+        head, batches = table
     doc = {"format": FORMAT, "history": history, "seq": seq, "table": {**head, "rows": None}}
     text = json.dumps(doc, separators=(",", ":"))
     tail = "null}}"  # "rows" is the table's last key, the table the document's
     yield (text[: -len(tail)] + "[").encode()
-    for i in range(0, len(rows), CHECKPOINT_BATCH):
-        part = json.dumps(rows[i : i + CHECKPOINT_BATCH], separators=(",", ":"))[1:-1]
-        yield (("," if i else "") + part).encode()
+    sep = ""
+    for batch in batches:
+        yield (sep + json.dumps(batch, separators=(",", ":"))[1:-1]).encode()
+        sep = ","
     yield b"]}}\n"
 
 

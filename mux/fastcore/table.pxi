@@ -297,19 +297,56 @@ cdef class DomainTable:
 
     def dump(self):
         """Everything the diff needs to go on exactly as this table would, as JSON values."""
+        return {"seq": self._seq, "gen": self._gen_counter,
+                "rows": self._dump_rows(0, XM_DOMID_FIRST_RESERVED)}
+
+    def dump_batches(self, Py_ssize_t batch=_reference.DUMP_BATCH):
+        """`dump()` as it is now, its rows `batch` at a time, from a copy of the slots (about
+        60 bytes a domain) rather than every row at once (about 500): the checkpoint is
+        encoded in a thread while scans go on, and at 32,000 domains a whole dump was 16 MB
+        of the daemon's peak."""
+        if batch < 1:
+            raise ValueError(f"a dump batch holds at least one row, not {batch}")
+        return _reference.DumpBatches(
+            {"seq": self._seq, "gen": self._gen_counter},
+            _dump_batches_of(self._frozen(), batch))
+
+    cdef DomainTable _frozen(self):
+        """What dump() reads of this table, copied: the slots below _hi and the names."""
+        cdef DomainTable t = DomainTable.__new__(DomainTable)
+        cdef size_t n = self._hi
+        memcpy(t._dom, self._dom, n * sizeof(dom_entry))
+        memcpy(t._gen, self._gen, n * sizeof(uint32_t))
+        memcpy(t._uid, self._uid, n * sizeof(uint64_t))
+        memcpy(t._susp_seen, self._susp_seen, n * sizeof(double))
+        memcpy(t._susp_scan, self._susp_scan, n * sizeof(uint64_t))
+        t._hi = self._hi
+        t._seq = self._seq
+        t._gen_counter = self._gen_counter
+        t._names = dict(self._names)
+        t._scan_no = self._scan_no
+        t._last_full_scan = self._last_full_scan
+        t._last_full_time = self._last_full_time
+        t._window = self._window
+        return t
+
+    cdef list _dump_rows(self, unsigned int first, Py_ssize_t limit):
+        """dump()'s rows of the present domids from `first` on, at most `limit` of them."""
         cdef unsigned int d
         cdef dom_entry *e
         rows = []
-        for d in range(self._hi):
+        for d in range(first, self._hi):
             e = &self._dom[d]
             if e.state == ST_ABSENT:
                 continue
+            if len(rows) == limit:
+                break
             suspend_cpu, suspend_seen = self._suspend_fields(d, e)
             rows.append(_reference.dump_row(
                 d, _uuid_text(<const unsigned char *>&e.h0), e.flags, e.cpu_time,
                 self._gen[d], _STATES[e.state], e.reason, self._names.get(d), suspend_cpu,
                 suspend_seen, self._uid[d]))
-        return {"seq": self._seq, "gen": self._gen_counter, "rows": rows}
+        return rows
 
     @classmethod
     def load(cls, dump, *, suspend_window=_reference.DEFAULT_SUSPEND_WINDOW):
@@ -784,3 +821,14 @@ cdef class DomainTable:
             self._check_id(target, unique_id)
         self._apply(target, rec, _time.time() if now is None else now, events, unique_id)
         return events
+
+
+def _dump_batches_of(DomainTable frozen, Py_ssize_t batch):
+    """The rows of a frozen copy's dump, `batch` at a time (DomainTable.dump_batches)."""
+    cdef unsigned int first = 0
+    while True:
+        rows = frozen._dump_rows(first, batch)
+        if not rows:
+            return
+        first = rows[len(rows) - 1]["domid"] + 1  # no wraparound in this module
+        yield rows

@@ -31,6 +31,21 @@ def old_checkpoint() -> dict:
     }  # fmt: skip
 
 
+def test_a_checkpoint_from_dump_batches_is_the_same_file_as_from_the_whole_dump(tmp_path):
+    from mux import _fast
+
+    table = _fast.DomainTable.load(old_checkpoint())
+    files = []
+    for i, dump in enumerate((table.dump(), table.dump_batches(1))):
+        state = open_state(str(tmp_path / f"state{i}"))
+        history = state.history.history
+        state.statedir.write_checkpoint(history, 0, dump)
+        state.close()
+        with open(tmp_path / f"state{i}" / "checkpoint", "rb") as f:
+            files.append(f.read().replace(history.encode(), b"H"))
+    assert files[0] == files[1] and b'"name":"web"' in files[0]
+
+
 def written(tmp_path, table: dict):
     path = str(tmp_path / "state")
     state = open_state(path)

@@ -315,3 +315,33 @@ def test_the_quick_uuid_reading_is_uuid_uuids(text):
         return
     assert reference._handle_of(text) == want
     assert reference._uuid_text(text) == str(uuid.UUID(text))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 512])
+def test_dump_batches_are_the_dump_a_batch_of_rows_at_a_time(impl, size):
+    table = busy_table(impl)
+    whole = table.dump()
+    head, batches = table.dump_batches(size)
+    batches = list(batches)
+    assert head == {"seq": whole["seq"], "gen": whole["gen"]}
+    assert [row for b in batches for row in b] == whole["rows"]
+    assert all(1 <= len(b) <= size for b in batches)
+    assert len(batches) == -(-len(whole["rows"]) // size)
+
+
+def test_dump_batches_are_the_table_at_the_call_whatever_it_does_after(impl):
+    # The checkpoint's thread reads the batches while the loop goes on scanning.
+    table = busy_table(impl)
+    whole = table.dump()
+    head, batches = table.dump_batches(2)
+    first = next(batches)
+    table.set_name(3, "renamed")
+    events = table.diff(*batch(rec(0), rec(3, base=PAUSED_BASE), rec(9)), NOW + 1)
+    assert events and table.dump() != whole
+    assert first + [row for b in batches for row in b] == whole["rows"]
+    assert head["seq"] == whole["seq"] < table.seq
+
+
+def test_an_empty_table_dumps_no_batch(impl):
+    head, batches = impl.DomainTable(seq=7).dump_batches()
+    assert head == {"seq": 7, "gen": 0} and list(batches) == []
