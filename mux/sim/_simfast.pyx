@@ -609,6 +609,16 @@ cdef class HostEngine:
         return entries, (self.e.c_release, self.e.c_release_dom, self.e.c_events,
                          self.e.c_passes, self.e.c_virqs, self.e.c_changes)
 
+    def take_now(self):
+        """`take()` under the lock, which is let go at once: for a drain the thread asked
+        for, whose entries Python applies while the thread goes on."""
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+        try:
+            return self.take()
+        finally:
+            pthread_mutex_unlock(&self.e.lock)
+
     # the special watches -----------------------------------------------------------------
 
     def watch_add(self, ConnWriter writer, bytes node, bytes token, int depth, uint64_t serial):

@@ -92,14 +92,22 @@ class HostPath:
     def _notified(self) -> None:
         engine = self.engine
         engine.clear_notify()
-        with engine:  # drains the journal (a dropped watcher is closed there)
+        # A full journal (a mass shutdown) is applied without the lock, which the thread
+        # would otherwise wait for: only Python reads what it updates, and nothing else of
+        # Python's runs before it is done.
+        self._apply(*engine.take_now())
+        with engine:  # a watcher the thread dropped is closed in this drain
+            self.hv.shm.resync()  # the header only under the lock: the thread writes it
             request = engine.handoff()
             if request is not None:
                 engine.answer(self._answer(request))
 
     def drain(self) -> None:
         """Python's objects brought up to date from the thread's journal (the lock held)."""
-        entries, counts = self.engine.take()
+        self._apply(*self.engine.take())
+        self.hv.shm.resync()
+
+    def _apply(self, entries: list[tuple[int, int, int, int]], counts: tuple[int, ...]) -> None:
         hv = self.hv
         domains = hv.domains
         for kind, domid, flags, value in entries:
@@ -126,7 +134,6 @@ class HostPath:
         c.events += counts[2] - last[2]
         c.virqs += counts[3] - last[3]
         hv.virqs += counts[4] - last[4]
-        hv.shm.resync()
 
     def close(self) -> None:
         """Stop the thread (its clients closed), take in its last changes, forget the table
