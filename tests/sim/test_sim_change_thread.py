@@ -145,3 +145,40 @@ def test_the_thread_stops_with_the_sim_and_a_new_sim_starts_one(tmp_path):
         directory.mkdir()
         asyncio.run(run(str(directory)))
     assert threads() <= base + 1  # at most the executor's worker; no change thread left
+
+
+def _lifecycle_events(xs: XsClient, domid: int, step) -> list[tuple[str, str]]:
+    """What the watcher sees of shutdown, dying and gone of `domid`, with the domid as D."""
+    seen = []
+    for op in ("shutdown", "dying", "gone"):
+        step(op, domid)
+        seen += [(path.replace(str(domid), "D"), token) for path, token in xs.sync()]
+    return seen
+
+
+def test_the_thread_fires_as_the_python_path_does_with_4_22s_depth(sim422):
+    changes = ChangeClient(sim_paths(sim422.dir).changes)
+
+    def over_changes(op: str, domid: int) -> None:
+        if op == "shutdown":
+            changes.change("shutdown", domid)
+        else:
+            changes.change("destroy", domid, flags=FLAG_ZOMBIE if op == "dying" else 0)
+
+    def over_control(op: str, domid: int) -> None:
+        if op == "shutdown":
+            sim422.ctl.shutdown(domid)
+        else:
+            sim422.ctl.destroy(domid, zombie=op == "dying")
+
+    with XsClient(sim422.xenstored) as xs:
+        xs.watch(wire.SPECIAL_RELEASE, "all")
+        xs.watch(wire.SPECIAL_RELEASE, "deep", "1")
+        for domid in (2, 3):
+            xs.watch(f"{wire.SPECIAL_RELEASE}/{domid}", "one")
+        xs.sync()
+        threaded = _lifecycle_events(xs, 2, over_changes)
+        looped = _lifecycle_events(xs, 3, over_control)
+    changes.close()
+    assert threaded == looped
+    assert ("@releaseDomain/D", "one") in threaded and ("@releaseDomain/D", "deep") in threaded
