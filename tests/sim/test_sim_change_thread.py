@@ -11,7 +11,7 @@ import socket
 import threading
 
 from mux.records import SHUTDOWN_REBOOT
-from mux.sim.changes import FLAG_ZOMBIE, ChangeClient
+from mux.sim.changes import FLAG_SILENT, FLAG_ZOMBIE, ChangeClient
 from mux.sim.paths import sim_paths
 from mux.sim.runtime import Sim
 from mux.sim.wireclient import XsClient
@@ -182,3 +182,19 @@ def test_the_thread_fires_as_the_python_path_does_with_4_22s_depth(sim422):
     changes.close()
     assert threaded == looped
     assert ("@releaseDomain/D", "one") in threaded and ("@releaseDomain/D", "deep") in threaded
+
+
+def test_a_destroy_whose_nodes_are_watched_fires_their_removal_before_its_reply(sim):
+    changes = ChangeClient(sim_paths(sim.dir).changes)
+    with XsClient(sim.xenstored) as xs:
+        xs.watch("/local/domain/5", "node")
+        xs.sync()
+        virqs = sim.ctl.info()["counters"]["virqs"]
+        assert changes.change("suspend", 5, flags=FLAG_SILENT).events == 0  # no VIRQ
+        assert sim.ctl.info()["counters"]["virqs"] == virqs
+        fired = changes.change("destroy", 5)
+        # @releaseDomain once (at dying: nobody watches it here), then the nodes' removal
+        assert (fired.release, fired.events) == (1, 1)
+        assert ("/local/domain/5", "node") in xs.sync()
+        assert xs.error(wire.XS_READ, "/local/domain/5/name") == "ENOENT"
+    changes.close()
