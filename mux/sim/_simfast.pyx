@@ -414,6 +414,11 @@ cdef extern from "sim/hostpath.h" nogil:
         XH_OP_DESTROY
         XH_OP_CREATE
         XH_OP_VIRQ
+        XH_FLAG_ZOMBIE
+        XH_FLAG_SILENT
+        XH_SHUTDOWN_SUSPEND
+        XH_DOMINF_RUNNING
+        XH_DOMINF_BLOCKED
         PTHREAD_MUTEX_RECURSIVE
         EFD_NONBLOCK
         EFD_CLOEXEC
@@ -451,6 +456,9 @@ from posix.unistd cimport close as c_close, read as c_read
 # The ops the thread applies itself, and the journal's kinds, for mux/sim/hostpath.py.
 HP_OPS = {"shutdown": XH_OP_SHUTDOWN, "suspend": XH_OP_SUSPEND, "resume": XH_OP_RESUME,
           "destroy": XH_OP_DESTROY, "create": XH_OP_CREATE, "virq": XH_OP_VIRQ}
+HP_FLAGS = {"zombie": XH_FLAG_ZOMBIE, "silent": XH_FLAG_SILENT}
+HP_NUMBERS = {"SHUTDOWN_SUSPEND": XH_SHUTDOWN_SUSPEND, "DOMINF_RUNNING": XH_DOMINF_RUNNING,
+              "DOMINF_BLOCKED": XH_DOMINF_BLOCKED}
 J_STATE = XH_J_STATE
 J_ZOMBIE = XH_J_ZOMBIE
 J_FORGET = XH_J_FORGET

@@ -40,8 +40,12 @@
 #define XH_DOMINF_RUNNING 0x20
 #define XH_DOMINF_BLOCKED 0x10
 
-/* The change ops and flags of mux/sim/changes.py (passed in, checked there by a test). */
+/* The change ops and flags of mux/sim/changes.py and the XEN_DOMINF_* bits of mux/records.py
+ * the thread needs (tests/sim/test_sim_change_thread.py checks them against those). */
 enum { XH_OP_SHUTDOWN = 1, XH_OP_SUSPEND, XH_OP_RESUME, XH_OP_DESTROY, XH_OP_CREATE, XH_OP_VIRQ };
+#define XH_FLAG_ZOMBIE 1
+#define XH_FLAG_SILENT 1
+#define XH_SHUTDOWN_SUSPEND 2
 
 /* Journal entries: what Python's objects must learn of a change the thread applied. */
 enum { XH_J_STATE = 1, XH_J_ZOMBIE, XH_J_FORGET, XH_J_DROP, XH_J_REMOVE };
@@ -679,7 +683,7 @@ static inline int xh_apply(xh_engine *e, const unsigned char *msg, size_t len,
 		uint32_t flags;
 
 		if (op == XH_OP_SUSPEND)
-			reason = 2; /* SHUTDOWN_SUSPEND */
+			reason = XH_SHUTDOWN_SUSPEND;
 		if (domid == 0 || !e->truth_ids[domid])
 			return 0;
 		f = e->flags[domid];
@@ -692,7 +696,7 @@ static inline int xh_apply(xh_engine *e, const unsigned char *msg, size_t len,
 				     XM_OFF_CPU_TIME,
 		       8);
 		if (op == XH_OP_DESTROY) {
-			if (fl & 1) { /* FLAG_ZOMBIE: it stays dying */
+			if (fl & XH_FLAG_ZOMBIE) { /* it stays dying */
 				if (f & XM_DOMINF_DYING)
 					return 0;
 			} else if (e->node_watches) {
@@ -702,11 +706,11 @@ static inline int xh_apply(xh_engine *e, const unsigned char *msg, size_t len,
 				flags = ((uint32_t)f | XM_DOMINF_DYING) &
 					~(uint32_t)(XH_DOMINF_RUNNING | XH_DOMINF_BLOCKED);
 				xh_update(e, domid, index, flags, cpu, "dying", NULL);
-				if (fl & 1)
+				if (fl & XH_FLAG_ZOMBIE)
 					xh_journal(e, XH_J_ZOMBIE, domid, 0, 0);
 				xh_raise_virq(e);
 			}
-			if (!(fl & 1)) {
+			if (!(fl & XH_FLAG_ZOMBIE)) {
 				xh_remove(e, domid, index);
 				xh_raise_virq(e);
 			}
@@ -718,7 +722,7 @@ static inline int xh_apply(xh_engine *e, const unsigned char *msg, size_t len,
 				XM_DOMINF_SHUTDOWN | (reason << XM_DOMINF_SHUTDOWNSHIFT);
 			cpu += xh_rand(e, 10000000ull, 100000000ull);
 			xh_update(e, domid, index, flags, cpu, "shutdown", e->reasons[reason]);
-			if (!(op == XH_OP_SUSPEND && (fl & 1)))
+			if (!(op == XH_OP_SUSPEND && (fl & XH_FLAG_SILENT)))
 				xh_raise_virq(e);
 		}
 	} else {

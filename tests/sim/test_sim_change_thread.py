@@ -10,8 +10,9 @@ import os
 import socket
 import threading
 
-from mux.records import SHUTDOWN_REBOOT
-from mux.sim.changes import FLAG_SILENT, FLAG_ZOMBIE, ChangeClient
+from mux.records import DOMINF_BLOCKED, DOMINF_RUNNING, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND
+from mux.sim._simfast import HP_FLAGS, HP_NUMBERS, HP_OPS
+from mux.sim.changes import FLAG_SILENT, FLAG_ZOMBIE, OPS, REPLY, ChangeClient
 from mux.sim.paths import sim_paths
 from mux.sim.runtime import Sim
 from mux.sim.wireclient import XsClient
@@ -198,3 +199,14 @@ def test_a_destroy_whose_nodes_are_watched_fires_their_removal_before_its_reply(
         assert ("/local/domain/5", "node") in xs.sync()
         assert xs.error(wire.XS_READ, "/local/domain/5/name") == "ENOENT"
     changes.close()
+
+
+def test_the_threads_numbers_are_the_change_paths_and_xens():
+    assert HP_OPS == OPS
+    assert HP_FLAGS == {"zombie": FLAG_ZOMBIE, "silent": FLAG_SILENT}
+    assert HP_NUMBERS == {
+        "SHUTDOWN_SUSPEND": SHUTDOWN_SUSPEND,
+        "DOMINF_RUNNING": DOMINF_RUNNING,
+        "DOMINF_BLOCKED": DOMINF_BLOCKED,
+    }
+    assert REPLY.size == 20  # the reply hostpath.h's xh_apply packs
