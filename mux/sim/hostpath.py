@@ -14,7 +14,9 @@ applies it as before and answers.
 What the thread changed reaches Python's objects (the `Domain` states, the introduced list,
 the counters, the table writer's sequence) from its journal, drained under the shared lock
 before any Python operation: every xenstored request, every control request and every
-lifecycle method of the host, which all hold that lock.
+lifecycle method of the host, which all hold that lock. No timer wakes Python for it: once
+the journal holds 1,024 entries (a mass shutdown) the thread asks the loop to apply them,
+which bounds it; until then nothing of Python's can see the difference.
 """
 
 from __future__ import annotations
