@@ -17,6 +17,7 @@ Support code of the simulator: the daemon's `sim` backend reads the table throug
 product side never imports it.
 """
 
+cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memmove, memset
@@ -468,6 +469,9 @@ J_REMOVE = XH_J_REMOVE
 cdef uint64_t _writer_ids = 0
 
 
+# Not cleared by the cycle collector (the engine's drain callback leads back to the writers):
+# the thread uses the domain pass's arrays, and a writer's close its engine, until they end.
+@cython.no_gc_clear
 cdef class HostEngine:
     """The C state the change thread and Python share (hostpath.h), and the thread.
 
@@ -715,6 +719,7 @@ cdef class HostEngine:
         self.e.listener = -1
 
 
+@cython.no_gc_clear
 cdef class ConnWriter:
     """All output of one xenstored connection, whoever writes it (Python's replies, the
     change thread's events): one queue under the engine's lock, written in order."""
