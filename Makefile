@@ -54,7 +54,7 @@ $(BIN)/python: | build-deps
 # What the C extensions are built from: mux._fast (mux/fastcore/ holds its concern files
 # and headers), the sim's mux.sim._simfast and the bench's mux.bench._floor.
 EXT_SRC := mux/_fast.pyx mux/_fast.pxd $(wildcard mux/fastcore/*.pxi mux/fastcore/*.h) \
-	mux/sim/_simfast.pyx mux/sim/shm_layout.h mux/bench/_floor.pyx mux/bench/floor.h
+	mux/sim/_simfast.pyx mux/sim/shm_layout.h mux/sim/hostpath.h mux/bench/_floor.pyx mux/bench/floor.h
 
 # Editable install so that tests import the freshly built extensions in place.
 $(VENV)/.installed: $(BIN)/python pyproject.toml setup.py $(EXT_SRC)

@@ -27,7 +27,9 @@ def extension(name: str, source: str, depends: list[str], **kw) -> Extension:
 
 extensions = [
     extension("mux._fast", "mux/_fast.pyx", ["mux/_fast.pxd"], libraries=["dl"]),
-    extension("mux.sim._simfast", "mux/sim/_simfast.pyx", ["mux/sim/shm_layout.h"]),
+    extension(
+        "mux.sim._simfast", "mux/sim/_simfast.pyx", ["mux/sim/shm_layout.h", "mux/sim/hostpath.h"]
+    ),
     extension("mux.bench._floor", "mux/bench/_floor.pyx", ["mux/bench/floor.h"]),
 ]
 

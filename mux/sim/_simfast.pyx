@@ -17,6 +17,7 @@ Support code of the simulator: the daemon's `sim` backend reads the table throug
 product side never imports it.
 """
 
+cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memmove, memset
@@ -339,3 +340,449 @@ cdef class DomainPass:
             steps.append((d, True))
             notify = False
         return steps, notify
+
+
+# -- the change path's thread (mux/sim/hostpath.h) ----------------------------------------
+
+cdef extern from "sim/hostpath.h" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    ctypedef unsigned long pthread_t
+    ctypedef struct xh_writer:
+        int fd
+        int closed
+        int dropped
+        uint64_t id
+        unsigned char *buf
+        size_t start, end
+    ctypedef struct xh_entry:
+        uint8_t kind
+        uint16_t domid
+        uint32_t flags
+        uint64_t value
+    ctypedef struct xh_engine:
+        pthread_mutex_t lock
+        pthread_cond_t cond
+        unsigned char *shm
+        int64_t *flags
+        int truth_fd
+        char *truth_ids[65536]
+        char *reasons[256]
+        uint64_t rng
+        int enabled
+        int watch_depth
+        long foreign
+        long node_watches
+        uint64_t ids_at
+        uint16_t *order
+        int32_t *pos
+        uint8_t *latch
+        long *n
+        uint32_t watch_event
+        size_t payload_max
+        size_t hard_limit
+        char release[64]
+        xh_writer **writers
+        size_t nwriters
+        size_t nwatches
+        void *watches
+        xh_entry *journal
+        size_t njournal
+        int notified
+        int dirty
+        uint64_t c_release, c_release_dom, c_events, c_passes, c_virqs, c_changes
+        pthread_t thread
+        int running, stopping
+        int wake_fd, notify_fd, listener
+        int hand_state
+        unsigned char hand_msg[4096]
+        size_t hand_len
+        unsigned char hand_reply[4096]
+        size_t hand_reply_len
+    enum:
+        XH_SLOTS
+        XH_MSG_MAX
+        XH_J_STATE
+        XH_J_ZOMBIE
+        XH_J_FORGET
+        XH_J_DROP
+        XH_J_REMOVE
+        XH_OP_SHUTDOWN
+        XH_OP_SUSPEND
+        XH_OP_RESUME
+        XH_OP_DESTROY
+        XH_OP_CREATE
+        XH_OP_VIRQ
+        XH_FLAG_ZOMBIE
+        XH_FLAG_SILENT
+        XH_SHUTDOWN_SUSPEND
+        XH_DOMINF_RUNNING
+        XH_DOMINF_BLOCKED
+        PTHREAD_MUTEX_RECURSIVE
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+    ctypedef struct pthread_mutexattr_t:
+        pass
+    int pthread_mutexattr_init(pthread_mutexattr_t *)
+    int pthread_mutexattr_settype(pthread_mutexattr_t *, int)
+    int pthread_mutexattr_destroy(pthread_mutexattr_t *)
+    int pthread_mutex_init(pthread_mutex_t *, const pthread_mutexattr_t *)
+    int pthread_mutex_destroy(pthread_mutex_t *)
+    int pthread_mutex_lock(pthread_mutex_t *)
+    int pthread_mutex_unlock(pthread_mutex_t *)
+    int pthread_cond_init(pthread_cond_t *, const void *)
+    int pthread_cond_destroy(pthread_cond_t *)
+    int pthread_cond_broadcast(pthread_cond_t *)
+    int pthread_create(pthread_t *, const void *, void *(*)(void *) noexcept nogil, void *)
+    int pthread_join(pthread_t, void **)
+    void *xh_main(void *) noexcept nogil
+    int eventfd(unsigned int, int)
+    void xh_notify(int fd)
+    size_t xh_write(xh_writer *w, const unsigned char *data, size_t n)
+    size_t xh_flush(xh_writer *w)
+    int xh_add_writer(xh_engine *e, xh_writer *w)
+    void xh_remove_writer(xh_engine *e, xh_writer *w)
+    int xh_watch_add(xh_engine *e, xh_writer *w, const char *node, size_t node_len,
+                     const char *token, size_t token_len, int depth, uint64_t serial)
+    void xh_watch_remove(xh_engine *e, uint64_t serial)
+    void xh_unwatch_writer(xh_engine *e, xh_writer *w)
+    void xh_free_watches(xh_engine *e)
+
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, strdup, strncpy
+from posix.unistd cimport close as c_close, read as c_read
+
+# The ops the thread applies itself, and the journal's kinds, for mux/sim/hostpath.py.
+HP_OPS = {"shutdown": XH_OP_SHUTDOWN, "suspend": XH_OP_SUSPEND, "resume": XH_OP_RESUME,
+          "destroy": XH_OP_DESTROY, "create": XH_OP_CREATE, "virq": XH_OP_VIRQ}
+HP_FLAGS = {"zombie": XH_FLAG_ZOMBIE, "silent": XH_FLAG_SILENT}
+HP_NUMBERS = {"SHUTDOWN_SUSPEND": XH_SHUTDOWN_SUSPEND, "DOMINF_RUNNING": XH_DOMINF_RUNNING,
+              "DOMINF_BLOCKED": XH_DOMINF_BLOCKED}
+J_STATE = XH_J_STATE
+J_ZOMBIE = XH_J_ZOMBIE
+J_FORGET = XH_J_FORGET
+J_DROP = XH_J_DROP
+J_REMOVE = XH_J_REMOVE
+
+cdef uint64_t _writer_ids = 0
+
+
+# Not cleared by the cycle collector (the engine's drain callback leads back to the writers):
+# the thread uses the domain pass's arrays, and a writer's close its engine, until they end.
+@cython.no_gc_clear
+cdef class HostEngine:
+    """The C state the change thread and Python share (hostpath.h), and the thread.
+
+    Used as a context manager by every Python operation on the host: it takes the shared
+    lock (recursive) and, when the thread changed anything since, first calls `on_drain`,
+    which brings Python's objects up to date from `take()`."""
+
+    cdef xh_engine *e
+    cdef unsigned char[::1] _shm
+    cdef int64_t[::1] _flags
+    cdef object _pass  # the DomainPass whose arrays the thread walks
+    cdef bint _draining
+    cdef public object on_drain
+
+    def __cinit__(self):
+        cdef pthread_mutexattr_t attr
+        self.e = <xh_engine *>calloc(1, sizeof(xh_engine))
+        if self.e == NULL:
+            raise MemoryError()
+        pthread_mutexattr_init(&attr)
+        pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE)
+        pthread_mutex_init(&self.e.lock, &attr)
+        pthread_mutexattr_destroy(&attr)
+        pthread_cond_init(&self.e.cond, NULL)
+        self.e.truth_fd = -1
+        self.e.listener = -1
+        self.e.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.e.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.e.wake_fd < 0 or self.e.notify_fd < 0:
+            raise OSError("cannot create the change thread's eventfds")
+        self.on_drain = None
+
+    def __dealloc__(self):
+        cdef int i
+        if self.e == NULL:
+            return
+        self._stop()
+        for i in range(XH_SLOTS):
+            free(self.e.truth_ids[i])
+        for i in range(256):
+            free(self.e.reasons[i])
+        xh_free_watches(self.e)
+        free(self.e.writers)
+        free(self.e.journal)
+        c_close(self.e.wake_fd)
+        c_close(self.e.notify_fd)
+        pthread_cond_destroy(&self.e.cond)
+        pthread_mutex_destroy(&self.e.lock)
+        free(self.e)
+        self.e = NULL
+
+    def configure(self, DomainPass domain_pass, uint32_t watch_event, size_t payload_max,
+                  size_t hard_limit, str release, bint watch_depth):
+        """The xenstored side: its domain pass, the wire's numbers, its firing rules."""
+        raw = release.encode()
+        if len(raw) >= 64:
+            raise ValueError(f"special watch name too long: {release!r}")
+        with self:
+            self._pass = domain_pass
+            self.e.order = domain_pass.order
+            self.e.pos = domain_pass.pos
+            self.e.latch = domain_pass.latch
+            self.e.n = <long *>&domain_pass.n
+            self.e.watch_event = watch_event
+            self.e.payload_max = payload_max
+            self.e.hard_limit = hard_limit
+            strncpy(self.e.release, raw, 63)
+            self.e.watch_depth = watch_depth
+
+    def bind_host(self, shm, flags, int truth_fd, reasons, uint64_t seed, uint64_t ids_at):
+        """The hypervisor side: the table's mapping, the flags by domid, the truth log's fd,
+        each valid shutdown reason's JSON name, the CPU-time generator's seed, the byte
+        offset of the unique ids (0: none)."""
+        cdef unsigned char[::1] shm_view = shm
+        cdef int64_t[::1] flags_view = flags
+        if flags_view.shape[0] < XH_SLOTS:
+            raise ValueError(f"the flags table has {flags_view.shape[0]} slots, not {XH_SLOTS}")
+        with self:
+            self._shm = shm_view
+            self._flags = flags_view
+            self.e.shm = &shm_view[0]
+            self.e.flags = &flags_view[0]
+            self.e.truth_fd = truth_fd
+            self.e.rng = seed
+            self.e.ids_at = ids_at
+            for code, name in reasons.items():
+                free(self.e.reasons[code])
+                self.e.reasons[code] = strdup(name.encode())
+
+    def release_host(self):
+        """Forget the table and the truth log (before they close)."""
+        with self:
+            self.e.enabled = 0
+            self.e.shm = NULL
+            self.e.flags = NULL
+            self.e.truth_fd = -1
+            self._shm = None
+            self._flags = None
+
+    @property
+    def enabled(self):
+        return bool(self.e.enabled)
+
+    @enabled.setter
+    def enabled(self, bint value):
+        with self:
+            if value and (self.e.shm == NULL or self.e.order == NULL):
+                raise RuntimeError("the change thread needs a table and a domain pass")
+            self.e.enabled = value
+
+    def set_identity(self, uint16_t domid, str truth_id):
+        """A domain's part of a truth-log line, or None once the domid is free."""
+        with self:
+            free(self.e.truth_ids[domid])
+            self.e.truth_ids[domid] = NULL if truth_id is None else strdup(truth_id.encode())
+
+    # the shared lock ---------------------------------------------------------------------
+
+    def __enter__(self):
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+        if self.e.dirty and not self._draining and self.on_drain is not None:
+            self._draining = True
+            try:
+                self.on_drain()
+            except BaseException:
+                pthread_mutex_unlock(&self.e.lock)
+                raise
+            finally:
+                self._draining = False
+        return self
+
+    def __exit__(self, *exc):
+        pthread_mutex_unlock(&self.e.lock)
+        return False
+
+    def take(self):
+        """The journal since the last take (emptied) and the thread's counters, cumulative:
+        (entries, (release, release_dom, events, passes, virqs, changes)). Call holding the
+        lock."""
+        cdef size_t i
+        cdef xh_entry *j = self.e.journal
+        entries = [(j[i].kind, j[i].domid, j[i].flags, j[i].value) for i in range(self.e.njournal)]
+        self.e.njournal = 0
+        self.e.dirty = 0
+        self.e.notified = 0
+        return entries, (self.e.c_release, self.e.c_release_dom, self.e.c_events,
+                         self.e.c_passes, self.e.c_virqs, self.e.c_changes)
+
+    def take_now(self):
+        """`take()` under the lock, which is let go at once: for a drain the thread asked
+        for, whose entries Python applies while the thread goes on."""
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+        try:
+            return self.take()
+        finally:
+            pthread_mutex_unlock(&self.e.lock)
+
+    # the special watches -----------------------------------------------------------------
+
+    def watch_add(self, ConnWriter writer, bytes node, bytes token, int depth, uint64_t serial):
+        with self:
+            if writer is None:
+                self.e.foreign += 1
+            elif xh_watch_add(self.e, writer.w, node, len(node), token, len(token), depth,
+                              serial) < 0:
+                raise MemoryError()
+
+    def watch_remove(self, ConnWriter writer, uint64_t serial):
+        with self:
+            if writer is None:
+                self.e.foreign -= 1
+            else:
+                xh_watch_remove(self.e, serial)
+
+    def count_node_watches(self, long delta):
+        """Watches on nodes come and go: while there are any, a whole destroy (its nodes'
+        removal may fire them) is Python's."""
+        with self:
+            self.e.node_watches += delta
+
+    @property
+    def special_watches(self):
+        return self.e.nwatches
+
+    # the thread --------------------------------------------------------------------------
+
+    @property
+    def notify_fd(self):
+        """Readable when the thread hands Python a change or asks it to drain."""
+        return self.e.notify_fd
+
+    def clear_notify(self):
+        cdef uint64_t v
+        c_read(self.e.notify_fd, &v, sizeof(v))
+
+    def handoff(self):
+        """The change request the thread waits on Python for, or None. Call holding the lock."""
+        if self.e.hand_state != 1:
+            return None
+        return bytes(self.e.hand_msg[:self.e.hand_len])
+
+    def answer(self, bytes reply):
+        """Python's reply to the change `handoff()` gave. Call holding the lock."""
+        if self.e.hand_state != 1:
+            raise RuntimeError("no change waits for an answer")
+        if len(reply) > XH_MSG_MAX:
+            reply = reply[:XH_MSG_MAX]
+        memcpy(self.e.hand_reply, <const char *>reply, len(reply))
+        self.e.hand_reply_len = len(reply)
+        self.e.hand_state = 2
+        pthread_cond_broadcast(&self.e.cond)
+
+    @property
+    def running(self):
+        return bool(self.e.running)
+
+    def start(self, int listener):
+        """The thread takes the listening SOCK_SEQPACKET `listener` (the caller closes it after
+        stop())."""
+        if self.e.running:
+            raise RuntimeError("the change thread runs already")
+        self.e.listener = listener
+        self.e.stopping = 0
+        if pthread_create(&self.e.thread, NULL, xh_main, self.e) != 0:
+            raise OSError("cannot start the change thread")
+        self.e.running = 1
+
+    def stop(self):
+        """End the thread (its clients are closed) and wait for it."""
+        self._stop()
+
+    cdef void _stop(self) noexcept:
+        if not self.e.running:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+            self.e.stopping = 1
+            pthread_cond_broadcast(&self.e.cond)
+            pthread_mutex_unlock(&self.e.lock)
+            xh_notify(self.e.wake_fd)
+            pthread_join(self.e.thread, NULL)
+        self.e.running = 0
+        self.e.listener = -1
+
+
+@cython.no_gc_clear
+cdef class ConnWriter:
+    """All output of one xenstored connection, whoever writes it (Python's replies, the
+    change thread's events): one queue under the engine's lock, written in order."""
+
+    cdef xh_writer *w
+    cdef HostEngine engine
+
+    def __cinit__(self, HostEngine engine, int fd):
+        global _writer_ids
+        self.w = <xh_writer *>calloc(1, sizeof(xh_writer))
+        if self.w == NULL:
+            raise MemoryError()
+        self.engine = engine
+        _writer_ids += 1
+        self.w.id = _writer_ids
+        self.w.fd = fd
+        with engine:
+            if xh_add_writer(engine.e, self.w) < 0:
+                raise MemoryError()
+
+    def __dealloc__(self):
+        if self.w == NULL:
+            return
+        self.close()
+        free(self.w.buf)
+        free(self.w)
+        self.w = NULL
+
+    @property
+    def id(self):
+        return self.w.id
+
+    @property
+    def dropped(self):
+        """The thread found it over the hard limit (its connection is to be closed)."""
+        return bool(self.w.dropped)
+
+    def write(self, const unsigned char[::1] data):
+        """Write or queue `data`; returns how many bytes stay queued."""
+        cdef size_t left
+        if data.shape[0] == 0:
+            return self.w.end - self.w.start
+        with self.engine:
+            left = xh_write(self.w, &data[0], data.shape[0])
+        return left
+
+    def flush(self):
+        """Write what is queued; returns how many bytes stay queued."""
+        cdef size_t left
+        with self.engine:
+            left = xh_flush(self.w)
+        return left
+
+    @property
+    def queued(self):
+        return self.w.end - self.w.start
+
+    def close(self):
+        """No more output (the socket is about to close): out of the engine's lists."""
+        if self.w.closed:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.engine.e.lock)
+        self.w.closed = 1
+        xh_remove_writer(self.engine.e, self.w)
+        pthread_mutex_unlock(&self.engine.e.lock)

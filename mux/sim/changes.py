@@ -3,10 +3,12 @@
 `xenmux bench` drives thousands of isolated lifecycle changes and measures what each one
 costs the host. Over the JSON control socket (runtime.py) a change costs the sim a stream
 reader's task wake-up, a JSON decode and encode and two counter dicts, more than the change
-itself. This path is a SOCK_SEQPACKET socket, DIR/changes.sock, whose reader the event loop
-calls directly: the callback decodes one request, applies the change (the table, the VIRQ,
-the xenstored's domain pass and its WATCH_EVENT writes all happen inside that call, with no
-task between them) and sends one reply.
+itself. This path is a SOCK_SEQPACKET socket, DIR/changes.sock. With the sim's own xenstored
+a C thread serves it (mux/sim/hostpath.py): it applies the common changes itself without
+waking Python and hands the others to the loop, which answers them with `handle`. Without
+one (an external xenstored) the event loop's reader calls `handle` directly: it decodes one
+request, applies the change (the table, the VIRQ, the domain pass and its WATCH_EVENT
+writes, with no task between them) and sends one reply.
 
     request  REQUEST: op (u8), flags (u8), domid (u16), reason (u32)
     reply    REPLY: status (i8, 0 ok), domid (u16: the created one), then what the change
@@ -34,6 +36,7 @@ from mux.xenstore.wire import XenstoreError
 
 if TYPE_CHECKING:
     from mux.sim.host import SimHost
+    from mux.sim.hostpath import HostPath
     from mux.sim.xenstored import Counters
 
 log = logging.getLogger("mux.sim")
@@ -71,11 +74,13 @@ class Fired:
 
 
 class ChangeServer:
-    """DIR/changes.sock on the sim's event loop: accept, then one callback per request."""
+    """DIR/changes.sock: on the change thread of `path` when there is one, else on the sim's
+    event loop (accept, then one callback per request)."""
 
-    def __init__(self, host: SimHost, counters: Counters) -> None:
+    def __init__(self, host: SimHost, counters: Counters, path: HostPath | None = None) -> None:
         self.host = host
         self.counters = counters
+        self.path = path
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,6 +89,9 @@ class ChangeServer:
         """Serve on a bound, listening, non-blocking SOCK_SEQPACKET socket."""
         self._loop = asyncio.get_running_loop()
         self._listener = listener
+        if self.path is not None:
+            self.path.start(listener, self.handle)
+            return
         self._loop.add_reader(listener.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -153,6 +161,11 @@ class ChangeServer:
         )
 
     def close(self) -> None:
+        if self.path is not None:
+            if self._listener is not None:
+                self.path.close()  # closes the listener too
+                self._listener = None
+            return
         for conn in list(self._conns):
             self._drop(conn)
         if self._listener is not None:

@@ -23,6 +23,8 @@ writes nothing). `xenmux chaos` checks the daemon against it (docs/chaos.md).
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import json
 import os
 import random
@@ -210,10 +212,30 @@ class TruthLog:
         if lines:
             os.write(self._fd, "".join(lines).encode())
 
+    def fileno(self) -> int:
+        """The log's descriptor (-1 once closed): the change thread writes its steps' lines
+        there too, each with one write()."""
+        return -1 if self._fd is None else self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+# The guard of a host without a change thread (mux/sim/hostpath.py sets the thread's lock).
+_NO_GUARD = contextlib.nullcontext()
+
+
+def guarded(method):
+    """A host operation: run under the host's lock, after what the change thread did."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.hv.guard:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class Hypervisor(DomainSource):
@@ -238,6 +260,10 @@ class Hypervisor(DomainSource):
         self.rover = 0  # the last domid handed out
         self.virqs = 0
         self._virq_handlers: list[Callable[[], None]] = []
+        # The change thread's lock (mux/sim/hostpath.py), and its copy of each domain's
+        # truth-log identity, which changes with the domain's handle.
+        self.guard: contextlib.AbstractContextManager = _NO_GUARD
+        self.identities = None
         self._virq_paths = list(virq_sockets)
         self._dgram: socket.socket | None = None
         if self._virq_paths:
@@ -262,6 +288,12 @@ class Hypervisor(DomainSource):
 
     def on_virq(self, handler: Callable[[], None]) -> None:
         self._virq_handlers.append(handler)
+
+    def virq_handlers(self) -> list[Callable[[], None]]:
+        return list(self._virq_handlers)
+
+    def has_virq_sinks(self) -> bool:
+        return bool(self._virq_paths)
 
     def raise_virq(self) -> None:
         """VIRQ_DOM_EXC: the in-process xenstored runs its domain pass before this returns."""
@@ -347,6 +379,7 @@ class Hypervisor(DomainSource):
         finally:
             self.shm.end(virq=False)
         self.log("create", doms, at)
+        self._identify(doms)
         if virq:
             self.raise_virq()
 
@@ -363,8 +396,14 @@ class Hypervisor(DomainSource):
             [(bisect.bisect_left(ids, dom.domid), dom.flags, dom.cpu_time) for dom in doms]
         )
         self.log(step, doms, at, **extra)
+        self._identify(doms)  # a rename's new UUID
         if virq:
             self.raise_virq()
+
+    def _identify(self, doms: Iterable[Domain]) -> None:
+        if self.identities is not None:
+            for dom in doms:
+                self.identities.set_identity(dom.domid, dom.truth_id)
 
     def remove(self, domids: list[int], *, virq: bool) -> None:
         gone: list[Domain] = []
@@ -395,8 +434,18 @@ class Hypervisor(DomainSource):
         finally:
             self.shm.end()
         self.log("gone", gone, at)
+        if self.identities is not None:
+            for dom in gone:
+                self.identities.set_identity(dom.domid, None)
         if virq:
             self.raise_virq()
+
+    def forget(self, domid: int) -> Domain:
+        """The change thread removed the domain's record (mux/sim/hostpath.py): it leaves
+        the domain list too."""
+        dom = self.domains.pop(domid)
+        del self._ids[bisect.bisect_left(self._ids, domid)]
+        return dom
 
     def set_paused(self, dom: Domain) -> None:
         """Write the domain's paused flag as its pause count says: one table change, no
@@ -412,6 +461,10 @@ class Hypervisor(DomainSource):
             self.shm.end()
 
     def tick(self, domids: Iterable[int], ns: int) -> None:
+        with self.guard:
+            self._tick(domids, ns)
+
+    def _tick(self, domids: Iterable[int], ns: int) -> None:
         """Running domains use CPU: grow cpu_time (not a lifecycle change, no stamp)."""
         doms = [self.domains[d] for d in domids if d in self.domains]
         if not doms:
@@ -449,12 +502,14 @@ class SimHost:
         """A random (version 4) UUID from the host's generator, so --seed repeats them."""
         return uuidlib.UUID(int=self.rng.getrandbits(128), version=4).bytes
 
+    @guarded
     def get(self, domid: int) -> Domain:
         dom = self.hv.domains.get(domid)
         if dom is None:
             raise SimError(f"no domain {domid}")
         return dom
 
+    @guarded
     def guests(self) -> list[Domain]:
         return [d for d in self.hv.domains.values() if d.domid != 0]
 
@@ -465,6 +520,7 @@ class SimHost:
 
     # create --------------------------------------------------------------------------------
 
+    @guarded
     def create(
         self,
         *,
@@ -526,6 +582,7 @@ class SimHost:
             raise SimError(f"domain {domid} is dying")
         return dom
 
+    @guarded
     def pause(self, domid: int) -> Domain:
         """XEN_DOMCTL_pausedomain (`xl pause`): one more pause held; nothing fires."""
         dom = self._pausable(domid)
@@ -534,6 +591,7 @@ class SimHost:
             self.hv.set_paused(dom)
         return dom
 
+    @guarded
     def unpause(self, domid: int) -> Domain:
         """XEN_DOMCTL_unpausedomain (`xl unpause`): one pause fewer; nothing fires."""
         dom = self._pausable(domid)
@@ -554,6 +612,7 @@ class SimHost:
             raise SimError(f"domain {domid} is already shut down ({reason_name(dom.reason)})")
         return dom
 
+    @guarded
     def shutdown(self, target: int | str, reason: int, *, virq: bool = True) -> list[Domain]:
         if reason not in REASON_NAMES:
             raise SimError(f"unknown shutdown reason {reason}")
@@ -572,6 +631,7 @@ class SimHost:
         """Shutdown with reason suspend; `silent` is a suspend event channel: no VIRQ."""
         return self.shutdown(domid, SHUTDOWN_SUSPEND, virq=not silent)[0]
 
+    @guarded
     def resume(self, domid: int) -> Domain:
         """XEN_DOMCTL_resumedomain (no VIRQ: nothing fires), then XS_RESUME as libxl sends."""
         dom = self._guest(domid)
@@ -591,6 +651,7 @@ class SimHost:
 
     # destroy -------------------------------------------------------------------------------
 
+    @guarded
     def destroy(self, target: int | str | list[int], *, zombie: bool = False) -> list[Domain]:
         """`dying` (VIRQ), then the record gone (VIRQ), then the nodes removed; a list of
         domids is destroyed in one table change each way, as "all" is.
@@ -617,10 +678,12 @@ class SimHost:
             self.toolstack.remove_domain(dom.domid, dom.uuid)
         return doms
 
+    @guarded
     def release(self, domid: int) -> None:
         """XS_RELEASE on the domain's behalf (xenstored forgets it and fires)."""
         self.toolstack.release(domid)
 
+    @guarded
     def virq(self) -> None:
         """A VIRQ_DOM_EXC with no change (Xen may raise it spuriously)."""
         self.hv.raise_virq()

@@ -33,6 +33,7 @@ from mux.records import SHUTDOWN_SUSPEND, parse_reason, reason_name
 from mux.sim.changes import ChangeServer, bind_seqpacket
 from mux.sim.guests import ToolstackBook, check_settings
 from mux.sim.host import Hypervisor, SimError, SimHost, TruthLog
+from mux.sim.hostpath import HostPath
 from mux.sim.paths import ARMED, sim_paths
 from mux.sim.shm import ShmTable
 from mux.sim.toolstack import LocalToolstack, WireToolstack, domain_nodes
@@ -305,7 +306,9 @@ class Sim:
         self.book = ToolstackBook(self.host, self.paths.toolstack_log)
         self.busy: set[int] = set()  # domids inside a churn lifecycle
         self._servers: list[asyncio.AbstractServer] = []
-        self._changes = ChangeServer(self.host, self.xs.counters)
+        # With its own xenstored the host's change path runs on a C thread (hostpath.py).
+        self.path = None if external_xenstored else HostPath(self.hv, self.xs, self.toolstack, seed)
+        self._changes = ChangeServer(self.host, self.xs.counters, self.path)
         self._control_clients: set[asyncio.StreamWriter] = set()
         self._control_tasks: set[asyncio.Task] = set()  # their handlers (a churn runs in one)
         self._bound: list[str] = []
@@ -433,20 +436,24 @@ class Sim:
         handler = getattr(self, f"_op_{op.replace('-', '_')}", None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {op!r}"}
-        before = self.xs.counters.as_dict()
-        virqs = self.hv.virqs
+        guard = self.hv.guard  # what the change thread did is known before the op, and after
         try:
-            result = handler(req)
+            with guard:
+                before = self.xs.counters.as_dict()
+                virqs = self.hv.virqs
+                result = handler(req)
             if asyncio.iscoroutine(result):
                 result = await result
         except (SimError, XenstoreError) as exc:
             return {"ok": False, "error": str(exc)}
         except (KeyError, TypeError, ValueError) as exc:
             return {"ok": False, "error": f"bad {op} request: {exc}"}
-        after = self.xs.counters.as_dict()
+        with guard:
+            after = self.xs.counters.as_dict()
+            virqs = self.hv.virqs - virqs
         reply = {"ok": True, "op": op}
         reply.update(result or {})
-        reply["virqs"] = self.hv.virqs - virqs
+        reply["virqs"] = virqs
         reply["firings"] = {
             "@releaseDomain": after["release_firings"] - before["release_firings"],
             "@releaseDomain/<domid>": after["release_dom_firings"] - before["release_dom_firings"],
@@ -615,9 +622,10 @@ class Sim:
         server = self._servers[-1]
         os.unlink(path)
         server.close()
-        self.xs.close_all()
-        for dom in self.xs.domains.values():
-            dom.shutdown = False
+        with self.hv.guard:  # the latches are the change thread's too
+            self.xs.close_all()
+            for dom in self.xs.domains.values():
+                dom.shutdown = False
         await asyncio.sleep(down)
         sock = bind_unix(path)
         self._servers[-1] = await serve_unix(self.xs, sock)

@@ -156,6 +156,25 @@ class ShmTable:
         self._virqs += 1
         _U64.pack_into(self._mm, SHM_OFF_VIRQS, self._virqs)
 
+    def mapping(self) -> mmap.mmap:
+        """The writable mapping, for the change thread (mux/sim/hostpath.py), which writes
+        sections of its own under the host's lock."""
+        return self._mm
+
+    def unique_ids_offset(self) -> int:
+        """The byte offset of the unique ids, 0 when this Xen has none."""
+        return self._ids_at
+
+    def resync(self) -> None:
+        """Take the sequence, the record count and the change and VIRQ counters from the
+        header, after the change thread's sections."""
+        if self._open:
+            raise RuntimeError("seqlock section open")
+        self._count = _U32.unpack_from(self._mm, SHM_OFF_COUNT)[0]
+        self._seq = _U64.unpack_from(self._mm, SHM_OFF_SEQLOCK)[0]
+        self._changes = _U64.unpack_from(self._mm, SHM_OFF_CHANGES)[0]
+        self._virqs = _U64.unpack_from(self._mm, SHM_OFF_VIRQS)[0]
+
     # records (inside a section) ------------------------------------------------------------
 
     @property

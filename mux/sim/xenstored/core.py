@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mux.sim._simfast import HostEngine
 from mux.sim.xenstored import domains, transactions, watches
+from mux.sim.xenstored.connection import WRITE_HARD_LIMIT
 from mux.sim.xenstored.counters import Counters
 from mux.sim.xenstored.domains import Domains, DomainSource
 from mux.sim.xenstored.names import node_name
@@ -60,8 +62,19 @@ class Xenstored:
         self.hv = hypervisor
         self.counters = Counters()
         self.store = Store()
-        self.watches = WatchTable(self.rules, self.counters)
+        # The state the change thread shares (mux/sim/hostpath.py): every connection's output,
+        # the special watches and the domain pass; also the lock of every operation on them.
+        self.engine = HostEngine()
+        self.watches = WatchTable(self.rules, self.counters, self.engine)
         self.domains = Domains(hypervisor, self.rules, self.watches, self.counters)
+        self.engine.configure(
+            self.domains.domain_pass,
+            wire.XS_WATCH_EVENT,
+            XENSTORE_PAYLOAD_MAX,
+            WRITE_HARD_LIMIT,
+            wire.SPECIAL_RELEASE,
+            self.rules.watch_depth,
+        )
         self.connections: set[XsConnection] = set()
         self.wire_funcs = {t: WIRE_FUNCS[t] for t in self.rules.message_types}
 

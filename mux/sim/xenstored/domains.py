@@ -103,6 +103,14 @@ class Domains(Mapping[int, XsDomain]):
     def __contains__(self, domid: object) -> bool:
         return domid in self._introduced
 
+    @property
+    def domain_pass(self) -> DomainPass:
+        return self._pass
+
+    def forgotten(self, domid: int) -> None:
+        """The change thread's pass destroyed `domid` (it left the pass and fired already)."""
+        self._introduced.pop(domid, None)
+
     def _add(self, domid: int, features: int) -> None:
         self._pass.add(domid)
         self._introduced[domid] = XsDomain(domid, features, self._pass)

@@ -34,6 +34,7 @@ class Server(Protocol):
     domains: Any  # domains.Domains
     watches: Any  # watches.WatchTable
     connections: set[Any]
+    engine: Any  # _simfast.HostEngine: the lock of every operation, the connections' output
 
     def changed(self, trans: Any, events: Events) -> None: ...
 

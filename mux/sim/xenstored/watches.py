@@ -3,7 +3,7 @@ special watches (@releaseDomain, @introduceDomain) and the depth of 4.22.
 
 An event on a node reaches every watch on the node or on an ancestor (subtree semantics),
 or only the node's own (exact), and with depth at most that many levels below the watch.
-Each event goes out as one transport.write; nothing here awaits.
+Each event goes out as one write of its connection's writer; nothing here awaits.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mux.xenstore import wire
 from mux.xenstore.wire import HEADER, XENSTORE_PAYLOAD_MAX
 
 if TYPE_CHECKING:
+    from mux.sim._simfast import HostEngine
     from mux.sim.xenstored.counters import Counters
     from mux.sim.xenstored.interfaces import Client as XsConnection
     from mux.sim.xenstored.interfaces import Server as Xenstored
@@ -65,9 +66,12 @@ def is_child(child: str, parent: str, depth: int) -> bool:
 class WatchTable:
     """Every connection's watches, indexed by the node they sit on."""
 
-    def __init__(self, rules: Rules, counters: Counters) -> None:
+    def __init__(self, rules: Rules, counters: Counters, engine: HostEngine | None = None) -> None:
         self.rules = rules
         self.counters = counters
+        # The change thread fires the special watches from its own copy of them: every
+        # watch on an `@` name is registered there too, with its connection's writer.
+        self.engine = engine
         self.index: dict[str, dict[Watch, None]] = {}
         self._serial = 0
 
@@ -76,12 +80,22 @@ class WatchTable:
         watch = Watch(conn, path, token, depth, prefix_len, self._serial)
         conn.watches.append(watch)
         self.index.setdefault(path, {})[watch] = None
+        if self.engine is not None:
+            if path.startswith("@"):
+                writer = getattr(conn, "writer", None)
+                self.engine.watch_add(writer, path.encode("latin-1"), token, depth, watch.serial)
+            else:
+                self.engine.count_node_watches(1)
         return watch
 
     def remove(self, w: Watch) -> None:
         bucket = self.index.get(w.node)
         if bucket is not None:
-            bucket.pop(w, None)
+            if bucket.pop(w, _MISSING) is not _MISSING and self.engine is not None:
+                if w.node.startswith("@"):
+                    self.engine.watch_remove(getattr(w.conn, "writer", None), w.serial)
+                else:
+                    self.engine.count_node_watches(-1)
             if not bucket:
                 del self.index[w.node]
 
