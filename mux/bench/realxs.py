@@ -94,6 +94,9 @@ class RealXenstored:
             def after_resume(self, domid: int) -> None:
                 xsd.control.resume(domid)
 
+            def before_destroy(self, domid: int) -> None:
+                xsd.remove_home(domid)
+
         return LibxlXenstore()
 
     def stop(self) -> None:

@@ -226,6 +226,15 @@ class XenstoredUnderStub:
         c.write(f"{base}/domid", str(domid), tx)
         c.transaction_end(tx)
 
+    def remove_home(self, domid: int) -> None:
+        """What libxl's destroy does in xenstore before it destroys the domain: its home goes.
+
+        When a domain dies, C xenstored 4.17 looks for every node the domain still owns by
+        walking the whole tree from `/` (it stops once the domain owns none): a home left
+        behind cost it about 3 ms per death at 1,000 homes, a removed one nothing.
+        """
+        self.control.rm(f"/local/domain/{domid}")
+
     def introduce(
         self,
         domid: int,
