@@ -30,10 +30,12 @@ import pytest
 from mux import realxen as _realxen
 from mux.realxen import (
     RealXenError,
+    ShmTable,
     StubLibs,
     XenstoredUnderStub,
     dom0,
     guest,
+    private_dir,
     running,
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "c_xenstored",
     "oxenstored",
     "real_xenstored",
+    "stub_table",
     "xenstub_libs",
 ]
 
@@ -101,3 +104,20 @@ def oxenstored(xenstub_libs) -> Iterator[XenstoredUnderStub]:
 def real_xenstored(request, xenstub_libs) -> Iterator[XenstoredUnderStub]:
     """Each real server in turn (same set-up as `c_xenstored`)."""
     yield from _server(request.param, xenstub_libs)
+
+
+@pytest.fixture
+def stub_table(monkeypatch) -> Iterator[ShmTable]:
+    """A table of dom0 and guests 1, 5, 6 and 9 in a private directory, named by
+    $XENMUX_STUB_SHM for the stand-ins loaded into the test's own process (no failure
+    injection); its directory is `stub_table.path.parent`."""
+    with private_dir() as d:
+        t = ShmTable(d / "domains.shm")
+        t.set_domains([dom0(), guest(1), guest(5), guest(6), guest(9)])
+        monkeypatch.setenv("XENMUX_STUB_SHM", str(t.path))
+        monkeypatch.delenv("XENMUX_STUB_FAIL", raising=False)
+        monkeypatch.delenv("XENMUX_STUB_FAIL_FILE", raising=False)
+        try:
+            yield t
+        finally:
+            t.close()

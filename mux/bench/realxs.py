@@ -9,8 +9,9 @@ without them the harness says why it measured the sim's xenstored alone.
 The simulated host keeps its domain table and sends each VIRQ_DOM_EXC to the real xenstored's
 event-channel socket (`xenmux sim --virq-socket`); the real xenstored reads the table through
 the stand-in. The harness plays libxl's xenstore part towards it: it introduces every guest
-(and each one it creates) and sends XS_RESUME after a resume. Both models then talk to the
-real xenstored only.
+(and each one it creates), sends XS_RESUME after a resume and removes a guest's home before
+it destroys the guest, as libxl's destroy does. Both models then talk to the real xenstored
+only.
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ class RealXenstored:
 
             def after_resume(self, domid: int) -> None:
                 xsd.control.resume(domid)
+
+            def before_destroy(self, domid: int) -> None:
+                xsd.remove_home(domid)
 
         return LibxlXenstore()
 

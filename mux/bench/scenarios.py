@@ -74,6 +74,9 @@ class Toolstack:
     def after_resume(self, domid: int) -> None:
         pass
 
+    def before_destroy(self, domid: int) -> None:
+        pass
+
 
 @dataclass
 class Ctx:
@@ -123,6 +126,7 @@ class Ctx:
             self.due("resumed", domid, op.stamp, RESUMED)
 
     def destroy(self, domid: int) -> None:
+        self.toolstack.before_destroy(domid)
         dying = self.op("destroy", domid=domid, zombie=True)
         self.due("death", domid, dying.stamp)
         self.op("destroy", domid=domid)

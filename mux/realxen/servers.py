@@ -52,7 +52,7 @@ OXENSTORED_CONF = """\
 # oxenstored configuration (mux/realxen/servers.py); the rest are built-in defaults.
 pid-file = {rundir}/xenstored.pid
 xenstored-log-file = {rundir}/xenstored.log
-xenstored-log-level = debug
+xenstored-log-level = {log_level}
 persistent = false
 xenstored-kva = /proc/xen/xsd_kva
 xenstored-port = /proc/xen/xsd_port
@@ -68,7 +68,8 @@ class XenstoredUnderStub:
 
     `trace=False` runs the C xenstored as a host does, without `-T`: that trace writes every
     domain's write-rate-limit state on every poll round, which makes each request cost
-    milliseconds once a thousand domains are introduced (and a write per watch event).
+    milliseconds once a thousand domains are introduced (and a write per watch event). It
+    also runs oxenstored at the log level of Debian's oxenstored.conf (`null`), not `debug`.
     """
 
     def __init__(
@@ -133,7 +134,8 @@ class XenstoredUnderStub:
             trace = ["-T", str(self.workdir / "trace.log")] if self.trace else []
             return [str(self.binary), "-N", *trace]
         conf = self.workdir / "oxenstored.conf"
-        conf.write_text(OXENSTORED_CONF.format(rundir=self.rundir))
+        level = "debug" if self.trace else "null"
+        conf.write_text(OXENSTORED_CONF.format(rundir=self.rundir, log_level=level))
         return [str(self.binary), "--no-fork", "--no-access-log", "--config-file", str(conf)]
 
     def start(self) -> None:
@@ -225,6 +227,15 @@ class XenstoredUnderStub:
         c.write(f"{base}/name", name or f"guest{domid}", tx)
         c.write(f"{base}/domid", str(domid), tx)
         c.transaction_end(tx)
+
+    def remove_home(self, domid: int) -> None:
+        """What libxl's destroy does in xenstore before it destroys the domain: its home goes.
+
+        When a domain dies, C xenstored 4.17 looks for every node the domain still owns by
+        walking the whole tree from `/` (it stops once the domain owns none): a home left
+        behind cost it about 3 ms per death at 1,000 homes, a removed one nothing.
+        """
+        self.control.rm(f"/local/domain/{domid}")
 
     def introduce(
         self,

@@ -44,6 +44,12 @@ static int debug = -1;
 			stub_warn(__VA_ARGS__);                     \
 	} while (0)
 
+/* The xenstoreds never change their environment: their table is the one they started with. */
+__attribute__((constructor)) static void pin_table(void)
+{
+	shm_pin_path();
+}
+
 /* ---- xenctrl ------------------------------------------------------------------------ */
 
 struct xc_interface_core {

@@ -25,6 +25,13 @@
  */
 int shm_getinfolist(uint32_t first, unsigned int max, xc_domaininfo_t *out);
 
+/*
+ * Read $XENMUX_STUB_SHM once, now, and serve that table for the rest of the process's life
+ * without looking at the environment again (a getenv and a strcmp per call otherwise).
+ * For a process whose environment is fixed at exec: hvstub.so, preloaded into a xenstored.
+ */
+void shm_pin_path(void);
+
 /* Print a one-line complaint to stderr once per distinct message (prefix "xenstub: "). */
 void stub_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
