@@ -44,6 +44,26 @@ class _Refused(Exception):
     pass
 
 
+def _plain_ack(data: bytes) -> dict | None:
+    """A stored-message ack, `{"stream":"S","seq":N}` (`,"duplicate":true` when dropped by
+    id), read without the JSON parser (one per event); None for anything else (an error, a
+    domain, another server's layout), which json.loads then reads."""
+    if not data.startswith(b'{"stream":"') or not data.endswith(b"}"):
+        return None
+    at = data.find(b'","seq":', 11)
+    if at < 0 or data.find(b'"', 11, at) >= 0:
+        return None  # a stream name with an escaped quote, or more fields before seq
+    tail = data[at + 8 : -1]
+    seq, _, rest = tail.partition(b",")
+    if not seq.isdigit():
+        return None
+    if not rest:
+        return {"seq": int(seq)}
+    if rest == b'"duplicate":true':
+        return {"seq": int(seq), "duplicate": True}
+    return None
+
+
 class Publisher:
     def __init__(
         self, conn: Connection, window: int = WINDOW, stall: float = STALL, timeout=ACK_TIMEOUT
@@ -72,11 +92,13 @@ class Publisher:
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
             fut.set_exception(_Refused("no stream answers on that subject"))
             return
-        try:
-            reply = json.loads(msg.data)
-        except ValueError:
-            fut.set_exception(_Refused(f"an ack that is not JSON: {msg.data[:80]!r}"))
-            return
+        reply = _plain_ack(msg.data)
+        if reply is None:
+            try:
+                reply = json.loads(msg.data)
+            except ValueError:
+                fut.set_exception(_Refused(f"an ack that is not JSON: {msg.data[:80]!r}"))
+                return
         if "error" in reply:
             err = reply["error"]
             fut.set_exception(_Refused(err.get("description") or str(err)))

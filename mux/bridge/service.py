@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from mux.bridge import names, view
+from mux.bridge.encode import compact
 from mux.bridge.feed import DaemonFeed, Resync
 from mux.bridge.natsconn import Connection, NatsOptions, NatsUnavailable, connect
 from mux.bridge.position import Position, load_position
@@ -315,9 +316,9 @@ class Bridge:
         else:
             msg_id = names.event_msg_id(history, event["seq"])
         if "host" in event:  # not a daemon's frame: no key may appear twice
-            payload = json.dumps({**event, "host": self.cfg.host_name}, separators=(",", ":"))
+            payload = compact({**event, "host": self.cfg.host_name})
         else:
-            payload = json.dumps(event, separators=(",", ":"))[:-1] + self._host_tail
+            payload = compact(event)[:-1] + self._host_tail
         return await pub.send(
             names.event_subject(self.host, event["domid"], event["event"]),
             payload.encode(),

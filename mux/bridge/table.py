@@ -20,10 +20,10 @@ writing the host's whole table.
 
 from __future__ import annotations
 
-import json
 import time
 
 from mux.bridge import names
+from mux.bridge.encode import compact
 from mux.bridge.natsconn import Connection, NatsUnavailable, pub_command
 from mux.bridge.publisher import Publisher
 from mux.bridge.stats import BridgeStats
@@ -31,7 +31,7 @@ from mux.bridge.store import KV_DELETE, KV_OPERATION, kv_subject
 
 
 def _encode(value: dict) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return compact(value).encode()
 
 
 class TableWriter:

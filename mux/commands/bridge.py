@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import signal
 import socket
@@ -115,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
+    # What is loaded by now (the modules, nats-py's and asyncio's among them: about 20,000
+    # objects) lives as long as the process: out of the collector's reach, a full
+    # collection under churn takes 1 to 2 ms of CPU instead of 11 to 14, during which
+    # events wait (measured: docs/pool.md, "Performance").
+    gc.collect()
+    gc.freeze()
     return runner(_main(Bridge(cfg, stats)))
 
 

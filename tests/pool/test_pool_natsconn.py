@@ -23,6 +23,7 @@ from mux.bridge.natsconn import (
     pub_command,
     transport_socket,
 )
+from mux.bridge.publisher import Publisher
 
 
 def _queued(sock: socket.socket) -> int:
@@ -140,5 +141,31 @@ def test_commands_sent_raw_arrive_as_nats_py_would_have_sent_them(pool, runner):
             await conn.close()
         with pytest.raises(NatsUnavailable):
             await conn.send(pub_command("t.raw.3", b"gone"))
+
+    runner(run())
+
+
+@LOOPS
+def test_publishes_written_straight_to_the_socket_are_acknowledged_in_order(pool, runner):
+    server = pool.nats()
+
+    async def run() -> None:
+        conn = await connect(NatsOptions([server.url]), "test")
+        try:
+            await conn.js.add_stream(name="t", subjects=["t.>"])
+            await conn.nc.flush()  # nothing queued in nats-py: the publishes go out at once
+            pub = Publisher(conn)
+            for i in (1, 2, 1):  # the third repeats the first's id
+                await pub.send(f"t.{i}", b"x", {"Nats-Msg-Id": f"id{i}"}, item=i)
+            # (the replies, held in the kernel, are read by drain)
+            acks = await pub.drain()
+            assert [(a.item, a.stream_seq, a.duplicate) for a in acks] == [
+                (1, 1, False),
+                (2, 2, False),
+                (1, 1, True),
+            ]
+            pub.close()
+        finally:
+            await conn.close()
 
     runner(run())

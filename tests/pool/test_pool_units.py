@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mux.bridge import names, view
+from mux.bridge.publisher import _plain_ack
 from mux.bridge.reader import parse_since
 from mux.bridge.vms import placements
 from mux.commands.bridge import parse_duration, parse_size
@@ -91,3 +94,29 @@ def test_sizes_and_durations():
     assert parse_size("1G") == 1 << 30 and parse_size("512MiB") == 512 << 20
     assert parse_size("1000") == 1000
     assert parse_duration("7d") == 7 * 86400 and parse_duration("90") == 90.0
+
+
+@pytest.mark.parametrize(
+    "ack",
+    [
+        b'{"stream":"xenmux-events","seq":123}',
+        b'{"stream":"xenmux-events","seq":7,"duplicate":true}',
+    ],
+)
+def test_a_plain_ack_reads_as_json_would(ack):
+    assert _plain_ack(ack) == {k: v for k, v in json.loads(ack).items() if k != "stream"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b'{"error":{"code":503,"err_code":10039,"description":"jetstream not enabled"}}',
+        b'{"stream":"s","domain":"hub","seq":4}',
+        b'{"stream":"a\\"b","seq":4}',
+        b'{"stream":"s","seq":4,"duplicate":false}',
+        b'{"stream":"s","seq":"4"}',
+        b'{"stream":"s","seq":4',
+    ],
+)
+def test_any_other_reply_is_left_to_the_json_parser(reply):
+    assert _plain_ack(reply) is None
