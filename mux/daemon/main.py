@@ -103,8 +103,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=seconds(positive=False),
         default=DEFAULT_BURST_WINDOW_MAX,
         metavar="S",
-        help="each held scan of a burst doubles the window, up to S: a change inside a "
-        "burst waits at most S plus a scan (default: %(default)s)",
+        help="a hold that ends with fewer than --burst-firings firings (a slow burst) "
+        "doubles the window, up to S: a change inside a burst waits at most S plus a scan "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--burst-firings",

@@ -9,8 +9,9 @@ changed domids (`Capabilities.changed_feed`) asks for targeted scans the same wa
 The firings of one xenstore read are scanned at its end in the reading callback
 (`begin_firings`/`end_firings`), except inside a burst: a firing less than `burst_window`
 after a firing's scan ended waits for one held scan at that scan's end plus the window, with
-every firing meanwhile; each further hold of the same burst is twice as long, up to
-`burst_window_max`, and a hold ends as soon as `burst_firings` firings wait for it (serve
+every firing meanwhile; a hold ends as soon as `burst_firings` firings wait for it, and each
+hold that its timer ended makes the next one of the same burst twice as long, up to
+`burst_window_max` (serve
 --burst-window, --burst-window-max, --burst-firings; docs/operations.md).
 
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
@@ -200,8 +201,11 @@ class ScanLoop:
         # of the held scan that serves the firings of a burst at once.
         self._firing_scan_end = float("-inf")
         self._held: asyncio.TimerHandle | None = None
-        # The window the next firing is held for: burst_window, doubled by each held scan of
-        # a burst (up to burst_window_max), back to burst_window once a firing comes after it.
+        # The window the next firing is held for: burst_window, doubled by each hold of a
+        # burst that its timer ended (fewer than burst_firings came: a slow burst), up to
+        # burst_window_max, and back to burst_window once a firing comes after it. A hold
+        # that burst_firings ended leaves it as it is: a fast burst's last firings wait no
+        # longer than its first.
         self._window = burst_window
         self._finisher: asyncio.Task | None = None  # the awaited rest of such a scan
         self._running = False  # between start() and stop(): scans in the callback allowed
@@ -274,24 +278,25 @@ class ScanLoop:
         if self._held is not None:  # the held scan serves these too
             if self.burst_firings and len(self._firings) >= self.burst_firings:
                 self._held.cancel()
-                self._release_held()
+                self._release_held(timed=False)
             return
         if self.burst_window > 0:
             # A firing this soon after a firing's scan is part of a burst (a mass shutdown,
             # C xenstored's firing per domain): scanning each at once would scan as often as
             # it fires. Its scan waits until burst_window after the last one ended, and
             # every firing meanwhile joins it. The time is fixed now, so firings that keep
-            # coming never push it later; the next hold of the same burst is twice as long.
+            # coming never push it later.
             wait = self._firing_scan_end + self._window - time.monotonic()
             if wait > 0:
                 self._held = asyncio.get_running_loop().call_later(wait, self._release_held)
-                self._window = min(self._window * 2, self.burst_window_max)
                 return
             self._window = self.burst_window  # the burst, if any, is over
         self._serve_now()
 
-    def _release_held(self) -> None:
+    def _release_held(self, timed: bool = True) -> None:
         self._held = None
+        if timed:  # a slow burst: the next hold of it is twice as long
+            self._window = min(self._window * 2, self.burst_window_max)
         if self._pending_full is not None or self._pending_domids:
             self._serve_now()
 

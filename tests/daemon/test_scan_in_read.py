@@ -368,6 +368,33 @@ def test_a_held_scan_runs_as_soon_as_burst_firings_wait_for_it():
     asyncio.run(main())
 
 
+def test_a_hold_that_burst_firings_ended_does_not_grow_the_window():
+    async def main():
+        # Fast firings: each hold ends at two firings, so the window stays 50 ms, and the
+        # burst's last firing waits at most that, not a grown window.
+        rig = _Rig(burst_window=0.05, burst_window_max=10.0, burst_firings=2)
+        domids = range(40)
+        rig.host.records = _host(set(), domids)
+        rig.proto.data_received(_firing(wire.SPECIAL_INTRODUCE))
+        await asyncio.sleep(0.1)
+        shut: set[int] = set()
+        for domid in range(1, 22):  # scanned at once, then held and scanned in pairs
+            shut.add(domid)
+            rig.host.records = _host(shut, domids)
+            rig.proto.data_received(_firing())
+            await asyncio.sleep(0)
+        assert rig.loop._held is None and _scans(rig) == 1 + 11  # the introduce, then these
+        shut.add(30)
+        rig.host.records = _host(shut, domids)
+        rig.proto.data_received(_firing())  # alone: held for the first window, no more
+        held = rig.loop._held
+        assert held is not None
+        assert held.when() - asyncio.get_running_loop().time() <= 0.051
+        await rig.loop.stop()
+
+    asyncio.run(main())
+
+
 def test_a_subscribe_serves_a_held_scan_and_its_timer_then_finds_nothing():
     async def main():
         rig = _Rig(burst_window=0.05)
