@@ -356,6 +356,13 @@ class DumpBatches(NamedTuple):
     batches: Iterator[list[dict]]
 
 
+def split_dump(dump: Mapping, batch: int = DUMP_BATCH) -> DumpBatches:
+    """A whole `dump()` as its DumpBatches."""
+    head = dict(dump)
+    rows = head.pop("rows")
+    return DumpBatches(head, (rows[i : i + batch] for i in range(0, len(rows), batch)))
+
+
 class DomainTable:
     """The scanner's table of domains, keyed by domid."""
 
@@ -449,9 +456,7 @@ class DomainTable:
         """`dump()` as it is now, its rows `batch` at a time: the rows of the iterator are
         the table's at this call, whatever the table does while it is read (the checkpoint
         is encoded in a thread while scans go on)."""
-        whole = self.dump()
-        rows = whole.pop("rows")
-        return DumpBatches(whole, (rows[i : i + batch] for i in range(0, len(rows), batch)))
+        return split_dump(self.dump(), batch)
 
     def dump(self) -> dict:
         """Everything the diff needs to go on exactly as this table would, as JSON values."""

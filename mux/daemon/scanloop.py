@@ -11,8 +11,8 @@ The firings of one xenstore read are scanned at its end in the reading callback
 after a firing's scan ended waits for one held scan at that scan's end plus the window, with
 every firing meanwhile; a hold ends as soon as `burst_firings` firings wait for it, and each
 hold that its timer ended makes the next one of the same burst twice as long, up to
-`burst_window_max` (serve
---burst-window, --burst-window-max, --burst-firings; docs/operations.md).
+`burst_window_max` (serve --burst-window, --burst-window-max, --burst-firings;
+docs/operations.md).
 
 The loop also owns the rule that makes a subscription consistent: `subscribe` takes its
 snapshot and lets the subscriber register under the lock every scan holds, so no event
@@ -61,9 +61,10 @@ log = logging.getLogger("xenmux.scan")
 # serve --burst-window: chosen by the mass shutdown at 5,000 changes/s (bench/README.md,
 # "The daemon's path per firing").
 DEFAULT_BURST_WINDOW = 0.004
-# serve --burst-window-max: each held scan in a row doubles the window up to this, so that a
-# burst that outlasts a few windows (C xenstored fires once per pass when slow, every 1-2 ms,
-# for as long as a mass shutdown lasts) costs a scan per this many seconds, not per window.
+# serve --burst-window-max: each hold of a burst that its timer ended doubles the window up to
+# this, so that a slow burst that outlasts a few windows (C xenstored fires once per pass when
+# slow, every 1-2 ms, for as long as a mass shutdown lasts) costs a scan per this many
+# seconds, not per window.
 DEFAULT_BURST_WINDOW_MAX = 0.032
 # serve --burst-firings: a held scan runs as soon as this many firings wait for it, so that a
 # fast burst (a firing every 0.2 ms) is not held for the whole grown window: a scan per this

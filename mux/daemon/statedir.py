@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mux.daemon.paths import UnsafePathError, ensure_private_dir
-from mux.reference import DUMP_BATCH, DumpBatches
+from mux.reference import DumpBatches, split_dump
 
 log = logging.getLogger("xenmux.state")
 
@@ -281,14 +281,7 @@ def _checkpoint_chunks(history: str, seq: int, table: dict | DumpBatches) -> Ite
     rows at a time: at 32,000 domains the whole text, once as a str and once encoded, was
     15 MB of the daemon's peak, and the rows as dicts as much again (`dump_batches` makes
     them a batch at a time). Between two batches the event loop's thread may take the GIL."""
-    if isinstance(table, dict):
-        head = dict(table)
-        rows = head.pop("rows")
-        batches: Iterable[list[dict]] = (
-            rows[i : i + DUMP_BATCH] for i in range(0, len(rows), DUMP_BATCH)
-        )
-    else:
-        head, batches = table
+    head, batches = split_dump(table) if isinstance(table, dict) else table
     doc = {"format": FORMAT, "history": history, "seq": seq, "table": {**head, "rows": None}}
     text = json.dumps(doc, separators=(",", ":"))
     tail = "null}}"  # "rows" is the table's last key, the table the document's
