@@ -61,6 +61,9 @@ class XsConnection(asyncio.Protocol):
         self.server.connections.add(self)
 
     def connection_lost(self, exc) -> None:
+        self._closed()
+
+    def _closed(self) -> None:
         with self.server.engine:
             self.closed = True
             self._stop_output()
@@ -149,10 +152,7 @@ class XsConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self.closed:
-            with self.server.engine:
-                self.closed = True
-                self._stop_output()
-                self.server.connection_lost(self)
+            self._closed()
             if self.transport is not None:
                 self.transport.abort()
 
