@@ -17,6 +17,7 @@ processes (xenstore-watch...) and kills each one by PID at teardown.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import shutil
@@ -155,11 +156,16 @@ def start_sim(
 
 
 def short_dir(tmp_path: Path, name: str = "sim") -> Path:
-    """tmp_path/name, or a shorter directory when socket paths there would be too long."""
+    """tmp_path/name, or a shorter directory when socket paths there would be too long.
+
+    A shorter one is outside pytest's temporary tree, so it is removed when the test process
+    exits, whether or not its caller removes it sooner."""
     directory = tmp_path / name
     if len(sim_paths(directory).xenstored) + 16 <= SOCKET_PATH_MAX:
         return directory
-    return Path(tempfile.mkdtemp(prefix="xmsim-"))
+    short = Path(tempfile.mkdtemp(prefix="xmsim-"))
+    atexit.register(shutil.rmtree, short, True)
+    return short
 
 
 @pytest.fixture
