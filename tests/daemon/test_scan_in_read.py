@@ -12,10 +12,12 @@ meanwhile. The tests of the callback itself turn the window off."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from mux import _fast
+from mux.daemon import scanloop
 from mux.daemon.aio import ScanLock
 from mux.daemon.scanloop import ScanLoop
 from mux.daemon.stats import Stats
@@ -313,34 +315,53 @@ def test_the_firings_of_a_burst_wait_for_one_held_scan_that_firings_never_push_b
     asyncio.run(main())
 
 
-def test_a_long_burst_doubles_the_window_up_to_its_max_and_a_quiet_gap_resets_it():
+class _FrozenClock:
+    """The scan loop's `time`, with a monotonic clock the test moves: whether a firing is
+    held depends on how long after the last scan it came, and a loaded machine's sleeps
+    are no measure of that. The hold's timer stays the event loop's own."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_a_long_burst_doubles_the_window_up_to_its_max_and_a_quiet_gap_resets_it(monkeypatch):
+    clock = _FrozenClock()
+    monkeypatch.setattr(scanloop, "time", clock)
+
     async def main():
-        # A shutdown every 5 ms for 0.4 s: held for 10 ms a scan, about 40 scans; doubled
-        # (10, 20, 40, 80, 80 ... ms), fewer than 10. Every shutdown is still delivered.
+        # Each firing comes as soon as the last hold's scan ended: every hold is one its
+        # timer ended, so the window doubles (10, 20, 40, 80, then stays at 80 ms).
         rig = _Rig(burst_window=0.01, burst_window_max=0.08)
-        domids = range(100)
+        domids = range(10)
         rig.host.records = _host(set(), domids)
         rig.proto.data_received(_firing(wire.SPECIAL_INTRODUCE))
-        await asyncio.sleep(0.1)
-        start, scans = len(rig.published.batches), _scans(rig)
-        shut: set[int] = set()
-        for domid in range(1, 81):
-            shut.add(domid)
-            rig.host.records = _host(shut, domids)
+        await asyncio.sleep(0.05)
+        scans = _scans(rig)
+        windows = []
+        for domid in range(1, 7):
+            rig.host.records = _host(set(range(1, domid + 1)), domids)
             rig.proto.data_received(_firing())
-            await asyncio.sleep(0.005)
-        for _ in range(100):
-            if rig.loop._held is None:
-                break
-            await asyncio.sleep(0.01)
-        delivered = [domid for batch in rig.kinds()[start:] for kind, domid in batch]
-        assert delivered == list(range(1, 81))
-        assert _scans(rig) - scans < 10
-        await asyncio.sleep(0.1)  # longer than the grown window: the burst is over
+            assert rig.loop._held is not None and rig.kinds()[-1] != [(SHUTDOWN, domid)]
+            windows.append(rig.loop._window)
+            for _ in range(400):
+                if rig.loop._held is None:
+                    break
+                await asyncio.sleep(0.005)
+            assert rig.kinds()[-1] == [(SHUTDOWN, domid)]  # one scan served the hold
+        assert windows == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
+        assert _scans(rig) - scans == 6
+        clock.now += 0.081  # longer than the grown window: the burst is over
         before = len(rig.published.batches)
-        rig.host.records = _host(shut | {90}, domids)
+        rig.host.records = _host(set(range(1, 8)), domids)
         rig.proto.data_received(_firing())
-        assert rig.kinds()[before:] == [[(SHUTDOWN, 90)]]  # scanned at once, not held
+        assert rig.kinds()[before:] == [[(SHUTDOWN, 7)]]  # scanned at once, not held
+        assert rig.loop._window == 0.01
         rig.proto.data_received(_firing())  # right after it: held for the first window again
         held = rig.loop._held
         assert held is not None
